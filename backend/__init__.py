@@ -1,0 +1,1 @@
+"""GenLCA backend: models, sampling, avatar core, renderer, pipelines and the ZeroMQ service."""
