@@ -185,14 +185,35 @@ def _check_rotations(name: str, a: np.ndarray, count: int | None = None) -> np.n
     return a
 
 
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation (3, 3) taking direction a (3,) onto direction b (3,)."""
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    v, c = np.cross(a, b), float(np.dot(a, b))
+    if c < -1.0 + 1e-9:  # opposite: turn 180 degrees about any axis perpendicular to a
+        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
 def retarget_pose(source_rest_world: np.ndarray, source_pose_world: np.ndarray, template_rest_world: np.ndarray,
                   mapping: Mapping[int, int] | Mapping[str, str], template_parents: Sequence[int],
-                  source_names: Sequence[str] | None = None, template_names: Sequence[str] | None = None) -> np.ndarray:
+                  source_names: Sequence[str] | None = None, template_names: Sequence[str] | None = None,
+                  align_rest: bool = True) -> np.ndarray:
     """Template-local rotations (J, 4) wxyz from a source skeleton's world rotations.
 
     source_rest_world (B, 3, 3), source_pose_world (B, 3, 3): rotation parts of the source bones' rest
-    and posed world matrices (in template/world axes); template_rest_world (J, 3, 3); mapping: source
-    index -> template index, or names with `source_names` / `template_names`.
+    and posed world matrices (in template/world axes, Blender bone axes: +Y along the bone);
+    template_rest_world (J, 3, 3); mapping: source index -> template index, or names with
+    `source_names` / `template_names`.
+
+    align_rest: rest-pose alignment. Rigs disagree on their rest pose (CMU/Mixamo T-pose, the template's
+    A-pose). With alignment, each mapped template bone is first turned so that its direction (+Y)
+    matches the source bone's rest direction, then the source's world delta (pose · rest⁻¹) is applied:
+    the template then takes on the source's pose itself, not only its motion away from its rest pose.
+    Without it, only the deltas transfer (right when both rigs share a rest pose).
     """
     src_rest = _check_rotations("source_rest_world", source_rest_world)
     src_pose = _check_rotations("source_pose_world", source_pose_world, src_rest.shape[0])
@@ -222,7 +243,9 @@ def retarget_pose(source_rest_world: np.ndarray, source_pose_world: np.ndarray, 
         rest_local = tpl_rest[j] if p < 0 else tpl_rest[p].T @ tpl_rest[j]
         parent_world = np.eye(3) if p < 0 else world[p]
         if j in index_map:
-            world[j] = delta[index_map[j]] @ tpl_rest[j]
+            si = index_map[j]
+            align = _rotation_between(tpl_rest[j][:, 1], src_rest[si][:, 1]) if align_rest else np.eye(3)
+            world[j] = delta[si] @ align @ tpl_rest[j]
             local[j] = rest_local.T @ parent_world.T @ world[j]
         else:
             local[j] = np.eye(3)

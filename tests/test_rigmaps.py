@@ -78,8 +78,8 @@ def test_retarget_round_trip_through_renamed_skeleton(template):
     offsets = rigmaps.quat_to_matrix(_random_rotations(rng, len(source_names)))  # per-bone axis convention
     src_rest = rest[tj] @ offsets
     src_pose = world[tj] @ offsets
-    back = rigmaps.retarget_pose(src_rest, src_pose, rest, mapping, parents,
-                                 source_names=source_names, template_names=template.joint_names)
+    back = rigmaps.retarget_pose(src_rest, src_pose, rest, mapping, parents, source_names=source_names,
+                                 template_names=template.joint_names, align_rest=False)
     expect = rigmaps.matrix_to_quat(rigmaps.quat_to_matrix(local))
     sign = np.sign((back * expect).sum(1, keepdims=True))
     np.testing.assert_allclose(back * sign, expect, atol=1e-5)
@@ -89,7 +89,7 @@ def test_retarget_index_mapping_and_errors(template):
     rest = template.rest_matrices[:, :3, :3].astype(np.float64)
     parents = template.joint_parents.tolist()
     src = np.tile(np.eye(3), (2, 1, 1))
-    out = rigmaps.retarget_pose(src, src, rest, {0: 0, 1: template.joint_index("head")}, parents)
+    out = rigmaps.retarget_pose(src, src, rest, {0: 0, 1: template.joint_index("head")}, parents, align_rest=False)
     np.testing.assert_allclose(out, np.tile([1.0, 0, 0, 0], (template.num_joints, 1)), atol=1e-9)
     with pytest.raises(ValueError, match=r"source_pose_world of shape \(2, 3, 3\)"):
         rigmaps.retarget_pose(src, np.zeros((3, 3, 3)), rest, {}, parents)
@@ -98,3 +98,34 @@ def test_retarget_index_mapping_and_errors(template):
     with pytest.raises(KeyError, match="'mixamorig:Tail'"):
         rigmaps.retarget_pose(src, src, rest, {"mixamorig:Tail": "head"}, parents,
                               source_names=["mixamorig:Hips", "x"], template_names=template.joint_names)
+
+
+def test_retarget_aligns_a_t_pose_source_to_the_template(template):
+    """A source rig whose rest pose is a T-pose (arms raised to horizontal) drives the A-pose template:
+    with rest alignment the template's mapped bones point where the source's bones point, at rest and
+    posed (1e-6); without it the template stays in its own rest pose when the source is at rest."""
+    rest = template.rest_matrices[:, :3, :3].astype(np.float64)
+    parents = template.joint_parents.tolist()
+    names = template.joint_names
+    identity = np.tile([1.0, 0, 0, 0], (len(names), 1))
+    t_pose = identity.copy()
+    for side, sign in (("L", 1.0), ("R", -1.0)):  # raise each upper arm by 40 degrees about the body's Y
+        half = np.deg2rad(40.0) / 2
+        axis_world = np.array([0.0, sign, 0.0])
+        j = template.joint_index(f"upperarm01.{side}")
+        axis_local = rest[j].T @ axis_world
+        t_pose[j] = [np.cos(half), *(np.sin(half) * axis_local)]
+    src_rest = rigmaps.world_rotations(t_pose, rest, parents)
+    mapping = {n: n for n in names}
+    bend = t_pose.copy()
+    k = template.joint_index("lowerarm01.L")
+    bend[k] = [np.cos(np.pi / 8), np.sin(np.pi / 8), 0.0, 0.0]
+    src_bent = rigmaps.world_rotations(bend, rest, parents)
+    for src_pose in (src_rest, src_bent):
+        local = rigmaps.retarget_pose(src_rest, src_pose, rest, mapping, parents,
+                                      source_names=names, template_names=names)
+        world = rigmaps.world_rotations(local, rest, parents)
+        np.testing.assert_allclose(world[:, :, 1], src_pose[:, :, 1], atol=1e-6)
+    unaligned = rigmaps.retarget_pose(src_rest, src_rest, rest, mapping, parents, source_names=names,
+                                      template_names=names, align_rest=False)
+    np.testing.assert_allclose(np.abs(unaligned[:, 0]), 1.0, atol=1e-9)
