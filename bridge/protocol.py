@@ -28,6 +28,10 @@ OPS = ("hello", "ping", "generate", "edit", "get_avatar", "render", "export", "c
 # Reply kinds. "heartbeat" is sent by the server to a client with a job in flight, so the client can
 # tell a slow job from a dead server.
 REPLY_KINDS = ("accepted", "progress", "result", "error", "heartbeat")
+# Reply fields (docs/PROTOCOL.md): accepted {queue_position}; progress {stage, step, total, ...};
+# error {code, message}; heartbeat {id: "", jobs: [ids of this client's queued/running jobs]}.
+# Built-in results: hello {protocol, server, capabilities, curve, limits}; ping {time};
+# cancel {target, found} (the cancelled request itself ends with error "cancelled").
 
 # Error codes in `error` replies.
 E_BAD_MESSAGE = "bad_message"      # not a valid frame list / msgpack / header

@@ -1,0 +1,89 @@
+"""`genlca-backend`: run the GenLCA service, or make its CURVE keys.
+
+    genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 1024] [--queue-size 16]
+    genlca-backend keys --keys-dir DIR [--name server]
+
+`serve` runs backend.pipelines.default_handlers() when it exists (the avatar core), else the placeholder
+handlers. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def build_handlers() -> tuple[dict[str, Any], str]:
+    """(handlers, description): default_handlers() if backend.pipelines has it, else the placeholders."""
+    import backend.pipelines as pipelines
+
+    factory = getattr(pipelines, "default_handlers", None)
+    if factory is not None:
+        return factory(), "backend.pipelines.default_handlers"
+    from backend.pipelines.placeholder import placeholder_handlers
+
+    return placeholder_handlers(), "placeholder handlers (no avatar core wired in)"
+
+
+def serve(args: argparse.Namespace) -> int:
+    from backend.server import BackendServer
+
+    handlers, source = build_handlers()
+    try:
+        server = BackendServer(args.bind, handlers, keys_dir=args.keys_dir, queue_size=args.queue_size,
+                               max_message_bytes=int(args.max_message_mb * (1 << 20)),
+                               heartbeat_s=args.heartbeat_s)
+    except (PermissionError, FileNotFoundError, ValueError) as exc:
+        print(f"genlca-backend: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, frame: Any) -> None:
+        logging.getLogger("genlca.backend").info("signal %d: stopping", signum)
+        server.stop(join=False)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"genlca-backend: serving {source} on {server.address}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def keys(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    folder = Path(args.keys_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(folder), args.name)
+    Path(secret).chmod(0o600)
+    print(f"public key: {public}\nsecret key: {secret} (keep it private; give clients the public one)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genlca-backend", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the backend service")
+    s.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default: %(default)s)")
+    s.add_argument("--keys-dir", default=None, help="folder with server.key_secret (CURVE); needed off loopback")
+    s.add_argument("--max-message-mb", type=float, default=1024.0, help="largest message accepted, MiB")
+    s.add_argument("--queue-size", type=int, default=16, help="jobs waiting at most (default: %(default)s)")
+    s.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval, seconds")
+    s.add_argument("--log-level", default="INFO")
+    k = sub.add_parser("keys", help="create a CURVE keypair (NAME.key, NAME.key_secret)")
+    k.add_argument("--keys-dir", required=True)
+    k.add_argument("--name", default="server")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return serve(args) if args.command == "serve" else keys(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
