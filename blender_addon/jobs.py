@@ -1,0 +1,194 @@
+"""The add-on's workflows as plain functions (the operators call these; so do the tests).
+
+Each starts a job on the session and returns its id at once; results arrive through the session's timer
+on the main thread, update the scene's `genlca` fields and show a report. Generate and edit chain a
+`get_avatar` request and a staged import into the scene.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import bpy
+import numpy as np
+
+from . import export, render, scene_import
+from ._bridge import protocol
+from .session import Session, notify
+
+IMPORT_BAKE_CHUNK = 16  # joints per vertex-group bake step (keeps each timer tick short; docs/BENCHMARKS.md)
+AvatarCallback = Callable[[bpy.types.Object, bpy.types.Object], None]
+
+
+def _props(scene_name: str):
+    scene = bpy.data.scenes.get(scene_name)
+    return scene.genlca if scene is not None else None
+
+
+def _set_message(scene_name: str, message: str, error: bool) -> None:
+    props = _props(scene_name)
+    if props is not None:
+        props.message, props.message_is_error = message, error
+
+
+def error_handler(scene_name: str, extra: Callable[[str, str], None] | None = None) -> Callable[[str, str], None]:
+    def on_error(code: str, message: str) -> None:
+        _set_message(scene_name, message, True)
+        notify("ERROR" if code != protocol.E_CANCELLED else "WARNING", message)
+        if extra:
+            extra(code, message)
+    return on_error
+
+
+def hello(session: Session, scene: bpy.types.Scene, on_done: Callable[[dict], None] | None = None,
+          on_error: Callable[[str, str], None] | None = None) -> str:
+    name = scene.name
+
+    def on_result(reply) -> None:
+        props = _props(name)
+        info = dict(reply.header)
+        server = info.get("server", info.get("version", "GenLCA backend"))
+        if props is not None:
+            props.connected = True
+            props.connection = f"connected to {session.address} ({server})"
+        _set_message(name, f"connected to {session.address}", False)
+        if on_done:
+            on_done(info)
+
+    def failed(code: str, message: str) -> None:
+        props = _props(name)
+        if props is not None:
+            props.connected = False
+            props.connection = "not connected"
+
+    return session.submit(protocol.Hello(client=f"blender {bpy.app.version_string}"), label="connect",
+                          scene_name=name, on_result=on_result, on_error=error_handler(name, _chain(failed, on_error)))
+
+
+def _chain(*callbacks):
+    def call(*args):
+        for cb in callbacks:
+            if cb:
+                cb(*args)
+    return call
+
+
+def load_reference_image(path: str) -> np.ndarray:
+    """A reference photo as (H, W, 3) uint8 sRGB, top row first (the wire's image layout)."""
+    image = bpy.data.images.load(bpy.path.abspath(path), check_existing=False)
+    try:
+        w, h = image.size
+        if w == 0 or h == 0:
+            raise ValueError(f"cannot read the image {path!r}")
+        pixels = np.empty(w * h * 4, np.float32)
+        image.pixels.foreach_get(pixels)  # bottom row first, RGBA float in the image's colour space
+        rgb = pixels.reshape(h, w, 4)[::-1, :, :3]
+        if not image.is_float:
+            return np.ascontiguousarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        srgb = np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.maximum(rgb, 0) ** (1 / 2.4) - 0.055)
+        return np.ascontiguousarray(np.clip(srgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    finally:
+        bpy.data.images.remove(image)
+
+
+def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, label: str = "",
+                     on_done: AvatarCallback | None = None,
+                     on_error: Callable[[str, str], None] | None = None) -> str:
+    """get_avatar, then a staged import into the scene; the avatar joins the scene's avatar list."""
+    name = scene.name
+
+    def on_result(reply) -> None:
+        header, arrays = dict(reply.header), reply.arrays
+        out: dict = {}
+
+        def steps():
+            target = bpy.data.scenes[name]
+            yield from scene_import.import_steps(bpy.context, header, arrays, target.collection, out=out,
+                                                 bake_chunk=IMPORT_BAKE_CHUNK)
+            props = target.genlca
+            item = next((a for a in props.avatars if a.avatar_id == avatar_id), None) or props.avatars.add()
+            item.avatar_id, item.label, item.armature = avatar_id, label or avatar_id[:8], out["armature"]
+            props.avatar_index = list(props.avatars).index(item)
+            _set_message(name, f"imported avatar {item.label}", False)
+            notify("INFO", f"GenLCA avatar {item.label} imported")
+            if on_done:
+                on_done(out["armature"], out["mesh"])
+
+        session.add_task(steps(), label="importing avatar", scene_name=name, on_error=error_handler(name, on_error))
+
+    return session.submit(protocol.GetAvatar(avatar_id=avatar_id), label="download avatar", scene_name=name,
+                          on_result=on_result, on_error=error_handler(name, on_error))
+
+
+def _then_import(session: Session, scene_name: str, label: str, on_done: AvatarCallback | None,
+                 on_error: Callable[[str, str], None] | None):
+    def on_result(reply) -> None:
+        avatar_id = str(reply.header.get("avatar_id", ""))
+        if not avatar_id:
+            raise ValueError("the backend's result names no avatar_id")
+        fetch_and_import(session, bpy.data.scenes[scene_name], avatar_id, label, on_done, on_error)
+    return on_result
+
+
+def generate(session: Session, scene: bpy.types.Scene, on_done: AvatarCallback | None = None,
+             on_error: Callable[[str, str], None] | None = None) -> str:
+    props = scene.genlca
+    if not props.prompt.strip() and not props.image_path:
+        raise ValueError("write a prompt or choose a reference image")
+    arrays = {"image": load_reference_image(props.image_path)} if props.image_path else None
+    request = protocol.Generate(prompt=props.prompt, seed=props.seed, steps=props.steps, guidance=props.guidance)
+    label = (props.prompt.strip() or Path(props.image_path).stem)[:40]
+    return session.submit(request, arrays, label="generate", scene_name=scene.name,
+                          on_result=_then_import(session, scene.name, label, on_done, on_error),
+                          on_error=error_handler(scene.name, on_error))
+
+
+def edit(session: Session, scene: bpy.types.Scene, region: str = "", on_done: AvatarCallback | None = None,
+         on_error: Callable[[str, str], None] | None = None) -> str:
+    """Edit the active avatar: a new prompt at the scene's strength, or regenerate `region`."""
+    props = scene.genlca
+    item = props.active_avatar()
+    if item is None:
+        raise ValueError("no avatar selected in the GenLCA panel")
+    if region and region not in protocol.BODY_REGIONS:
+        raise ValueError(f"region must be one of {protocol.BODY_REGIONS}, got {region!r}")
+    prompt = props.edit_prompt if not region else (props.edit_prompt or props.prompt)
+    request = protocol.Edit(avatar_id=item.avatar_id, prompt=prompt, strength=props.strength, region=region,
+                            seed=props.seed, steps=props.steps, guidance=props.guidance)
+    label = f"{item.label} ({region or 'edit'})"[:40]
+    return session.submit(request, label=f"edit {region}".strip(), scene_name=scene.name,
+                          on_result=_then_import(session, scene.name, label, on_done, on_error),
+                          on_error=error_handler(scene.name, on_error))
+
+
+def render_frames(session: Session, scene: bpy.types.Scene, avatar: bpy.types.Object, out_dir: str,
+                  frame_start: int | None = None, frame_end: int | None = None,
+                  on_done: Callable[[list[Path]], None] | None = None,
+                  on_error: Callable[[str, str], None] | None = None) -> render.RenderJob:
+    name = scene.name
+
+    def done(paths: list[Path]) -> None:
+        _set_message(name, f"rendered {len(paths)} frames into {out_dir}", False)
+        notify("INFO", f"GenLCA rendered {len(paths)} frames into {out_dir}")
+        if on_done:
+            on_done(paths)
+
+    start = scene.frame_start if frame_start is None else frame_start
+    end = scene.frame_end if frame_end is None else frame_end
+    return render.RenderJob(session, scene, avatar, start, end, out_dir, on_done=done,
+                            on_error=error_handler(name, on_error))
+
+
+def export_file(session: Session, scene: bpy.types.Scene, avatar_id: str, fmt: str, out_dir: str,
+                on_done: Callable[[Path], None] | None = None,
+                on_error: Callable[[str, str], None] | None = None) -> str:
+    name = scene.name
+
+    def done(path: Path) -> None:
+        _set_message(name, f"exported {path}", False)
+        notify("INFO", f"GenLCA exported {path}")
+        if on_done:
+            on_done(path)
+
+    return export.export_avatar(session, avatar_id, fmt, out_dir, scene_name=name, on_done=done,
+                                on_error=error_handler(name, on_error))

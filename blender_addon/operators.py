@@ -1,0 +1,261 @@
+"""Thin operators: check, start a job through `jobs`, report. Work happens in the session's timer."""
+
+import bpy
+
+from . import binding, jobs, preferences, session
+
+
+def _session(op: bpy.types.Operator) -> session.Session | None:
+    try:
+        return session.get_session()
+    except Exception as exc:  # no pyzmq, a bad address or key
+        op.report({"ERROR"}, f"GenLCA cannot connect: {exc}")
+        return None
+
+
+def _idle(cls, context) -> bool:
+    if context.scene.genlca.job_running:
+        cls.poll_message_set("A GenLCA job is running; wait for it or cancel it")
+        return False
+    return True
+
+
+def _active_item(cls, context):
+    item = context.scene.genlca.active_avatar()
+    if item is None:
+        cls.poll_message_set("Generate or import an avatar first")
+    return item
+
+
+def _start(op: bpy.types.Operator, start, *args, **kwargs) -> set[str]:
+    s = _session(op)
+    if s is None:
+        return {"CANCELLED"}
+    try:
+        start(s, *args, **kwargs)
+    except Exception as exc:  # bad input, an unreadable image, a request the codec refuses: a report, no traceback
+        op.report({"ERROR"}, str(exc))
+        return {"CANCELLED"}
+    return {"FINISHED"}
+
+
+class GENLCA_OT_connect(bpy.types.Operator):
+    """Say hello to the GenLCA backend (checks the address, the key and the protocol version)"""
+
+    bl_idname = "genlca.connect"
+    bl_label = "Connect"
+
+    @classmethod
+    def poll(cls, context):
+        return _idle(cls, context)  # connecting again opens a fresh socket: it would drop running jobs
+
+    def execute(self, context):
+        session.close_session()  # fresh socket: the preferences may have changed
+        self.report({"INFO"}, f"Connecting to {session.settings()['address']}…")
+        return _start(self, jobs.hello, context.scene)
+
+
+class GENLCA_OT_generate(bpy.types.Operator):
+    """Generate an avatar from the prompt and/or the reference image"""
+
+    bl_idname = "genlca.generate"
+    bl_label = "Generate"
+
+    @classmethod
+    def poll(cls, context):
+        props = context.scene.genlca
+        if not props.prompt.strip() and not props.image_path:
+            cls.poll_message_set("Write a prompt or choose a reference image")
+            return False
+        return _idle(cls, context)
+
+    def execute(self, context):
+        return _start(self, jobs.generate, context.scene)
+
+
+class GENLCA_OT_edit(bpy.types.Operator):
+    """Edit the selected avatar with the edit prompt (strength: how far it may move)"""
+
+    bl_idname = "genlca.edit"
+    bl_label = "Edit"
+
+    @classmethod
+    def poll(cls, context):
+        if _active_item(cls, context) is None:
+            return False
+        if not context.scene.genlca.edit_prompt.strip():
+            cls.poll_message_set("Write an edit prompt")
+            return False
+        return _idle(cls, context)
+
+    def execute(self, context):
+        return _start(self, jobs.edit, context.scene)
+
+
+class GENLCA_OT_regenerate_region(bpy.types.Operator):
+    """Regenerate one body region of the selected avatar; the rest stays"""
+
+    bl_idname = "genlca.regenerate_region"
+    bl_label = "Regenerate Region"
+
+    @classmethod
+    def poll(cls, context):
+        return _active_item(cls, context) is not None and _idle(cls, context)
+
+    def execute(self, context):
+        return _start(self, jobs.edit, context.scene, region=context.scene.genlca.region)
+
+
+class GENLCA_OT_cancel(bpy.types.Operator):
+    """Cancel the running GenLCA jobs"""
+
+    bl_idname = "genlca.cancel"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        s = session.current_session()
+        if s is None or not s.busy:
+            cls.poll_message_set("No GenLCA job is running")
+            return False
+        return True
+
+    def execute(self, context):
+        session.current_session().cancel_all()
+        self.report({"WARNING"}, "GenLCA jobs cancelled")
+        return {"FINISHED"}
+
+
+class GENLCA_OT_import_avatar(bpy.types.Operator):
+    """Download an avatar from the backend and build it in the scene (armature + splats)"""
+
+    bl_idname = "genlca.import_avatar"
+    bl_label = "Import Avatar"
+
+    avatar_id: bpy.props.StringProperty(name="Avatar id", description="Empty: the avatar selected in the list")
+
+    @classmethod
+    def poll(cls, context):
+        return _idle(cls, context)
+
+    def execute(self, context):
+        avatar_id = self.avatar_id
+        if not avatar_id:
+            item = context.scene.genlca.active_avatar()
+            if item is None:
+                self.report({"ERROR"}, "Give an avatar id or select an avatar in the list")
+                return {"CANCELLED"}
+            avatar_id = item.avatar_id
+        return _start(self, jobs.fetch_and_import, context.scene, avatar_id)
+
+
+class GENLCA_OT_bind_armature(bpy.types.Operator):
+    """Drive the selected avatar from the active armature (Mixamo, Rigify, CMU BVH or GenLCA naming)"""
+
+    bl_idname = "genlca.bind_armature"
+    bl_label = "Bind to Active Armature"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = _active_item(cls, context)
+        if item is None:
+            return False
+        if item.armature is None:
+            cls.poll_message_set("The selected avatar has no armature in this file; import it again")
+            return False
+        obj = context.active_object
+        if obj is None or obj.type != "ARMATURE" or obj == item.armature:
+            cls.poll_message_set("Make the armature that should drive the avatar the active object")
+            return False
+        return True
+
+    def execute(self, context):
+        avatar = context.scene.genlca.active_avatar().armature
+        try:
+            mapping = binding.bind(avatar, context.active_object)
+        except (ValueError, KeyError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Bound {avatar.name} to {context.active_object.name} "
+                              f"({avatar.genlca.rig}, {len(mapping)} bones mapped)")
+        return {"FINISHED"}
+
+
+class GENLCA_OT_unbind_armature(bpy.types.Operator):
+    """Stop driving the selected avatar and reset its pose"""
+
+    bl_idname = "genlca.unbind_armature"
+    bl_label = "Unbind"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = _active_item(cls, context)
+        if item is None or item.armature is None or item.armature.genlca.source_armature is None:
+            cls.poll_message_set("The selected avatar is not bound")
+            return False
+        return True
+
+    def execute(self, context):
+        binding.unbind(context.scene.genlca.active_avatar().armature)
+        return {"FINISHED"}
+
+
+class GENLCA_OT_render(bpy.types.Operator):
+    """Render the selected avatar photorealistically through the backend, for the scene's frame range and
+    camera; the frames become the camera's background"""
+
+    bl_idname = "genlca.render"
+    bl_label = "Render Through Backend"
+
+    @classmethod
+    def poll(cls, context):
+        item = _active_item(cls, context)
+        if item is None or item.armature is None:
+            return False
+        if context.scene.camera is None:
+            cls.poll_message_set("The scene needs an active camera")
+            return False
+        return _idle(cls, context)
+
+    def execute(self, context):
+        avatar = context.scene.genlca.active_avatar().armature
+        return _start(self, jobs.render_frames, context.scene, avatar, preferences.output_dir(context))
+
+
+class GENLCA_OT_export(bpy.types.Operator):
+    """Export the selected avatar as a 3DGS PLY or a GenLCA .safetensors file into the output folder"""
+
+    bl_idname = "genlca.export"
+    bl_label = "Export Avatar"
+
+    @classmethod
+    def poll(cls, context):
+        return _active_item(cls, context) is not None and _idle(cls, context)
+
+    def execute(self, context):
+        props = context.scene.genlca
+        return _start(self, jobs.export_file, context.scene, props.active_avatar().avatar_id,
+                      props.export_format, preferences.output_dir(context))
+
+
+class GENLCA_OT_notify(bpy.types.Operator):
+    """Show a GenLCA message (used by the background jobs)"""
+
+    bl_idname = "genlca.notify"
+    bl_label = "GenLCA Message"
+    bl_options = {"INTERNAL"}
+
+    level: bpy.props.EnumProperty(items=[(k, k, "") for k in ("INFO", "WARNING", "ERROR")])
+    message: bpy.props.StringProperty()
+
+    def execute(self, context):
+        self.report({self.level}, self.message)
+        return {"FINISHED"}
+
+
+classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
+           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_unbind_armature, GENLCA_OT_render,
+           GENLCA_OT_export, GENLCA_OT_notify)
+register, unregister = bpy.utils.register_classes_factory(classes)

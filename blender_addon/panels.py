@@ -1,0 +1,113 @@
+"""The "GenLCA" tab of the 3D viewport sidebar."""
+from __future__ import annotations
+
+import bpy
+
+
+class GENLCA_UL_avatars(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row(align=True)
+        row.label(text=item.label or item.avatar_id[:8], icon="ARMATURE_DATA" if item.armature else "ERROR")
+        if item.armature is not None and item.armature.genlca.source_armature is not None:
+            row.label(text=item.armature.genlca.source_armature.name, icon="LINKED")
+
+
+class GENLCA_UL_bone_map(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
+        row = layout.row(align=True)
+        row.prop(item, "source", text="", emboss=False)
+        row.label(icon="FORWARD")
+        row.prop(item, "target", text="", emboss=False)
+
+
+class _GenLCAPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "GenLCA"
+
+
+class GENLCA_PT_main(_GenLCAPanel, bpy.types.Panel):
+    bl_label = "GenLCA"
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.genlca
+        row = layout.row(align=True)
+        row.label(text=props.connection, icon="LINKED" if props.connected else "UNLINKED")
+        row.operator("genlca.connect", text="", icon="FILE_REFRESH")
+        if props.job_running:
+            box = layout.box()
+            row = box.row(align=True)
+            row.progress(factor=props.job_progress, text=f"{props.job_label}: {props.job_stage}")
+            row.operator("genlca.cancel", text="", icon="X")
+        if props.message:
+            layout.label(text=props.message, icon="ERROR" if props.message_is_error else "INFO")
+
+
+class GENLCA_PT_generate(_GenLCAPanel, bpy.types.Panel):
+    bl_label = "Generate"
+    bl_parent_id = "GENLCA_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.genlca
+        layout.prop(props, "prompt", text="")
+        layout.prop(props, "image_path")
+        col = layout.column(align=True)
+        col.prop(props, "seed")
+        col.prop(props, "steps")
+        col.prop(props, "guidance")
+        layout.operator("genlca.generate", icon="OUTLINER_OB_ARMATURE")
+
+
+class GENLCA_PT_avatars(_GenLCAPanel, bpy.types.Panel):
+    bl_label = "Avatars"
+    bl_parent_id = "GENLCA_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.genlca
+        layout.template_list("GENLCA_UL_avatars", "", props, "avatars", props, "avatar_index", rows=3)
+        row = layout.row(align=True)
+        row.operator("genlca.import_avatar", icon="IMPORT")
+        row.prop(props, "export_format", text="")
+        row.operator("genlca.export", text="", icon="EXPORT")
+
+
+class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
+    bl_label = "Edit"
+    bl_parent_id = "GENLCA_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        props = context.scene.genlca
+        layout.prop(props, "edit_prompt", text="")
+        layout.prop(props, "strength")
+        layout.operator("genlca.edit", icon="GREASEPENCIL")
+        row = layout.row(align=True)
+        row.prop(props, "region", text="")
+        row.operator("genlca.regenerate_region", text="Regenerate", icon="FILE_REFRESH")
+
+
+class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
+    bl_label = "Animate & Render"
+    bl_parent_id = "GENLCA_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        item = context.scene.genlca.active_avatar()
+        avatar = item.armature if item is not None else None
+        row = layout.row(align=True)
+        row.operator("genlca.bind_armature", icon="CON_ARMATURE")
+        row.operator("genlca.unbind_armature", text="", icon="UNLINKED")
+        if avatar is not None and avatar.genlca.source_armature is not None:
+            ap = avatar.genlca
+            layout.label(text=f"Driven by {ap.source_armature.name} ({ap.rig})")
+            layout.template_list("GENLCA_UL_bone_map", "", ap, "bone_map", ap, "bone_map_index", rows=4)
+        layout.operator("genlca.render", icon="RENDER_ANIMATION")
+
+
+classes = (GENLCA_UL_avatars, GENLCA_UL_bone_map, GENLCA_PT_main, GENLCA_PT_generate, GENLCA_PT_avatars,
+           GENLCA_PT_edit, GENLCA_PT_animate)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,0 +1,77 @@
+"""Scene- and object-level settings: what to generate, the job in flight, the avatars, the bindings."""
+
+import bpy
+
+from ._bridge import protocol
+
+
+class GenLCAAvatarItem(bpy.types.PropertyGroup):
+    avatar_id: bpy.props.StringProperty(name="Avatar id")
+    label: bpy.props.StringProperty(name="Label")
+    armature: bpy.props.PointerProperty(name="Armature", type=bpy.types.Object)
+
+
+class GenLCABoneMapItem(bpy.types.PropertyGroup):
+    source: bpy.props.StringProperty(name="Source bone", description="Bone of the bound scene armature")
+    target: bpy.props.StringProperty(name="Avatar joint", description="Joint of the avatar it drives")
+
+
+def _is_armature(self, obj: bpy.types.Object) -> bool:
+    return obj.type == "ARMATURE"
+
+
+class GenLCAObjectProps(bpy.types.PropertyGroup):
+    """On an avatar armature: the scene armature that drives it, and how."""
+
+    source_armature: bpy.props.PointerProperty(name="Driven by", type=bpy.types.Object, poll=_is_armature)
+    rig: bpy.props.StringProperty(name="Rig", description="Detected naming of the driving armature")
+    bone_map: bpy.props.CollectionProperty(type=GenLCABoneMapItem)
+    bone_map_index: bpy.props.IntProperty()
+
+
+class GenLCASceneProps(bpy.types.PropertyGroup):
+    # generation
+    prompt: bpy.props.StringProperty(name="Prompt", description="Describe the person to generate")
+    image_path: bpy.props.StringProperty(name="Reference image", subtype="FILE_PATH",
+                                         description="Optional photo of the person (with or without a prompt)")
+    seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
+    steps: bpy.props.IntProperty(name="Steps", default=32, min=1, max=1000)
+    guidance: bpy.props.FloatProperty(name="Guidance", default=4.0, min=0.0, max=30.0)
+    # editing
+    edit_prompt: bpy.props.StringProperty(name="Edit prompt", description="What to change in the active avatar")
+    strength: bpy.props.FloatProperty(name="Strength", default=0.6, min=0.01, max=1.0, subtype="FACTOR")
+    region: bpy.props.EnumProperty(name="Region", items=[(r, r.title(), f"Regenerate the {r}")
+                                                         for r in protocol.BODY_REGIONS])
+    export_format: bpy.props.EnumProperty(name="Format", items=[(f, f.upper() if f == "ply" else ".safetensors", "")
+                                                                for f in protocol.EXPORT_FORMATS])
+    # connection and the job in flight (written by the session's timer)
+    connection: bpy.props.StringProperty(name="Connection", default="not connected")
+    connected: bpy.props.BoolProperty(default=False)
+    job_running: bpy.props.BoolProperty(default=False)
+    job_label: bpy.props.StringProperty()
+    job_stage: bpy.props.StringProperty()
+    job_progress: bpy.props.FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+    message: bpy.props.StringProperty(description="The last result or error")
+    message_is_error: bpy.props.BoolProperty(default=False)
+    # avatars
+    avatars: bpy.props.CollectionProperty(type=GenLCAAvatarItem)
+    avatar_index: bpy.props.IntProperty(name="Avatar", default=0)
+
+    def active_avatar(self) -> GenLCAAvatarItem | None:
+        return self.avatars[self.avatar_index] if 0 <= self.avatar_index < len(self.avatars) else None
+
+
+classes = (GenLCAAvatarItem, GenLCABoneMapItem, GenLCAObjectProps, GenLCASceneProps)
+_register, _unregister = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register()
+    bpy.types.Scene.genlca = bpy.props.PointerProperty(type=GenLCASceneProps)
+    bpy.types.Object.genlca = bpy.props.PointerProperty(type=GenLCAObjectProps)
+
+
+def unregister() -> None:
+    del bpy.types.Object.genlca
+    del bpy.types.Scene.genlca
+    _unregister()

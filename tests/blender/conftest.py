@@ -1,0 +1,168 @@
+"""Fixtures for the Blender add-on tests (run with .venv-blender's pytest: the real `bpy` module).
+
+Blender's user folders point at a temporary directory before `bpy` loads, so the tests never touch the
+user's Blender setup. The add-on is tested as users get it: `build_addon.py --platform current` builds
+the extension zip and Blender's own extension installer installs and enables it (its bundled pyzmq and
+msgpack wheels included).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_USER_DIR = tempfile.mkdtemp(prefix="genlca_blender_user_")
+for _var in ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_EXTENSIONS",
+             "BLENDER_USER_DATAFILES"):
+    os.environ[_var] = os.path.join(_USER_DIR, _var.lower())
+
+bpy = pytest.importorskip("bpy", reason="the Blender tests need the bpy wheel (.venv-blender; `make test`)")
+
+ADDON_MODULE = "bl_ext.user_default.genlca"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/blender" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.blender)
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    built = subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--platform", "current", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True)
+    if built.returncode != 0:  # most often: no PyPI and no cached wheels in build/wheels
+        pytest.fail(f"build_addon.py --platform current failed:\n{built.stdout[-2000:]}\n{built.stderr[-2000:]}")
+    (zip_path,) = out.glob("genlca-*.zip")
+    return zip_path
+
+
+def enable_addon() -> None:
+    if ADDON_MODULE not in bpy.context.preferences.addons:
+        bpy.ops.preferences.addon_enable(module=ADDON_MODULE)
+
+
+@pytest.fixture(scope="session")
+def addon(addon_zip):
+    """The installed and enabled extension's package (bl_ext.user_default.genlca)."""
+    result = bpy.ops.extensions.package_install_files(filepath=str(addon_zip), repo="user_default",
+                                                      enable_on_install=True)
+    assert result == {"FINISHED"}
+    enable_addon()
+    yield importlib.import_module(ADDON_MODULE)
+    importlib.import_module(ADDON_MODULE + ".session").close_session()
+
+
+@pytest.fixture
+def scene(addon):
+    """A clean scene with the add-on enabled; data from earlier tests removed."""
+    enable_addon()
+    if bpy.context.object is not None and bpy.context.object.mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    for collection in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.actions, bpy.data.cameras,
+                       bpy.data.images):
+        for block in list(collection):
+            collection.remove(block)
+    s = bpy.context.scene
+    s.frame_start, s.frame_end, s.frame_current = 1, 3, 1
+    props = s.genlca
+    props.avatars.clear()
+    props.message = props.prompt = props.image_path = props.edit_prompt = ""
+    return s
+
+
+def addon_module(name: str):
+    return importlib.import_module(f"{ADDON_MODULE}.{name}")
+
+
+@pytest.fixture(scope="session")
+def cmu_bvh() -> Path:
+    """CMU mocap 01_01.bvh (Debian assimp-testmodels), via scripts/fetch_test_data.sh."""
+    script = ROOT / "scripts" / "fetch_test_data.sh"
+    try:
+        out = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot fetch 01_01.bvh: {exc}")
+    if out.returncode != 0:
+        pytest.skip(f"cannot fetch 01_01.bvh (apt-get download assimp-testmodels): {out.stderr.strip()}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_backend(port: int) -> subprocess.Popen:
+    """`python -m backend.cli serve` on 127.0.0.1:port, run by GENLCA_BACKEND_PYTHON; waits for the port."""
+    python = os.environ.get("GENLCA_BACKEND_PYTHON")
+    if not python:
+        pytest.skip("GENLCA_BACKEND_PYTHON is not set (make test sets it to .venv/bin/python)")
+    if not (ROOT / "backend" / "cli.py").exists():
+        pytest.skip("backend/cli.py does not exist yet")
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}"], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"the backend exited with {proc.returncode}:\n{log.read()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    stop_backend(proc)
+    pytest.fail("the backend did not open its port within 120 s")
+
+
+def stop_backend(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.log.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def backend_address():
+    """A real backend on loopback for the whole session."""
+    port = free_port()
+    proc = start_backend(port)
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        stop_backend(proc)
+
+
+def pump_until(session, done, timeout_s: float, max_pump: list | None = None) -> None:
+    """Call the session's timer work the way Blender would, until done() or timeout; records each pump's
+    duration in max_pump."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done within {timeout_s} s; jobs: "
+                                 f"{[(j.label, j.stage) for j in session.jobs.values()]}")
+        start = time.perf_counter()
+        session.pump()
+        if max_pump is not None:
+            max_pump.append(time.perf_counter() - start)
+        time.sleep(0.01)
+
+
+def remove_user_dir() -> None:
+    shutil.rmtree(_USER_DIR, ignore_errors=True)

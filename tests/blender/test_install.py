@@ -1,0 +1,57 @@
+"""The built extension zip installs and enables headless, and unregistering leaves nothing behind."""
+from __future__ import annotations
+
+import importlib
+import re
+import zipfile
+
+import bpy
+
+from .conftest import ADDON_MODULE, enable_addon
+
+
+def genlca_types() -> list[str]:
+    return [name for name in dir(bpy.types) if name.upper().startswith("GENLCA")]
+
+
+def test_zip_carries_manifest_bridge_and_wheels(addon_zip):
+    with zipfile.ZipFile(addon_zip) as zf:
+        names = set(zf.namelist())
+        manifest = zf.read("blender_manifest.toml").decode()
+        wheels = re.search(r"^wheels = \[(.*)\]$", manifest, re.M).group(1)
+        listed = re.findall(r'"\./(wheels/[^"]+)"', wheels)
+        assert {w.split("/")[1].split("-")[0] for w in listed} == {"pyzmq", "msgpack"}
+        assert set(listed) <= names
+        assert {"__init__.py", "bridge/protocol.py", "bridge/rigmaps.py", "bridge/cameras.py"} <= names
+        for name in names:
+            if name.startswith("bridge/"):
+                assert not re.search(r"^\s*(from|import) bridge\b", zf.read(name).decode(), re.M), name
+        assert 'id = "genlca"' in manifest and 'network = ' in manifest and 'files = ' in manifest
+
+
+def test_install_enable_disable_leaves_nothing(addon):
+    assert ADDON_MODULE in bpy.context.preferences.addons
+    assert {"GENLCA_PT_main", "GENLCA_OT_generate"} <= set(genlca_types())
+    assert hasattr(bpy.types.Scene, "genlca") and hasattr(bpy.types.Object, "genlca")
+    assert bpy.ops.genlca.generate.poll() is False  # no prompt yet: poll refuses and explains
+    for wheel_module in ("zmq", "msgpack"):  # the bundled wheels were installed
+        assert importlib.import_module(wheel_module)
+
+    bpy.ops.preferences.addon_disable(module=ADDON_MODULE)
+    try:
+        assert genlca_types() == []
+        assert not hasattr(bpy.types.Scene, "genlca") and not hasattr(bpy.types.Object, "genlca")
+        assert all("genlca" not in getattr(h, "__module__", "") for h in bpy.app.handlers.frame_change_post)
+    finally:
+        enable_addon()
+    assert {"GENLCA_PT_main", "GENLCA_OT_generate"} <= set(genlca_types())
+
+
+def test_preferences_and_output_folder_outside_the_addon(addon):
+    prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    assert prefs.backend_address.startswith("tcp://127.0.0.1:")
+    from importlib import import_module
+    from pathlib import Path
+    out = Path(import_module(ADDON_MODULE + ".preferences").output_dir())
+    addon_dir = Path(addon.__file__).parent
+    assert addon_dir not in out.parents and out != addon_dir
