@@ -1,0 +1,283 @@
+"""The avatar operations the backend serves: generate, edit, get_avatar, render, export.
+
+Everything here is token-space work on the real avatar core: a token map on the template's UV atlas
+is decoded into rigged Gaussians, posed by LBS and rendered. Until the diffusion model lands (next
+round), `generate` draws a seeded token map (`placeholder_tokens`) instead of sampling the model, and
+`edit` mixes or inpaints token maps without a model; every result says so in `meta["generator"]`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bridge import protocol
+from bridge.protocol import Request
+
+PLACEHOLDER_GENERATOR = "placeholder-seeded-tokens (no diffusion model yet)"
+
+
+@dataclasses.dataclass
+class ServiceConfig:
+    resolution: int = 128          # token map R
+    token_channels: int = 32       # C
+    gaussians_per_texel: int = 2   # K
+    sh_degree: int = 1
+    max_render_pixels: int = 2048 * 2048
+    max_frames: int = 2000
+    device: str = "auto"           # "auto" | "cpu" | "cuda"
+
+
+class AvatarService:
+    """Holds the template, texel layout and decoder (built once, lazily) and implements the handlers.
+
+    Handlers follow backend.jobs' signature: (request, arrays, ctx) -> (header fields, arrays).
+    """
+
+    def __init__(self, store, config: ServiceConfig | None = None) -> None:
+        self.store = store
+        self.config = config or ServiceConfig()
+        self._lock = threading.Lock()
+        self._core: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def device(self) -> torch.device:
+        want = self.config.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(want)
+
+    def core(self) -> dict[str, Any]:
+        """Template, layout, skeleton and decoder; built on first use (cached on disk by the avatar core)."""
+        with self._lock:
+            if self._core is None:
+                from backend.avatar.skinning import Skeleton
+                from backend.avatar.template import load_template
+                from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig
+                from backend.avatar.uv_layout import load_layout
+
+                template = load_template("anny")
+                layout = load_layout(template, self.config.resolution)
+                decoder = TokenDecoder(TokenDecoderConfig(
+                    token_channels=self.config.token_channels,
+                    gaussians_per_texel=self.config.gaussians_per_texel,
+                    sh_degree=self.config.sh_degree)).eval()
+                self._core = {"template": template, "layout": layout, "decoder": decoder,
+                              "skeleton": Skeleton.from_template(template)}
+            return self._core
+
+    def handlers(self) -> dict[str, Any]:
+        return {"generate": self.generate, "edit": self.edit, "get_avatar": self.get_avatar,
+                "render": self.render, "export": self.export}
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _prompt_seed(prompt: str, seed: int) -> int:
+        digest = hashlib.sha256(f"{prompt.strip().lower()}\0{seed}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+    def _decode_and_store(self, tokens: torch.Tensor, meta: dict[str, Any], ctx) -> dict[str, Any]:
+        from backend.avatar.avatar_file import AvatarRecord
+        from backend.avatar.tokens import decode
+
+        core = self.core()
+        ctx.progress("decode", 0, 1)
+        with torch.no_grad():
+            gaussians = decode(tokens, core["layout"], core["decoder"])
+        ctx.check_cancelled()
+        template = core["template"]
+        record = AvatarRecord(
+            gaussians=gaussians.detach(), tokens=tokens.detach(), joint_names=list(template.joint_names),
+            joint_parents=np.asarray(template.joint_parents, dtype=np.int32),
+            rest_matrices=np.asarray(template.rest_matrices, dtype=np.float32),
+            joint_tails=np.asarray(template.joint_tails, dtype=np.float32),
+            meta={**meta, "template": template.name, "resolution": self.config.resolution,
+                  "gaussians": len(gaussians)})
+        avatar_id = uuid.uuid4().hex[:12]
+        self.store.put(avatar_id, record)
+        ctx.progress("decode", 1, 1)
+        return {"avatar_id": avatar_id, "meta": record.meta}
+
+    def _record(self, avatar_id: str):
+        from backend.jobs import HandlerError
+
+        record = self.store.get(avatar_id)
+        if record is None:
+            raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} (it may have been evicted)")
+        return record
+
+    # ------------------------------------------------------------------ generate / edit
+    def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+        from backend.avatar.tokens import placeholder_tokens
+        from backend.jobs import HandlerError
+
+        assert isinstance(request, protocol.Generate)
+        image = arrays.get("image")
+        if image is not None and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
+            raise HandlerError(protocol.E_BAD_ARRAY,
+                               f"expected image of dtype uint8 and shape (H, W, 3), got {image.dtype} {image.shape}")
+        unknown = sorted(set(arrays) - {"image"})
+        if unknown:
+            raise HandlerError(protocol.E_BAD_ARRAY, f"generate takes only an 'image' array, got {unknown}")
+        ctx.progress("load", 0, 1)
+        core = self.core()
+        ctx.progress("load", 1, 1)
+        seed = self._prompt_seed(request.prompt, request.seed)
+        ctx.progress("sample", 0, 1)
+        tokens = placeholder_tokens(core["layout"], self.config.token_channels, seed)
+        ctx.progress("sample", 1, 1)
+        meta = {"generator": PLACEHOLDER_GENERATOR, "prompt": request.prompt, "seed": request.seed,
+                "image_used": False}
+        return self._decode_and_store(tokens, meta, ctx), {}
+
+    def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+        from backend.avatar.tokens import placeholder_tokens
+        from backend.jobs import HandlerError
+
+        assert isinstance(request, protocol.Edit)
+        if arrays:
+            raise HandlerError(protocol.E_BAD_ARRAY, f"edit takes no arrays, got {sorted(arrays)}")
+        source = self._record(request.avatar_id)
+        if source.tokens is None:
+            raise HandlerError(protocol.E_INVALID, f"avatar {request.avatar_id!r} has no token map to edit")
+        if request.region and request.region not in protocol.BODY_REGIONS:
+            raise HandlerError(protocol.E_INVALID,
+                               f"unknown region {request.region!r}; expected one of {protocol.BODY_REGIONS}")
+        if not 0.0 < request.strength <= 1.0:
+            raise HandlerError(protocol.E_INVALID, f"strength must be in (0, 1], got {request.strength}")
+        core = self.core()
+        src = source.tokens
+        proposal = placeholder_tokens(core["layout"], src.shape[0], self._prompt_seed(request.prompt, request.seed))
+        ctx.progress("edit", 0, 1)
+        if request.region:
+            # Region regenerate: inpaint in token space; the kept region is the source, untouched.
+            mask = torch.as_tensor(core["layout"].region_mask(request.region))[None]  # (1, R, R)
+            tokens = torch.where(mask, proposal, src)
+        else:
+            # Text edit: move the source towards the new prompt's tokens by `strength`.
+            tokens = (1.0 - request.strength) * src + request.strength * proposal
+        ctx.progress("edit", 1, 1)
+        meta = {"generator": PLACEHOLDER_GENERATOR, "edited_from": request.avatar_id, "prompt": request.prompt,
+                "region": request.region, "strength": request.strength, "seed": request.seed}
+        return self._decode_and_store(tokens, meta, ctx), {}
+
+    # ------------------------------------------------------------------ get / render / export
+    def get_avatar(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+        assert isinstance(request, protocol.GetAvatar)
+        record = self._record(request.avatar_id)
+        return ({"avatar_id": request.avatar_id, "joint_names": list(record.joint_names), "meta": record.meta},
+                avatar_arrays(record))
+
+    def render(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+        from backend.avatar.skinning import pose
+        from backend.jobs import HandlerError
+        from backend.render import RenderOptions, render
+        from backend.render.camera import Camera
+
+        assert isinstance(request, protocol.Render)
+        record = self._record(request.avatar_id)
+        poses, roots, w2c, intr = check_render_request(request, arrays, len(record.joint_names), self.config)
+        skeleton = self.core()["skeleton"] if record.meta.get("template") == "anny" else record_skeleton(record)
+        device = self.device
+        gaussians = record.gaussians.to(device)
+        options = RenderOptions(background=tuple(float(c) for c in request.background))
+        frames = poses.shape[0]
+        for f in range(frames):
+            ctx.check_cancelled()
+            posed = pose(gaussians, skeleton, torch.from_numpy(poses[f]), torch.from_numpy(roots[f]))
+            try:
+                camera = Camera(world_to_camera=torch.from_numpy(w2c[f]), intrinsics=torch.from_numpy(intr[f]),
+                                width=request.width, height=request.height)
+            except ValueError as exc:
+                raise HandlerError(protocol.E_BAD_ARRAY, f"frame {f}: {exc}") from None
+            with torch.no_grad():
+                out = render(posed, camera, options=options)
+            rgba = torch.cat([out.rgb[0], out.alpha[0]], dim=-1)  # (H, W, 4)
+            rgba8 = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+            ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
+        return {"frames": frames, "avatar_id": request.avatar_id}, {}
+
+    def export(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+        from backend.avatar.avatar_file import save_avatar
+        from backend.avatar.ply import save_ply
+        from backend.jobs import HandlerError
+
+        assert isinstance(request, protocol.Export)
+        if request.format not in protocol.EXPORT_FORMATS:
+            raise HandlerError(protocol.E_INVALID,
+                               f"unknown export format {request.format!r}; expected one of {protocol.EXPORT_FORMATS}")
+        record = self._record(request.avatar_id)
+        suffix = ".ply" if request.format == "ply" else ".safetensors"
+        with tempfile.TemporaryDirectory(prefix="genlca-export-") as tmp:
+            path = Path(tmp) / f"avatar{suffix}"
+            if request.format == "ply":
+                save_ply(path, record.gaussians)
+            else:
+                save_avatar(path, record)
+            data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        return {"filename": f"genlca-{request.avatar_id}{suffix}", "format": request.format}, {"file": data}
+
+
+# ---------------------------------------------------------------------- free functions
+def avatar_arrays(record) -> dict[str, np.ndarray]:
+    """The AVATAR_ARRAYS of a stored avatar, as wire dtypes."""
+    g = record.gaussians
+    return {
+        "means": g.means.float().cpu().numpy(),
+        "rotations": g.rotations.float().cpu().numpy(),
+        "log_scales": g.log_scales.float().cpu().numpy(),
+        "opacity_logits": g.opacity_logits.float().cpu().numpy(),
+        "sh": g.sh.float().cpu().numpy(),
+        "skin_indices": g.skin_indices.cpu().numpy().astype(np.uint16),
+        "skin_weights": g.skin_weights.float().cpu().numpy(),
+        "joint_parents": np.asarray(record.joint_parents, dtype=np.int32),
+        "rest_matrices": np.asarray(record.rest_matrices, dtype=np.float32),
+        "joint_tails": np.asarray(record.joint_tails, dtype=np.float32),
+    }
+
+
+def record_skeleton(record):
+    from backend.avatar.skinning import Skeleton
+
+    return Skeleton(list(record.joint_names), torch.as_tensor(np.asarray(record.joint_parents), dtype=torch.long),
+                    torch.as_tensor(np.asarray(record.rest_matrices), dtype=torch.float32))
+
+
+def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, config: ServiceConfig):
+    """Validate a render request's arrays against RENDER_ARRAYS; returns them as float32 numpy."""
+    from backend.jobs import HandlerError
+
+    if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192) or \
+            request.width * request.height > config.max_render_pixels:
+        raise HandlerError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of range "
+                           f"(at most {config.max_render_pixels} pixels)")
+    if len(request.background) != 3:
+        raise HandlerError(protocol.E_INVALID, f"background must be 3 floats, got {request.background!r}")
+    missing = [n for n in protocol.RENDER_ARRAYS if n not in arrays]
+    extra = sorted(set(arrays) - set(protocol.RENDER_ARRAYS))
+    if missing or extra:
+        raise HandlerError(protocol.E_BAD_ARRAY, f"render needs arrays {list(protocol.RENDER_ARRAYS)}; "
+                           f"missing {missing}, unexpected {extra}")
+    frames = arrays["joint_rotations"].shape[0] if arrays["joint_rotations"].ndim == 3 else -1
+    expect = {"joint_rotations": (frames, joints, 4), "root_translations": (frames, 3),
+              "world_to_camera": (frames, 4, 4), "intrinsics": (frames, 3, 3)}
+    out = []
+    for name, shape in expect.items():
+        a = arrays[name]
+        if a.dtype != np.float32 or tuple(a.shape) != shape:
+            raise HandlerError(protocol.E_BAD_ARRAY,
+                               f"expected {name} of dtype float32 and shape {shape}, got {a.dtype} {a.shape}")
+        if not np.isfinite(a).all():
+            raise HandlerError(protocol.E_BAD_ARRAY, f"{name} contains NaN or inf")
+        out.append(np.array(a, dtype=np.float32, order="C", copy=True))  # writable: torch.from_numpy shares it
+    if not 1 <= frames <= config.max_frames:
+        raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
+    return tuple(out)
