@@ -89,7 +89,7 @@ def build(platforms: list[str] | None, out_dir: Path, pip: list[str]) -> Path:
     manifest = (ADDON / "blender_manifest.toml").read_text()
     version = manifest_version(manifest)
     wheels: list[Path] = []
-    for python in PYTHONS if platforms else ("3.11",):
+    for python in PYTHONS:  # one zip serves Blender 4.2-5.0 (Python 3.11) and 5.1+ (Python 3.13)
         for plat in platforms or [None]:
             wheels += [w for w in download_wheels(plat, python, pip) if w.name not in {x.name for x in wheels}]
     listed = ", ".join(f'"./wheels/{w.name}"' for w in wheels)

@@ -28,14 +28,36 @@ setup_main() {
   echo "$h" > .venv/.genlca-stamp
 }
 
-setup_blender() {
-  local spec=${BPY_SPEC:-bpy==5.0.1}
+# The add-on is tested against the oldest Blender it supports (4.2 LTS, Python 3.11), the newest for
+# Python 3.11 (5.0.1, used by the benchmarks and figures) and the newest Blender (5.3, Python 3.13).
+# BPY_SPEC overrides the 5.0.1 pin of .venv-blender.
+find_python313() {
+  local c
+  for c in "${PYTHON313:-}" python3.13 "$(pyenv root 2>/dev/null)"/versions/3.13*/bin/python3.13 \
+           /usr/bin/python3.13 /usr/local/bin/python3.13; do
+    [ -n "$c" ] && "$c" -c "import sys; assert sys.version_info[:2] == (3, 13)" >/dev/null 2>&1 && { echo "$c"; return; }
+  done
+}
+
+setup_bpy_env() {  # venv-dir python spec
+  local dir=$1 py=$2 spec=$3
   local h; h=$(echo "$spec" | sha256sum | cut -c1-16)
-  if stamp_ok .venv-blender "$h"; then return; fi
-  [ -x .venv-blender/bin/python ] || "$PY" -m venv .venv-blender
-  .venv-blender/bin/python -m pip install -q --upgrade pip
-  .venv-blender/bin/python -m pip install -q "$spec" pytest pytest-timeout
-  echo "$h" > .venv-blender/.genlca-stamp
+  if stamp_ok "$dir" "$h"; then return; fi
+  [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
+  "$dir/bin/python" -m pip install -q --upgrade pip
+  "$dir/bin/python" -m pip install -q "$spec" pytest pytest-timeout
+  echo "$h" > "$dir/.genlca-stamp"
+}
+
+setup_blender() {
+  setup_bpy_env .venv-blender "$PY" "${BPY_SPEC:-bpy==5.0.1}"
+  setup_bpy_env .venv-blender-4.2 "$PY" "bpy==4.2.23"
+  local py313; py313=$(find_python313)
+  if [ -n "$py313" ]; then
+    setup_bpy_env .venv-blender-5.3 "$py313" "bpy==5.3.0"
+  else
+    echo "[setup] no Python 3.13 found (set PYTHON313): the newest Blender (bpy 5.3) will not be tested" >&2
+  fi
 }
 
 case "$WANT" in
