@@ -169,7 +169,7 @@ def _root_index(parents: np.ndarray) -> int:
 def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> None:
     """Pose `avatar` from its bound source armature's current evaluated pose."""
     source = avatar.genlca.source_armature
-    if source is None:
+    if source is None or source.type != "ARMATURE":  # Blender < 5.0 lets the picker take any object
         return
     src_eval = source.evaluated_get(depsgraph)
     src_names = [b.name for b in source.data.bones]

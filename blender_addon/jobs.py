@@ -12,7 +12,7 @@ from typing import Callable
 import bpy
 import numpy as np
 
-from . import export, render, scene_import
+from . import export, properties, render, scene_import
 from ._bridge import protocol
 from .session import Session, notify
 
@@ -147,7 +147,7 @@ def edit(session: Session, scene: bpy.types.Scene, region: str = "", on_done: Av
          on_error: Callable[[str, str], None] | None = None) -> str:
     """Edit the active avatar: a new prompt at the scene's strength, or regenerate `region`."""
     props = scene.genlca
-    item = props.active_avatar()
+    item = properties.active_avatar(props)
     if item is None:
         raise ValueError("no avatar selected in the GenLCA panel")
     if region and region not in protocol.BODY_REGIONS:

@@ -2,7 +2,7 @@
 
 import bpy
 
-from . import binding, jobs, preferences, session
+from . import binding, jobs, preferences, properties, session
 
 
 def _session(op: bpy.types.Operator) -> session.Session | None:
@@ -21,7 +21,7 @@ def _idle(cls, context) -> bool:
 
 
 def _active_item(cls, context):
-    item = context.scene.genlca.active_avatar()
+    item = properties.active_avatar(context.scene.genlca)
     if item is None:
         cls.poll_message_set("Generate or import an avatar first")
     return item
@@ -141,7 +141,7 @@ class GENLCA_OT_import_avatar(bpy.types.Operator):
     def execute(self, context):
         avatar_id = self.avatar_id
         if not avatar_id:
-            item = context.scene.genlca.active_avatar()
+            item = properties.active_avatar(context.scene.genlca)
             if item is None:
                 self.report({"ERROR"}, "Give an avatar id or select an avatar in the list")
                 return {"CANCELLED"}
@@ -171,7 +171,7 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        avatar = context.scene.genlca.active_avatar().armature
+        avatar = properties.active_avatar(context.scene.genlca).armature
         try:
             mapping = binding.bind(avatar, context.active_object)
         except (ValueError, KeyError) as exc:
@@ -198,7 +198,7 @@ class GENLCA_OT_unbind_armature(bpy.types.Operator):
         return True
 
     def execute(self, context):
-        binding.unbind(context.scene.genlca.active_avatar().armature)
+        binding.unbind(properties.active_avatar(context.scene.genlca).armature)
         return {"FINISHED"}
 
 
@@ -220,7 +220,7 @@ class GENLCA_OT_render(bpy.types.Operator):
         return _idle(cls, context)
 
     def execute(self, context):
-        avatar = context.scene.genlca.active_avatar().armature
+        avatar = properties.active_avatar(context.scene.genlca).armature
         return _start(self, jobs.render_frames, context.scene, avatar, preferences.output_dir(context))
 
 
@@ -236,7 +236,7 @@ class GENLCA_OT_export(bpy.types.Operator):
 
     def execute(self, context):
         props = context.scene.genlca
-        return _start(self, jobs.export_file, context.scene, props.active_avatar().avatar_id,
+        return _start(self, jobs.export_file, context.scene, properties.active_avatar(props).avatar_id,
                       props.export_format, preferences.output_dir(context))
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import bpy
 
+from . import properties
+
 
 class GENLCA_UL_avatars(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
@@ -96,7 +98,7 @@ class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        item = context.scene.genlca.active_avatar()
+        item = properties.active_avatar(context.scene.genlca)
         avatar = item.armature if item is not None else None
         row = layout.row(align=True)
         row.operator("genlca.bind_armature", icon="CON_ARMATURE")

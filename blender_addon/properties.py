@@ -20,10 +20,16 @@ def _is_armature(self, obj: bpy.types.Object) -> bool:
     return obj.type == "ARMATURE"
 
 
+# A PointerProperty `poll` callback makes Blender 4.2-4.5 crash (4.2, 4.3) or hang (4.5) when it exits
+# (seen with the bpy module; Blender 5.0+ is fine). There the picker lists every object and binding
+# checks the type itself (binding.bind_armature reports a non-armature by name).
+_ARMATURE_POLL = {"poll": _is_armature} if bpy.app.version >= (5, 0, 0) else {}
+
+
 class GenLCAObjectProps(bpy.types.PropertyGroup):
     """On an avatar armature: the scene armature that drives it, and how."""
 
-    source_armature: bpy.props.PointerProperty(name="Driven by", type=bpy.types.Object, poll=_is_armature)
+    source_armature: bpy.props.PointerProperty(name="Driven by", type=bpy.types.Object, **_ARMATURE_POLL)
     rig: bpy.props.StringProperty(name="Rig", description="Detected naming of the driving armature")
     bone_map: bpy.props.CollectionProperty(type=GenLCABoneMapItem)
     bone_map_index: bpy.props.IntProperty()
@@ -57,8 +63,15 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
     avatars: bpy.props.CollectionProperty(type=GenLCAAvatarItem)
     avatar_index: bpy.props.IntProperty(name="Avatar", default=0)
 
-    def active_avatar(self) -> GenLCAAvatarItem | None:
-        return self.avatars[self.avatar_index] if 0 <= self.avatar_index < len(self.avatars) else None
+
+
+def active_avatar(props: GenLCASceneProps) -> "GenLCAAvatarItem | None":
+    """The avatar selected in the panel's list, or None.
+
+    A free function, not a method: a Python method on a registered PropertyGroup makes Blender 4.2-4.5
+    crash (4.2, 4.3) or hang (4.5) when it exits (seen with the bpy module; 5.0+ is fine).
+    """
+    return props.avatars[props.avatar_index] if 0 <= props.avatar_index < len(props.avatars) else None
 
 
 classes = (GenLCAAvatarItem, GenLCABoneMapItem, GenLCAObjectProps, GenLCASceneProps)

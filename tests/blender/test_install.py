@@ -55,3 +55,31 @@ def test_preferences_and_output_folder_outside_the_addon(addon):
     out = Path(import_module(ADDON_MODULE + ".preferences").output_dir())
     addon_dir = Path(addon.__file__).parent
     assert addon_dir not in out.parents and out != addon_dir
+
+
+_EXIT_SCRIPT = """
+import os, sys, tempfile
+user = tempfile.mkdtemp(prefix="genlca_exit_")
+for var in ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_EXTENSIONS",
+            "BLENDER_USER_DATAFILES"):
+    os.environ[var] = os.path.join(user, var.lower())
+import bpy
+assert bpy.ops.extensions.package_install_files(filepath=sys.argv[1], repo="user_default",
+                                                enable_on_install=True) == {"FINISHED"}
+assert "bl_ext.user_default.genlca" in bpy.context.preferences.addons
+print("enabled")
+"""
+
+
+def test_blender_exits_cleanly_with_the_addon_enabled(addon_zip, tmp_path):
+    """Blender quits with status 0 with the extension enabled. (Blender 4.2-4.5 crash or hang at exit
+    when a PropertyGroup with a Python method or a PointerProperty poll stays registered; properties.py
+    avoids both there. `make test` also checks each suite's exit status.)"""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_check.py"
+    script.write_text(_EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(addon_zip)], capture_output=True, text=True, timeout=120)
+    assert "enabled" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 0, f"Blender {bpy.app.version_string} exited with {done.returncode}"
