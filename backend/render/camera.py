@@ -20,8 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 # camera axes of Blender (x right, y up, -z forward) -> OpenCV (x right, y down, z forward)
-BLENDER_TO_OPENCV_AXES = np.diag([1.0, -1.0, -1.0, 1.0])  # (4, 4), its own inverse
-SENSOR_FITS = ("AUTO", "HORIZONTAL", "VERTICAL")
+from bridge.cameras import BLENDER_TO_OPENCV_AXES, SENSOR_FITS, blender_to_opencv  # noqa: F401 (re-exported)
 
 
 def _as_matrix(value: Any, shape: tuple[int, int], name: str) -> np.ndarray:
@@ -150,14 +149,6 @@ def orbit_cameras(n: int, radius: float, height: float = 1.0, target: Sequence[f
 
 
 # ------------------------------------------------------------------------------- Blender
-def _blender_fit(sensor_fit: str, width_px: int, height_px: int, pixel_aspect: float) -> str:
-    if sensor_fit not in SENSOR_FITS:
-        raise ValueError(f"sensor_fit must be one of {SENSOR_FITS}, got {sensor_fit!r}")
-    if sensor_fit == "AUTO":  # Blender: the larger of (aspect_x * width, aspect_y * height)
-        return "HORIZONTAL" if pixel_aspect * width_px >= height_px else "VERTICAL"
-    return sensor_fit
-
-
 def from_blender(matrix_world: Any, lens_mm: float, sensor_width_mm: float, sensor_height_mm: float,
                  sensor_fit: str, shift_x: float, shift_y: float, width_px: int, height_px: int,
                  pixel_aspect: float = 1.0, clip_start: float = 0.01, clip_end: float = 1e10) -> Camera:
@@ -168,25 +159,9 @@ def from_blender(matrix_world: Any, lens_mm: float, sensor_width_mm: float, sens
     settings. Shift is in units of the fitted sensor dimension, as in Blender: with square pixels and
     AUTO fit a shift of 1 moves the image by max(width, height) pixels.
     """
-    c2w = _as_matrix(matrix_world, (4, 4), "matrix_world").copy()
-    scale = np.linalg.norm(c2w[:3, :3], axis=0)  # (3,)
-    if (scale < 1e-9).any():
-        raise ValueError(f"matrix_world has a degenerate axis scale {scale.tolist()}")
-    c2w[:3, :3] /= scale
-    _check_rigid(c2w, "matrix_world")
-    if lens_mm <= 0 or sensor_width_mm <= 0 or sensor_height_mm <= 0 or pixel_aspect <= 0:
-        raise ValueError(f"expected positive lens, sensor and pixel aspect, got lens={lens_mm}, "
-                         f"sensor={sensor_width_mm}x{sensor_height_mm}, pixel_aspect={pixel_aspect}")
-    fit = _blender_fit(sensor_fit, width_px, height_px, pixel_aspect)
-    sensor = sensor_height_mm if sensor_fit == "VERTICAL" else sensor_width_mm  # AUTO uses the width field
-    ycor = 1.0 / pixel_aspect  # Blender: aspect_y / aspect_x
-    viewfac = width_px if fit == "HORIZONTAL" else ycor * height_px  # pixels spanned by the sensor
-    fx = lens_mm * viewfac / sensor
-    fy = fx / ycor
-    cx = 0.5 * width_px - shift_x * viewfac
-    cy = 0.5 * height_px + shift_y * viewfac / ycor  # image y points down, Blender's shift_y up
-    k = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    w2c = np.linalg.inv(c2w @ BLENDER_TO_OPENCV_AXES)  # (4, 4)
+    # One formula for both sides: the add-on cannot import backend, so it lives in bridge (numpy only).
+    w2c, k = blender_to_opencv(_as_matrix(matrix_world, (4, 4), "matrix_world"), lens_mm, sensor_width_mm,
+                               sensor_height_mm, sensor_fit, shift_x, shift_y, width_px, height_px, pixel_aspect)
     return Camera(w2c, k, width_px, height_px, clip_start, clip_end)
 
 
