@@ -1,17 +1,26 @@
 """Blender import benchmark: a rigged avatar of 100k and 500k Gaussians (104 joints, top-8 skin weights)
-into the scene, and 250 frames of armature pose read back as the wire's joint rotations.
+into the scene, stage by stage, and 250 frames of armature pose read back as the wire's joint rotations.
 
-    .venv-blender/bin/python benchmarks/blender_import.py [--sizes 100000 500000] [--frames 250]
+    .venv-blender/bin/python benchmarks/blender_import.py [--sizes 100000 500000] [--skins sparse dense]
+                                                          [--frames 250] [--repeats 3] [--chunk 16]
+                                                          [--baseline GIT_REV]
 
-Runs the add-on's plain functions from the repository (no backend, no UI). Prints one line per
-measurement and a Markdown table for docs/BENCHMARKS.md.
+Runs the add-on's plain functions from the repository (no backend, no UI) on synthetic avatars
+(`scene_import.synthetic_avatar`): skin "sparse" is like the backend's avatars (runs of 10 Gaussians
+sharing a skin row, 3.8 of the 8 weights nonzero on average, as in the anny layout; the targets apply to
+it), skin "dense" is the worst case the earlier benchmark used (8 nonzero weights on joints all over the
+skeleton, Gaussians in random order). --baseline also times blender_addon/scene_import.py as it was at
+GIT_REV (e.g. 917d74a: the Geometry Nodes bake), alternating with the current one on the same data.
+Prints one line per measurement and a Markdown table for docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,27 +38,44 @@ import numpy as np  # noqa: E402
 import blender_addon  # noqa: E402
 from blender_addon import binding, scene_import  # noqa: E402
 
-STAGES = ("armature", "mesh + skin attributes", "vertex groups (GN bake)", "splat attributes + modifiers")  # one-shot
+STAGES = ("armature", "mesh + splat attributes", "skin runs (numpy)", "vertex groups (VertexGroup.add)",
+          "modifiers + link")  # the stages of a one-step import (scene_import.import_steps)
+TARGETS = {100_000: 0.1, 500_000: 0.5}  # seconds, "sparse" skin
+BEFORE = {100_000: 0.24, 500_000: 2.4}  # seconds: the Geometry Nodes bake, "dense" skin (docs/BENCHMARKS.md)
 
 
 def clear_scene() -> None:
     for collection in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.actions):
         for block in list(collection):
             collection.remove(block)
+    bpy.context.view_layer.update()  # frees what the depsgraph still holds of them (not timed)
 
 
-def time_import(n: int, repeats: int, bake_chunk: int | None = None) -> tuple[list[float], list[list[float]]]:
+def time_import(header: dict, arrays: dict, repeats: int, bake_chunk: int | None = None,
+                module=scene_import) -> tuple[list[float], list[list[float]]]:
     """Total import times and the duration of each step (one step per session timer tick)."""
-    header, arrays = scene_import.synthetic_avatar(n, joints=104, k=8, seed=0)
     totals, stages = [], []
     for _ in range(repeats):
         clear_scene()
         marks = [time.perf_counter()]
-        for _step in scene_import.import_steps(bpy.context, header, arrays, bake_chunk=bake_chunk):
+        for _step in module.import_steps(bpy.context, header, arrays, bake_chunk=bake_chunk):
             marks.append(time.perf_counter())
         totals.append(marks[-1] - marks[0])
         stages.append(list(np.diff(marks)))
     return totals, stages
+
+
+def baseline_module(rev: str):
+    """scene_import (with the splat_nodes and _bridge beside it) as it was at git revision `rev`."""
+    package = Path(tempfile.mkdtemp(prefix="genlca_baseline_")) / "genlca_baseline"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("scene_import.py", "splat_nodes.py", "_bridge.py"):
+        text = subprocess.run(["git", "show", f"{rev}:blender_addon/{name}"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+        (package / name).write_text(text)
+    sys.path.insert(0, str(package.parent))
+    return importlib.import_module("genlca_baseline.scene_import")
 
 
 def time_pose_read(frames: int, repeats: int) -> list[float]:
@@ -94,27 +120,55 @@ def _fcurves(obj):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 500_000])
+    ap.add_argument("--skins", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
     ap.add_argument("--frames", type=int, default=250)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--chunk", type=int, default=16, help="joints per bake step for the stepped import")
+    ap.add_argument("--chunk", type=int, default=16, help="joints' worth of weights per vertex-group step "
+                    "for the stepped import (jobs.IMPORT_BAKE_CHUNK)")
+    ap.add_argument("--baseline", metavar="GIT_REV", help="also time scene_import.py as of this revision")
     args = ap.parse_args()
+    baseline = baseline_module(args.baseline) if args.baseline else None
     blender_addon.register()
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Blender {bpy.app.version_string} (bpy module)"
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+               f"Blender {bpy.app.version_string} (bpy module), Python {platform.python_version()}")
     print(f"# {machine}")
     rows = []
-    for n in args.sizes:
-        totals, stages = time_import(n, args.repeats)
-        best = int(np.argmin(totals))
-        detail = ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in zip(STAGES, stages[best]))
-        print(f"import {n:>7} Gaussians: best {min(totals):.3f} s, median {statistics.median(totals):.3f} s ({detail})")
-        rows.append((f"import rigged avatar, {n // 1000}k Gaussians, 104 joints, k=8", min(totals), detail))
-        totals, stages = time_import(n, args.repeats, bake_chunk=args.chunk)
-        best = int(np.argmin(totals))
-        longest = max(stages[best])
-        print(f"import {n:>7} Gaussians in timer steps (bake {args.chunk} joints per step): best {min(totals):.3f} s, "
-              f"{len(stages[best])} steps, longest step {longest * 1000:.0f} ms")
-        rows.append((f"same, as the add-on does it (bake {args.chunk} joints per timer step)", min(totals),
-                     f"{len(stages[best])} steps, longest {longest * 1000:.0f} ms"))
+    for skin in args.skins:
+        for n in args.sizes:
+            header, arrays = scene_import.synthetic_avatar(n, joints=104, k=8, seed=0, skin=skin)
+            vertices, _, joints, _ = scene_import.skin_weight_runs(arrays["skin_indices"], arrays["skin_weights"])
+            totals, stages = time_import(header, arrays, args.repeats)
+            best = int(np.argmin(totals))
+            detail = ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in zip(STAGES, stages[best]))
+            notes = [f"{len(vertices) / n:.1f} weights per Gaussian, {len(joints)} VertexGroup.add calls"]
+            if skin == "sparse" and n in TARGETS:
+                notes.append(f"target < {TARGETS[n]} s: {'met' if min(totals) < TARGETS[n] else 'NOT met'}")
+            if n in BEFORE:
+                notes.append(f"speed-up {BEFORE[n] / min(totals):.1f}x vs the GN bake's {BEFORE[n]} s (dense skin, "
+                             "quieter machine)")
+            print(f"import {n:>7} Gaussians, {skin} skin: best {min(totals):.3f} s, median "
+                  f"{statistics.median(totals):.3f} s ({detail}; {'; '.join(notes)})")
+            rows.append((f"import rigged avatar, {n // 1000}k Gaussians, {skin} skin", min(totals),
+                         f"{detail} ({'; '.join(notes)})"))
+            totals, stages = time_import(header, arrays, args.repeats, bake_chunk=args.chunk)
+            best = int(np.argmin(totals))
+            longest = max(stages[best])
+            print(f"import {n:>7} Gaussians, {skin} skin, in timer steps ({args.chunk} joints' weights per step): "
+                  f"best {min(totals):.3f} s, {len(stages[best])} steps, longest step {longest * 1000:.0f} ms")
+            rows.append((f"same, in timer steps as the add-on does it ({args.chunk} joints' weights per step)",
+                         min(totals), f"{len(stages[best])} steps, longest {longest * 1000:.0f} ms"))
+            if baseline is not None:  # alternate old and new, so both see the same machine load
+                old, new = [], []
+                for _ in range(args.repeats):
+                    old += [time_import(header, arrays, 1, module=baseline)]
+                    new += [time_import(header, arrays, 1)]
+                old_best = min(old, key=lambda r: r[0][0])
+                new_best = min(new, key=lambda r: r[0][0])
+                ms = lambda r: "+".join(f"{t * 1000:.0f}" for t in r[1][0])  # noqa: E731
+                line = (f"{args.baseline} {old_best[0][0]:.3f} s ({ms(old_best)} ms), now {new_best[0][0]:.3f} s "
+                        f"({ms(new_best)} ms): speed-up {old_best[0][0] / new_best[0][0]:.1f}x")
+                print(f"import {n:>7} Gaussians, {skin} skin, alternating: {line}")
+                rows.append((f"same, {args.baseline} vs now, alternating", new_best[0][0], line))
     times = time_pose_read(args.frames, args.repeats)
     print(f"read {args.frames} frames of pose (104 bones): best {min(times):.3f} s, median {statistics.median(times):.3f} s")
     rows.append((f"read {args.frames} frames of armature pose (104 bones)", min(times),

@@ -16,7 +16,7 @@ from . import export, properties, render, scene_import
 from ._bridge import protocol
 from .session import Session, notify
 
-IMPORT_BAKE_CHUNK = 16  # joints per vertex-group bake step (keeps each timer tick short; docs/BENCHMARKS.md)
+IMPORT_BAKE_CHUNK = 16  # about 16 joints' worth of skin weights per import step (keeps each timer tick short)
 AvatarCallback = Callable[[bpy.types.Object, bpy.types.Object], None]
 
 

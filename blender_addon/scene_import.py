@@ -4,8 +4,8 @@ Result: an armature object (one bone per joint, edit bones from the rest matrice
 +Y towards the tail, roll from the matrix) and, parented to it, a mesh object with one vertex per
 Gaussian and no faces. The mesh carries the attributes "scale" (exp of log-scale, FLOAT_VECTOR),
 "rotation" (QUATERNION, wxyz), "opacity" (sigmoid of the logit), "color" (SH DC -> linear RGBA), vertex
-groups with the top-k skin weights, an Armature modifier (posing deforms it in the viewport) and a
-Geometry Nodes modifier that draws the splats as ellipsoids.
+groups with the top-k skin weights (quantised to multiples of 1/SKIN_LEVELS), an Armature modifier (posing
+deforms it in the viewport) and a Geometry Nodes modifier that draws the splats as ellipsoids.
 
 The Armature modifier moves the splat centres; splat orientations stay as imported (the backend's
 renderer rotates them properly). `import_steps` yields between stages so the session can spread a large
@@ -13,7 +13,9 @@ import over several timer ticks; `import_avatar` runs them all.
 """
 from __future__ import annotations
 
+import array
 import json
+import traceback
 from typing import Any, Iterator, Mapping
 
 import bpy
@@ -55,10 +57,6 @@ def check_avatar_arrays(arrays: Mapping[str, np.ndarray], joint_names: list[str]
     return dims["N"], dims["J"], dims["k"]
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
 def _collection(context: bpy.types.Context, collection: bpy.types.Collection | None) -> bpy.types.Collection:
     return collection if collection is not None else context.scene.collection
 
@@ -97,17 +95,146 @@ def build_armature(context: bpy.types.Context, name: str, joint_names: list[str]
     return obj
 
 
-def _bake_skin_groups(context: bpy.types.Context, obj: bpy.types.Object, tree: bpy.types.GeometryNodeTree) -> None:
-    """Skin attributes -> vertex groups, through a bake tree (see splat_nodes): evaluate, keep the result."""
-    mod = obj.modifiers.new("GenLCA skin bake", "NODES")
-    mod.node_group = tree
-    depsgraph = context.evaluated_depsgraph_get()
-    baked = bpy.data.meshes.new_from_object(obj.evaluated_get(depsgraph), preserve_all_data_layers=False,
-                                            depsgraph=depsgraph)
-    obj.modifiers.remove(mod)
-    old, obj.data = obj.data, baked
-    baked.name = old.name
-    bpy.data.meshes.remove(old)
+SKIN_LEVELS = 1023  # vertex-group weights are multiples of 1/SKIN_LEVELS: error <= 1/2046 per weight
+_TEMP_GROUP = "genlca-tmp-{:05d}"  # vertex-group names while the weights are written (sort in joint order)
+
+
+def skin_weight_runs(indices: np.ndarray, weights: np.ndarray, levels: int = SKIN_LEVELS) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k skin weights (N, k) -> runs of vertices that share a joint and a quantised weight.
+
+    Weights are rounded to multiples of 1/levels; entries that round to 0 (< 1/(2 levels)) are left out
+    (the Armature modifier divides by each vertex's weight sum). Returns (vertices int32 (M,), starts
+    int64 (R + 1,), joints int64 (R,), quantised int64 (R,)): run r is vertices[starts[r]:starts[r + 1]],
+    ascending, all with joint joints[r] and weight quantised[r] / levels; runs are ordered by joint, then
+    weight. Numpy only, O(N k): the (joint, weight) pairs that occur are ranked through a lookup table,
+    then one stable sort of the 16-bit ranks (numpy's radix sort); two when more than 65536 pairs occur."""
+    n, k = weights.shape
+    if not 1 <= levels < 1 << 16:
+        raise ValueError(f"levels must be in 1..65535, got {levels}")
+    scaled = np.clip(weights, 0.0, 1.0, dtype=np.float32)  # a new array
+    scaled *= np.float32(levels)
+    q = np.rint(scaled, out=scaled).astype(np.uint16).ravel()  # (N*k,)
+    flat = np.flatnonzero(q)  # the nonzero entries, vertex-major
+    if len(flat) == 0:
+        empty = np.zeros(0, np.int64)
+        return np.zeros(0, np.int32), np.zeros(1, np.int64), empty, empty
+    q = q[flat]
+    joint = indices.ravel()[flat]
+    vertex = (flat // k).astype(np.int32)
+    del flat
+    key = joint.astype(np.int32) * np.int32(levels + 1) + q  # (joint, weight) pair
+    size = int(key.max()) + 1  # at most J * (levels + 1)
+    present = None
+    if size <= 1 << 26:
+        present = np.zeros(size, np.bool_)
+        present[key] = True
+        pairs = np.flatnonzero(present)  # the pairs that occur, in (joint, weight) order
+    else:
+        pairs = np.unique(key)
+    if len(pairs) <= 1 << 16:
+        if present is not None:
+            rank_of = np.cumsum(present, dtype=np.int32)
+            rank_of -= 1
+            rank = rank_of[key].astype(np.uint16)
+        else:
+            rank = np.searchsorted(pairs, key).astype(np.uint16)
+        order = np.argsort(rank, kind="stable")
+        counts = np.bincount(rank, minlength=len(pairs))
+    else:  # LSD radix: by weight, then by joint
+        order = np.argsort(q, kind="stable")
+        order = order[np.argsort(joint[order].astype(np.uint16), kind="stable")]
+        counts = np.bincount(np.searchsorted(pairs, key), minlength=len(pairs))
+    starts = np.zeros(len(pairs) + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])
+    return vertex[order], starts, pairs // (levels + 1), pairs % (levels + 1)
+
+
+def skin_vertex_group_steps(obj: bpy.types.Object, joint_names: list[str], indices: np.ndarray,
+                            weights: np.ndarray, levels: int = SKIN_LEVELS,
+                            step_joints: int | None = None) -> Iterator[None]:
+    """Vertex groups (one per joint, in joint order, named after it) holding the top-k skin weights,
+    quantised to multiples of 1/levels (see `skin_weight_runs`). A generator that yields once the runs
+    are computed and then after about `step_joints` joints' worth of weights (None: once at the end).
+
+    Blender has no bulk setter for deform weights; `VertexGroup.add(vertices, weight)` takes a list of
+    vertices with one weight, so it is called once per run: at most J * levels calls whatever N is
+    (15k-25k for the backend's avatars, ~0.6 µs each). Inside, a weight costs ~0.1-0.2 µs (the index
+    conversion, a realloc of the vertex's weights) plus ~1 ns per group in front of its group in the
+    object's list, so the groups are created in order of use (most weights first) under temporary names,
+    then sorted into joint order (one O(N k) remap) and renamed. `obj` is best not yet linked to a scene:
+    `add` then skips depsgraph work. Mode ADD sums a joint listed twice for a vertex."""
+    vertices, starts, joints, quantised = skin_weight_runs(indices, weights, levels)
+    yield
+    j_count = len(joint_names)
+    entries = np.diff(starts)
+    use = np.bincount(joints, weights=entries, minlength=j_count)
+    temp = [_TEMP_GROUP.format(j) for j in range(j_count)]
+    reorder = not set(temp) & set(joint_names)
+    groups: list = [None] * j_count
+    for j in (np.argsort(-use, kind="stable") if reorder else range(j_count)):
+        groups[j] = obj.vertex_groups.new(name=temp[j] if reorder else joint_names[j])
+    adds = [g.add for g in groups]
+    verts = array.array("i", vertices.tobytes())  # a slice of it is a memcpy; ints made as `add` reads them
+    bounds = starts.tolist()
+    run_joint = joints.tolist()
+    run_weight = (quantised / levels).tolist()
+    runs = len(run_joint)
+    cuts = [runs]
+    if step_joints is not None and runs:  # steps of about equal work: step_joints / J of the weights each
+        per_step = max(1, len(vertices) * max(1, step_joints) // j_count)
+        ends = np.searchsorted(starts[1:], np.arange(per_step, len(vertices), per_step))
+        cuts = np.unique(np.append(ends + 1, runs)).tolist()
+    done = 0
+    for cut in cuts:
+        for r in range(done, cut):
+            adds[run_joint[r]](verts[bounds[r]:bounds[r + 1]], run_weight[r], "ADD")
+        done = cut
+        if cut < runs:
+            yield
+    if reorder:
+        try:  # the temporary names sort in joint order; no undo step
+            with bpy.context.temp_override(object=obj, active_object=obj):
+                bpy.ops.object.vertex_group_sort("EXEC_DEFAULT", False, sort_type="NAME")
+        except RuntimeError:  # the groups stay in order of use: the weights are right all the same
+            traceback.print_exc()
+        for g, joint in zip(groups, joint_names):
+            g.name = joint
+    yield
+
+
+def _srgb_to_linear_flat(c: np.ndarray) -> np.ndarray:
+    """sRGB -> linear for a contiguous float32 array in [0, 1]."""
+    linear = np.power((c + np.float32(0.055)) * np.float32(1 / 1.055), np.float32(2.4))
+    low = c <= np.float32(0.04045)
+    linear[low] = c[low] * np.float32(1 / 12.92)
+    return linear
+
+
+def _splat_attributes(mesh: bpy.types.Mesh, arrays: Mapping[str, np.ndarray]) -> None:
+    """Positions and the splat attributes: one bulk `foreach_set` of a contiguous float32 array each.
+    (`mesh.vertices.foreach_set("co")` goes element by element: 40x slower than the "position" layer.)"""
+    n = len(mesh.vertices)
+    mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(arrays["means"], np.float32).ravel())
+    scale = np.exp(arrays["log_scales"], dtype=np.float32)  # (N, 3)
+    mesh.attributes.new("scale", "FLOAT_VECTOR", "POINT").data.foreach_set("vector", scale.ravel())
+    rotations = np.array(arrays["rotations"], dtype=np.float32)  # (N, 4) wxyz
+    norm = np.sqrt(np.einsum("ij,ij->i", rotations, rotations))
+    rotations /= np.maximum(norm, np.float32(1e-12))[:, None]
+    mesh.attributes.new("rotation", "QUATERNION", "POINT").data.foreach_set("value", rotations.ravel())
+    with np.errstate(over="ignore"):  # exp(-logit) = inf -> opacity 0
+        opacity = np.exp(-arrays["opacity_logits"], dtype=np.float32)
+    opacity += np.float32(1.0)
+    np.reciprocal(opacity, out=opacity)  # sigmoid
+    mesh.attributes.new("opacity", "FLOAT", "POINT").data.foreach_set("value", opacity)
+    srgb = np.array(arrays["sh"][:, 0, :], dtype=np.float32).ravel()  # SH DC, contiguous (N*3,)
+    srgb *= np.float32(SH_C0)
+    srgb += np.float32(0.5)
+    np.clip(srgb, 0.0, 1.0, out=srgb)
+    rgba = np.empty((n, 4), np.float32)
+    rgba[:, 3] = 1.0
+    rgba[:, :3] = _srgb_to_linear_flat(srgb).reshape(n, 3)
+    mesh.attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
 
 
 def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
@@ -115,14 +242,17 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
                  out: dict | None = None, bake_chunk: int | None = None) -> Iterator[tuple[int, int]]:
     """The import as a generator of stages (for the session's timer); `out` receives "armature", "mesh".
 
-    bake_chunk: joints per vertex-group bake (a multiple of 4); None bakes all joints at once (fastest in
-    total; smaller chunks keep each step short: ~0.4 ms per joint per 100k Gaussians)."""
+    Yields (stage, 5) after each stage: 1 armature, 2 mesh with the splat attributes, 3 skin weights
+    grouped into runs (numpy), 4 vertex groups, 5 parent, modifiers, material and the link into the
+    collection. bake_chunk: about that many joints' worth of vertex-group weights per step of stage 4
+    (the session's timer runs one step per tick); None writes them all in one step. (The name is from
+    the Geometry Nodes bake this replaced.)"""
     out = {} if out is None else out
     joint_names = [str(n) for n in header["joint_names"]]
     n, j_count, k = check_avatar_arrays(arrays, joint_names)
     avatar_id = str(header.get("avatar_id", ""))
     name = name or f"GenLCA {avatar_id[:8] or 'avatar'}"
-    total = 4
+    total = 5
 
     armature = build_armature(context, name, joint_names, arrays["joint_parents"], arrays["rest_matrices"],
                               arrays["joint_tails"], collection)
@@ -133,52 +263,17 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
 
     mesh = bpy.data.meshes.new(name + " splats")
     mesh.vertices.add(n)
-    mesh.vertices.foreach_set("co", np.ascontiguousarray(arrays["means"], dtype=np.float32).ravel())
-    # dense weights, four joints per FLOAT_COLOR attribute: (P, N, 4), for the bake tree
-    packed = np.zeros((splat_nodes.skin_pack_count(j_count), n, 4), np.float32)
-    rows = np.arange(n)
-    skin_idx = arrays["skin_indices"].astype(np.int64)
-    for slot in range(k):
-        packed[skin_idx[:, slot] // 4, rows, skin_idx[:, slot] % 4] += arrays["skin_weights"][:, slot]
-    for p in range(packed.shape[0]):
-        mesh.attributes.new(f"skin_pack_{p}", "FLOAT_COLOR", "POINT").data.foreach_set("color", packed[p].ravel())
-        if bake_chunk is not None and p % 8 == 7:
-            yield 2, total
-    del packed
-    obj = bpy.data.objects.new(name + " splats", mesh)
-    _collection(context, collection).objects.link(obj)
+    _splat_attributes(mesh, arrays)
+    obj = bpy.data.objects.new(name + " splats", mesh)  # linked at the end: vertex groups go faster
     obj["genlca_avatar_id"] = avatar_id
     out["mesh"] = obj
     yield 2, total
 
-    for joint in joint_names:
-        obj.vertex_groups.new(name=joint)
-    chunk = j_count if bake_chunk is None else max(4, bake_chunk // 4 * 4)
-    for start in range(0, j_count, chunk):
-        steps = splat_nodes.skin_bake_tree_steps(joint_names, start, start + chunk)  # cached; sliced when built
-        while True:
-            try:
-                next(steps)
-                yield 2, total
-            except StopIteration as done:
-                tree = done.value
-                break
-        _bake_skin_groups(context, obj, tree)
-        yield 3, total
-    for attr in [a.name for a in obj.data.attributes if a.name.startswith("skin_pack_")]:
-        obj.data.attributes.remove(obj.data.attributes[attr])
-
-    mesh = obj.data
-    scale = np.exp(arrays["log_scales"].astype(np.float32))  # (N, 3)
-    mesh.attributes.new("scale", "FLOAT_VECTOR", "POINT").data.foreach_set("vector", scale.ravel())
-    rotations = arrays["rotations"].astype(np.float32)
-    rotations = rotations / np.maximum(np.linalg.norm(rotations, axis=1, keepdims=True), 1e-12)  # (N, 4) wxyz
-    mesh.attributes.new("rotation", "QUATERNION", "POINT").data.foreach_set("value", rotations.ravel())
-    opacity = 1.0 / (1.0 + np.exp(-arrays["opacity_logits"].astype(np.float32)))  # (N,)
-    mesh.attributes.new("opacity", "FLOAT", "POINT").data.foreach_set("value", opacity)
-    rgb = np.clip(0.5 + SH_C0 * arrays["sh"][:, 0, :].astype(np.float32), 0.0, 1.0)  # (N, 3) sRGB
-    rgba = np.concatenate([_srgb_to_linear(rgb), np.ones((n, 1), np.float32)], axis=1).astype(np.float32)
-    mesh.attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
+    stage = 3
+    for _ in skin_vertex_group_steps(obj, joint_names, arrays["skin_indices"], arrays["skin_weights"],
+                                     step_joints=bake_chunk):
+        yield stage, total
+        stage = 4
 
     obj.parent = armature
     deform = obj.modifiers.new("Armature", "ARMATURE")
@@ -187,7 +282,8 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     splats = obj.modifiers.new("GenLCA splats", "NODES")
     splats.node_group = splat_nodes.splat_tree()
     mesh.materials.append(splat_nodes.splat_material())
-    yield 4, total
+    _collection(context, collection).objects.link(obj)
+    yield 5, total
 
 
 def import_avatar(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
@@ -216,9 +312,22 @@ def avatar_arrays(mesh_obj: bpy.types.Object) -> dict[str, np.ndarray]:
             "rotation": out["rotation"].reshape(n, 4), "opacity": out["opacity"], "color": out["color"].reshape(n, 4)}
 
 
-def synthetic_avatar(n: int, joints: int = 104, k: int = 8, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+# How many of the top-8 skin weights are nonzero per texel in the backend's anny layout (R=128): 1..8
+_ANNY_NONZERO = np.array([2372, 1227, 1632, 1150, 1114, 1020, 1101, 614], np.float64)
+
+
+def synthetic_avatar(n: int, joints: int = 104, k: int = 8, seed: int = 0,
+                     skin: str = "dense") -> tuple[dict, dict[str, np.ndarray]]:
     """A random rigged avatar (header, arrays) per AVATAR_ARRAYS: a chain-and-branches skeleton standing on
-    z=0 with Gaussians spread around its bones. For tests and benchmarks."""
+    z=0 with Gaussians spread around its bones. For tests and benchmarks.
+
+    skin="dense": all k skin weights nonzero, the joints spread over the skeleton, Gaussians in random
+    order (the worst case for the import). skin="sparse": like the backend's avatars: Gaussians in runs
+    of 10 (one UV texel) that share a skin row, texels grouped by body region (owner joint), 1-8 nonzero
+    weights per row as often as in the anny layout (3.8 on average; zeros pad the row to k) on joints
+    near the owner in the skeleton."""
+    if skin not in ("dense", "sparse"):
+        raise ValueError(f"skin must be 'dense' or 'sparse', got {skin!r}")
     rng = np.random.default_rng(seed)
     parents = np.array([-1] + [int(rng.integers(max(0, j - 4), j)) for j in range(1, joints)], np.int32)
     rest = np.tile(np.eye(4, dtype=np.float32), (joints, 1, 1))
@@ -245,6 +354,33 @@ def synthetic_avatar(n: int, joints: int = 104, k: int = 8, seed: int = 0) -> tu
     w /= w.sum(1, keepdims=True)
     q = rng.normal(size=(n, 4)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
+    if skin == "sparse":
+        if k > joints:
+            raise ValueError(f"skin='sparse' needs k <= joints, got k={k}, joints={joints}")
+        rs = np.random.default_rng([seed, 1])
+        per_texel = 10
+        texels = -(-n // per_texel)
+        texel_owner = np.sort(rs.integers(0, joints, texels))
+        owner = np.repeat(texel_owner, per_texel)[:n]
+        means = (heads[owner] + rs.normal(0, 0.03, (n, 3))).astype(np.float32)
+        children: list[list[int]] = [[] for _ in range(joints)]
+        for j in range(1, joints):
+            children[parents[j]].append(j)
+        near = np.empty((joints, k), np.int64)  # each joint and its nearest joints in the skeleton
+        for j in range(joints):
+            seen, frontier = [j], [j]
+            while len(seen) < k:
+                frontier = [m for f in frontier for m in ([parents[f]] if parents[f] >= 0 else []) + children[f]
+                            if m not in seen]
+                seen += frontier
+            near[j] = seen[:k]
+        nonzero = np.minimum(rs.choice(np.arange(1, 9), texels, p=_ANNY_NONZERO / _ANNY_NONZERO.sum()), k)
+        tw = rs.gamma(1.0, size=(texels, k))
+        tw[np.arange(k)[None, :] >= nonzero[:, None]] = 0.0
+        tw = -np.sort(-tw, axis=1)
+        tw /= tw.sum(1, keepdims=True)
+        idx = np.repeat(near[texel_owner], per_texel, axis=0)[:n]
+        w = np.repeat(tw.astype(np.float32), per_texel, axis=0)[:n]
     arrays = {
         "means": means, "rotations": q,
         "log_scales": np.log(rng.uniform(0.002, 0.02, (n, 3))).astype(np.float32),
