@@ -1,7 +1,12 @@
 """`genlca-backend`: run the GenLCA service, or make its CURVE keys.
 
     genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 1024] [--queue-size 16]
+                         [--avatar-dir DIR | --no-persist]
     genlca-backend keys --keys-dir DIR [--name server]
+
+Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
+the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
+memory only.
 
 `serve` runs backend.pipelines.default_handlers() when it exists (the avatar core), else the placeholder
 handlers. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
@@ -16,13 +21,19 @@ from pathlib import Path
 from typing import Any
 
 
-def build_handlers() -> tuple[dict[str, Any], str]:
-    """(handlers, description): default_handlers() if backend.pipelines has it, else the placeholders."""
+def build_handlers(avatar_dir: str | None = None) -> tuple[dict[str, Any], str]:
+    """(handlers, description): default_handlers() if backend.pipelines has it, else the placeholders.
+    With avatar_dir, avatars are also kept as files there (PersistentAvatarStore)."""
     import backend.pipelines as pipelines
 
     factory = getattr(pipelines, "default_handlers", None)
     if factory is not None:
-        return factory(), "backend.pipelines.default_handlers"
+        if avatar_dir is None:
+            return factory(), "backend.pipelines.default_handlers (avatars in memory only)"
+        from backend.pipelines.store import PersistentAvatarStore
+
+        store = PersistentAvatarStore(avatar_dir)
+        return factory(store=store), f"backend.pipelines.default_handlers (avatars kept in {store.folder})"
     from backend.pipelines.placeholder import placeholder_handlers
 
     return placeholder_handlers(), "placeholder handlers (no avatar core wired in)"
@@ -31,7 +42,14 @@ def build_handlers() -> tuple[dict[str, Any], str]:
 def serve(args: argparse.Namespace) -> int:
     from backend.server import BackendServer
 
-    handlers, source = build_handlers()
+    from backend.pipelines.store import default_avatar_dir
+
+    avatar_dir = None if args.no_persist else (args.avatar_dir or str(default_avatar_dir()))
+    try:
+        handlers, source = build_handlers(avatar_dir)
+    except OSError as exc:
+        print(f"genlca-backend: cannot use the avatar folder {avatar_dir}: {exc}", file=sys.stderr)
+        return 2
     try:
         server = BackendServer(args.bind, handlers, keys_dir=args.keys_dir, queue_size=args.queue_size,
                                max_message_bytes=int(args.max_message_mb * (1 << 20)),
@@ -71,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-mb", type=float, default=1024.0, help="largest message accepted, MiB")
     s.add_argument("--queue-size", type=int, default=16, help="jobs waiting at most (default: %(default)s)")
     s.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval, seconds")
+    s.add_argument("--avatar-dir", default=None,
+                   help="keep avatars as files here (default: $GENLCA_AVATAR_DIR or ~/.cache/genlca/avatars)")
+    s.add_argument("--no-persist", action="store_true", help="keep avatars in memory only")
     s.add_argument("--log-level", default="INFO")
     k = sub.add_parser("keys", help="create a CURVE keypair (NAME.key, NAME.key_secret)")
     k.add_argument("--keys-dir", required=True)

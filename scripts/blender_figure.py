@@ -82,7 +82,8 @@ def free_port() -> int:
 def start_backend(python: str, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
     """`<python> -m backend.cli serve` on 127.0.0.1:port; returns once the port accepts connections."""
     log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}"], cwd=ROOT,
+    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--no-persist"], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     proc.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout_s

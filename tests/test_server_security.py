@@ -97,11 +97,13 @@ def test_curve_with_an_authorized_clients_folder(keys_dir, tmp_path):
 def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    refused = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--bind", f"tcp://0.0.0.0:{port}"],
+    refused = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--bind", f"tcp://0.0.0.0:{port}",
+                              "--no-persist"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "CURVE" in refused.stderr
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
-                             "--queue-size", "4", "--max-message-mb", "64"], cwd=ROOT, env=env,
+                             "--queue-size", "4", "--max-message-mb", "64", "--avatar-dir", str(tmp_path / "avatars")],
+                            cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with BridgeClient(f"tcp://127.0.0.1:{port}", timeout_s=120) as client:
@@ -111,7 +113,8 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0 and time.monotonic() - start < 5
-        assert "serving" in proc.stdout.read()
+        out = proc.stdout.read()
+        assert "serving" in out and str(tmp_path / "avatars") in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,9 +1,15 @@
-"""AvatarStore: the avatars the service holds in memory, by id (bounded, least recently used evicted)."""
+"""Avatar stores: in memory by id (bounded, least recently used evicted), optionally backed by files."""
 from __future__ import annotations
 
 import collections
+import logging
+import os
+import re
 import threading
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("genlca.backend.store")
 
 
 class AvatarStore:
@@ -52,3 +58,84 @@ class AvatarStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+class PersistentAvatarStore(AvatarStore):
+    """An AvatarStore that also keeps every avatar as `<folder>/<id>.safetensors`, so avatars outlive the
+    backend process: a Blender scene saved today still renders after the backend restarts tomorrow.
+
+    `put` writes the file atomically (backend.avatar.avatar_file.save_avatar: temporary name, then rename);
+    `get` falls back to the file when the avatar is not in memory (evicted, or from an earlier run) and
+    keeps it in memory again. Ids come from clients, so only ids of the form the service makes (hex, 6-64
+    characters) ever reach the file system. At most `max_files` files are kept; the least recently used
+    (by modification time, refreshed on every load) are deleted.
+    """
+
+    ID_PATTERN = re.compile(r"[0-9a-f]{6,64}")
+
+    def __init__(self, folder: str | os.PathLike, capacity: int = 32, max_files: int = 512) -> None:
+        super().__init__(capacity)
+        if max_files < 1:
+            raise ValueError(f"max_files must be >= 1, got {max_files}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_files = max_files
+        self._disk_lock = threading.Lock()
+
+    def path(self, avatar_id: str) -> Path | None:
+        """The file of an avatar id, or None for an id the service never makes."""
+        if not isinstance(avatar_id, str) or not self.ID_PATTERN.fullmatch(avatar_id):
+            return None
+        return self.folder / f"{avatar_id}.safetensors"
+
+    def put(self, avatar_id: str, avatar: Any) -> list[str]:
+        from backend.avatar.avatar_file import save_avatar
+
+        path = self.path(avatar_id)
+        if path is None:
+            raise ValueError(f"avatar id {avatar_id!r} is not 6-64 lowercase hex digits")
+        with self._disk_lock:
+            save_avatar(path, avatar)
+            self._prune()
+        return super().put(avatar_id, avatar)
+
+    def get(self, avatar_id: str) -> Any | None:
+        from backend.avatar.avatar_file import load_avatar
+
+        avatar = super().get(avatar_id)
+        if avatar is not None:
+            return avatar
+        path = self.path(avatar_id)
+        if path is None:
+            return None
+        with self._disk_lock:
+            if not path.is_file():
+                return None
+            try:
+                avatar = load_avatar(path)
+            except (OSError, ValueError, KeyError) as exc:  # damaged file: report as missing, keep serving
+                log.warning("avatar file %s is unreadable (%s); ignoring it", path, exc)
+                return None
+            os.utime(path)
+        super().put(avatar_id, avatar)
+        return avatar
+
+    def pop(self, avatar_id: str) -> Any | None:
+        path = self.path(avatar_id)
+        if path is not None:
+            with self._disk_lock:
+                path.unlink(missing_ok=True)
+        return super().pop(avatar_id)
+
+    def _prune(self) -> None:
+        files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        for old in files[:max(0, len(files) - self.max_files)]:
+            old.unlink(missing_ok=True)
+
+
+def default_avatar_dir() -> Path:
+    """$GENLCA_AVATAR_DIR, else $XDG_CACHE_HOME/genlca/avatars, else ~/.cache/genlca/avatars."""
+    if os.environ.get("GENLCA_AVATAR_DIR"):
+        return Path(os.environ["GENLCA_AVATAR_DIR"])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "genlca" / "avatars"

@@ -112,7 +112,8 @@ def start_backend(port: int) -> subprocess.Popen:
     if not (ROOT / "backend" / "cli.py").exists():
         pytest.skip("backend/cli.py does not exist yet")
     log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}"], cwd=ROOT,
+    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
+                             "--avatar-dir", os.path.join(_USER_DIR, "avatars")], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     proc.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + 120
