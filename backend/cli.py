@@ -1,12 +1,13 @@
 """`genlca-backend`: run the GenLCA service, or make its CURVE keys.
 
     genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 1024] [--queue-size 16]
-                         [--avatar-dir DIR | --no-persist]
+                         [--avatar-dir DIR | --no-persist] [--config service.yaml] [--set key=value ...]
     genlca-backend keys --keys-dir DIR [--name server]
 
 Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
 the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
-memory only.
+memory only. --config reads a YAML file of backend.pipelines.avatar_service.ServiceConfig fields (token map
+resolution, Gaussians per texel, SH degree, device, limits); --set overrides single fields.
 
 `serve` runs backend.pipelines.default_handlers() when it exists (the avatar core), else the placeholder
 handlers. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
-def build_handlers(avatar_dir: str | None = None) -> tuple[dict[str, Any], str]:
+def build_handlers(avatar_dir: str | None = None, config: Any = None) -> tuple[dict[str, Any], str]:
     """(handlers, description): default_handlers() if backend.pipelines has it, else the placeholders.
     With avatar_dir, avatars are also kept as files there (PersistentAvatarStore)."""
     import backend.pipelines as pipelines
@@ -29,11 +30,12 @@ def build_handlers(avatar_dir: str | None = None) -> tuple[dict[str, Any], str]:
     factory = getattr(pipelines, "default_handlers", None)
     if factory is not None:
         if avatar_dir is None:
-            return factory(), "backend.pipelines.default_handlers (avatars in memory only)"
+            return factory(config=config), "backend.pipelines.default_handlers (avatars in memory only)"
         from backend.pipelines.store import PersistentAvatarStore
 
         store = PersistentAvatarStore(avatar_dir)
-        return factory(store=store), f"backend.pipelines.default_handlers (avatars kept in {store.folder})"
+        return factory(store=store, config=config), \
+            f"backend.pipelines.default_handlers (avatars kept in {store.folder})"
     from backend.pipelines.placeholder import placeholder_handlers
 
     return placeholder_handlers(), "placeholder handlers (no avatar core wired in)"
@@ -44,9 +46,18 @@ def serve(args: argparse.Namespace) -> int:
 
     from backend.pipelines.store import default_avatar_dir
 
+    from backend.config import ConfigError, apply_overrides, load_config
+    from backend.pipelines.avatar_service import ServiceConfig
+
+    try:
+        config = load_config(args.config, ServiceConfig) if args.config else ServiceConfig()
+        config = apply_overrides(config, args.set or [])
+    except ConfigError as exc:
+        print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
+        return 2
     avatar_dir = None if args.no_persist else (args.avatar_dir or str(default_avatar_dir()))
     try:
-        handlers, source = build_handlers(avatar_dir)
+        handlers, source = build_handlers(avatar_dir, config)
     except OSError as exc:
         print(f"genlca-backend: cannot use the avatar folder {avatar_dir}: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +103,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--avatar-dir", default=None,
                    help="keep avatars as files here (default: $GENLCA_AVATAR_DIR or ~/.cache/genlca/avatars)")
     s.add_argument("--no-persist", action="store_true", help="keep avatars in memory only")
+    s.add_argument("--config", default=None, help="YAML file of service settings (ServiceConfig fields)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one service setting; repeatable")
     s.add_argument("--log-level", default="INFO")
     k = sub.add_parser("keys", help="create a CURVE keypair (NAME.key, NAME.key_secret)")
     k.add_argument("--keys-dir", required=True)

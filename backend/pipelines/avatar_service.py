@@ -13,7 +13,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,13 +26,27 @@ PLACEHOLDER_GENERATOR = "placeholder-seeded-tokens (no diffusion model yet)"
 
 @dataclasses.dataclass
 class ServiceConfig:
+    """What `genlca-backend serve --config FILE.yaml` (or `--set key=value`) sets (backend/config.py)."""
+
     resolution: int = 128          # token map R
     token_channels: int = 32       # C
     gaussians_per_texel: int = 2   # K
     sh_degree: int = 1
     max_render_pixels: int = 2048 * 2048
     max_frames: int = 2000
-    device: str = "auto"           # "auto" | "cpu" | "cuda"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.resolution not in (32, 64, 128, 256):
+            raise ValueError(f"resolution must be one of 32, 64, 128, 256, got {self.resolution}")
+        if not 3 <= self.token_channels <= 1024:
+            raise ValueError(f"token_channels must be in 3..1024, got {self.token_channels}")
+        if not 1 <= self.gaussians_per_texel <= 16:
+            raise ValueError(f"gaussians_per_texel must be in 1..16, got {self.gaussians_per_texel}")
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
+        if self.max_render_pixels < 1 or self.max_frames < 1:
+            raise ValueError("max_render_pixels and max_frames must be positive")
 
 
 class AvatarService:
