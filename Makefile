@@ -8,7 +8,8 @@ BPY := .venv-blender/bin/python
 setup:
 	@scripts/setup_env.sh all
 
-demo: setup
+demo:
+	@scripts/setup_env.sh main
 	$(PY) -m backend.demo
 
 # The add-on suite runs in every Blender environment that setup made (4.2 LTS, 5.0.1, 5.3).
