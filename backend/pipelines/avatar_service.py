@@ -125,7 +125,10 @@ class AvatarService:
 
         record = self.store.get(avatar_id)
         if record is None:
-            raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} (it may have been evicted)")
+            folder = getattr(self.store, "folder", None)
+            where = f"in memory or in {folder}" if folder is not None else \
+                "in memory (this backend keeps avatars in memory only: --no-persist)"
+            raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} {where}; generate it again")
         return record
 
     # ------------------------------------------------------------------ generate / edit
