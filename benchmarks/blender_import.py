@@ -11,6 +11,11 @@ sharing a skin row, 3.8 of the 8 weights nonzero on average, as in the anny layo
 it), skin "dense" is the worst case the earlier benchmark used (8 nonzero weights on joints all over the
 skeleton, Gaussians in random order). --baseline also times blender_addon/scene_import.py as it was at
 GIT_REV (e.g. 917d74a: the Geometry Nodes bake), alternating with the current one on the same data.
+
+Posed splat orientations: `scene_import.update_splat_rotations` on the imported avatar after a random pose
+of every bone (forced, so each repeat computes and writes "posed_rotation"), and a hand-posing step: one
+bone turned, then `view_layer.update()` with binding's handlers (which write "posed_rotation" before the
+depsgraph evaluates) and without them (the splat mesh evaluated as before, orientations left at rest).
 Prints one line per measurement and a Markdown table for docs/BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -76,6 +81,39 @@ def baseline_module(rev: str):
         (package / name).write_text(text)
     sys.path.insert(0, str(package.parent))
     return importlib.import_module("genlca_baseline.scene_import")
+
+
+def time_splat_rotations(header: dict, arrays: dict, repeats: int) -> tuple[list[float], list[float], list[float]]:
+    """update_splat_rotations after a random pose of all bones; a one-bone pose change evaluated with and
+    without binding's handlers (alternating)."""
+    clear_scene()
+    armature, mesh = scene_import.import_avatar(bpy.context, header, arrays)
+    rng = np.random.default_rng(0)
+    bones = armature.pose.bones
+    quats = np.c_[np.ones(len(bones)), rng.normal(0, 0.3, (len(bones), 3))]
+    for pb, q in zip(bones, quats / np.linalg.norm(quats, axis=1, keepdims=True)):
+        pb.rotation_quaternion = q  # one by one: foreach_set would not tag the armature for the depsgraph
+    depsgraph = bpy.context.evaluated_depsgraph_get()  # evaluates the pose (and the handlers' update)
+    update = []
+    for _ in range(repeats):  # the evaluated pose, from the depsgraph as it stands: no evaluation timed
+        start = time.perf_counter()
+        assert scene_import.update_splat_rotations(mesh, armature, depsgraph=depsgraph, force=True)
+        update.append(time.perf_counter() - start)
+    bpy.context.view_layer.update()
+    with_handlers, without = [], []
+    bone = bones[len(bones) // 2]
+    for r in range(repeats):
+        for registered, out in ((True, with_handlers), (False, without)):
+            if not registered:
+                binding.unregister()
+            angle = 0.1 * (2 * r + registered + 1)
+            bone.rotation_quaternion = (np.cos(angle), np.sin(angle), 0.0, 0.0)
+            start = time.perf_counter()
+            bpy.context.view_layer.update()
+            out.append(time.perf_counter() - start)
+            if not registered:
+                binding.register()
+    return update, with_handlers, without
 
 
 def time_pose_read(frames: int, repeats: int) -> list[float]:
@@ -157,6 +195,14 @@ def main() -> None:
                   f"best {min(totals):.3f} s, {len(stages[best])} steps, longest step {longest * 1000:.0f} ms")
             rows.append((f"same, in timer steps as the add-on does it ({args.chunk} joints' weights per step)",
                          min(totals), f"{len(stages[best])} steps, longest {longest * 1000:.0f} ms"))
+            update, posing, plain = time_splat_rotations(header, arrays, args.repeats)
+            print(f"update_splat_rotations {n:>7} Gaussians, {skin} skin: best {min(update) * 1000:.1f} ms, median "
+                  f"{statistics.median(update) * 1000:.1f} ms; one bone turned, depsgraph update with the handlers "
+                  f"best {min(posing) * 1000:.0f} ms, without {min(plain) * 1000:.0f} ms")
+            rows.append((f"update_splat_rotations, {n // 1000}k Gaussians, {skin} skin", min(update),
+                         f"median {statistics.median(update) * 1000:.1f} ms"))
+            rows.append((f"same avatar, one bone turned: view_layer.update() with binding's handlers", min(posing),
+                         f"without them (orientations left at rest) {min(plain) * 1000:.0f} ms"))
             if baseline is not None:  # alternate old and new, so both see the same machine load
                 old, new = [], []
                 for _ in range(args.repeats):

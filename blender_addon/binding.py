@@ -8,6 +8,14 @@ turns them into avatar-local rotations with `bridge.rigmaps.retarget_pose` (rest
 a T-pose mocap drives an A-pose template) and writes them to the avatar's pose bones in bulk. The root
 goes where the source's root is (relative to each object's origin), scaled by the ratio of the two
 skeletons' hip heights.
+
+The splats follow the bones' rotations through `scene_import.update_splat_rotations` ("posed_rotation"),
+called by three handlers: frame changes (after `apply_binding` for bound avatars, from the pose just
+written; from the evaluated pose for the others), `depsgraph_update_pre` (hand-posing: a pose predicted
+from the bones' own channels is written before the depsgraph evaluates, so the mesh is evaluated once)
+and `depsgraph_update_post` (for avatar armatures among the updates: the evaluated pose, which corrects
+the prediction where constraints or drivers differ; an unchanged pose costs a comparison of J
+quaternions). Meshes above scene_import.AUTO_UPDATE_MAX_SPLATS Gaussians are left out.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from typing import Mapping
 import bpy
 import numpy as np
 
+from . import scene_import
 from ._bridge import rigmaps
 
 
@@ -90,12 +99,14 @@ def read_pose_frames(avatar: bpy.types.Object, frame_start: int, frame_end: int,
 def iter_pose_matrices(avatar: bpy.types.Object, frame_start: int, frame_end: int, scene: bpy.types.Scene):
     """Yield (frame, pose matrices (J, 4, 4) in armature space) frame by frame (for sliced reading).
 
-    Avatar splat meshes are left out of the depsgraph while reading, so each frame costs the armatures'
-    evaluation only."""
+    Avatar splat meshes are left out of the depsgraph while reading, and their splat orientations are
+    not updated, so each frame costs the armatures' evaluation only."""
+    global _reading_pose
     order = _order(avatar.pose.bones, joint_names(avatar))
     hidden = [o for o in scene.objects if o.type == "MESH" and "genlca_avatar_id" in o and not o.hide_viewport]
     for o in hidden:
         o.hide_viewport = True
+    _reading_pose += 1
     try:
         for frame in range(frame_start, frame_end + 1):
             scene.frame_set(frame)
@@ -105,8 +116,48 @@ def iter_pose_matrices(avatar: bpy.types.Object, frame_start: int, frame_end: in
             evaluated = avatar.evaluated_get(bpy.context.evaluated_depsgraph_get())
             yield frame, _matrices(evaluated.pose.bones, "matrix", len(order))[order]
     finally:
+        _reading_pose -= 1
         for o in hidden:
             o.hide_viewport = False
+
+
+_reading_pose = 0  # > 0 while iter_pose_matrices steps through frames: no splat orientation updates
+
+
+def pose_rotations_from_basis(avatar: bpy.types.Object) -> np.ndarray:
+    """(J, 3, 3) armature-space pose rotations, joint order, by forward kinematics from the pose bones'
+    own channels (`matrix_basis`): what the depsgraph computes for bones that inherit their parent's
+    rotation, before it has run, without constraints or drivers."""
+    names = joint_names(avatar)
+    bones = avatar.pose.bones
+    basis = _matrices(bones, "matrix_basis", len(bones))[_order(bones, names)].astype(np.float64)
+    rest = rest_matrices(avatar)[:, :3, :3].astype(np.float64)
+    unit = lambda m: m / np.linalg.norm(m, axis=-2, keepdims=True)  # noqa: E731 (drop bone scale)
+    return rigmaps.world_rotations(unit(basis[:, :3, :3]), unit(rest), joint_parents(avatar))
+
+
+def is_avatar(obj: bpy.types.Object) -> bool:
+    return obj.type == "ARMATURE" and "genlca_joint_names" in obj
+
+
+def splat_meshes(avatar: bpy.types.Object) -> list[bpy.types.Object]:
+    """The avatar's splat meshes (children with the skin attributes)."""
+    first = scene_import.SKIN_ATTRIBUTE.format(0)
+    return [c for c in avatar.children if c.type == "MESH" and first in c.data.attributes]
+
+
+def update_splats(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph | None = None,
+                  predict: bool = False) -> int:
+    """Update "posed_rotation" of the avatar's splat meshes of at most AUTO_UPDATE_MAX_SPLATS Gaussians
+    from its evaluated pose (predict: from `pose_rotations_from_basis`). Returns how many were rewritten.
+    Nothing while `iter_pose_matrices` reads frames (the scene goes back to its frame afterwards)."""
+    if _reading_pose:
+        return 0
+    meshes = [m for m in splat_meshes(avatar) if len(m.data.vertices) <= scene_import.AUTO_UPDATE_MAX_SPLATS]
+    if not meshes:
+        return 0
+    pose = pose_rotations_from_basis(avatar) if predict else None
+    return sum(scene_import.update_splat_rotations(m, avatar, pose=pose, depsgraph=depsgraph) for m in meshes)
 
 
 # ------------------------------------------------------------------ binding
@@ -216,22 +267,88 @@ def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> N
     bones[tpl_names[root]].location = translation.tolist()
 
 
+def _report(what: str, obj: bpy.types.Object, exc: Exception) -> None:
+    print(f"GenLCA: {what} of {obj.name!r} failed: {type(exc).__name__}: {exc}")
+
+
 @bpy.app.handlers.persistent
 def on_frame_change(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph | None = None) -> None:
     depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
     for obj in scene.objects:
-        if obj.type == "ARMATURE" and obj.genlca.source_armature is not None:
+        if obj.type != "ARMATURE":
+            continue
+        bound = obj.genlca.source_armature is not None
+        if bound:
             try:
                 apply_binding(obj, depsgraph)
             except Exception as exc:  # a broken binding must not break playback
-                print(f"GenLCA: binding of {obj.name!r} failed: {exc}")
+                _report("binding", obj, exc)
+                continue
+        if is_avatar(obj):
+            try:  # a bound avatar's pose was just written and is not evaluated yet: predict it
+                update_splats(obj, depsgraph, predict=bound)
+            except Exception as exc:
+                _report("splat rotation update", obj, exc)
+
+
+_seen_basis: dict[int, bytes] = {}  # avatar armature -> its pose bones' matrix_basis at the last update
+
+
+@bpy.app.handlers.persistent
+def on_depsgraph_update_pre(scene: bpy.types.Scene, *_args) -> None:
+    """Before the depsgraph evaluates: avatars whose pose channels changed get their splat rotations from
+    the predicted pose now, so the splat mesh is evaluated once with them."""
+    seen = {}
+    for obj in scene.objects:
+        if obj.type != "ARMATURE" or "genlca_joint_names" not in obj:
+            continue
+        try:
+            bones = obj.pose.bones
+            buf = np.empty(len(bones) * 16, np.float32)
+            bones.foreach_get("matrix_basis", buf)
+            key = obj.session_uid
+            seen[key] = buf.tobytes()
+            if _seen_basis.get(key) != seen[key]:
+                update_splats(obj, predict=True)
+        except Exception as exc:
+            _report("splat rotation update", obj, exc)
+    _seen_basis.clear()
+    _seen_basis.update(seen)
+
+
+@bpy.app.handlers.persistent
+def on_depsgraph_update_post(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph | None = None) -> None:
+    """After it evaluated: the avatar armatures among the updates get their splat rotations from the
+    evaluated pose (no write when the prediction matched)."""
+    if depsgraph is None:
+        return
+    try:
+        avatars = [u.id.original for u in depsgraph.updates
+                   if isinstance(u.id, bpy.types.Object) and u.id.type == "ARMATURE" and "genlca_joint_names" in u.id]
+    except Exception as exc:
+        print(f"GenLCA: reading the depsgraph updates failed: {exc}")
+        return
+    for avatar in avatars:
+        try:
+            update_splats(avatar, depsgraph)
+        except Exception as exc:
+            _report("splat rotation update", avatar, exc)
+
+
+_HANDLERS = (("frame_change_post", on_frame_change), ("depsgraph_update_pre", on_depsgraph_update_pre),
+             ("depsgraph_update_post", on_depsgraph_update_post))
 
 
 def register() -> None:
-    if on_frame_change not in bpy.app.handlers.frame_change_post:
-        bpy.app.handlers.frame_change_post.append(on_frame_change)
+    for name, handler in _HANDLERS:
+        handlers = getattr(bpy.app.handlers, name)
+        if handler not in handlers:
+            handlers.append(handler)
 
 
 def unregister() -> None:
-    if on_frame_change in bpy.app.handlers.frame_change_post:
-        bpy.app.handlers.frame_change_post.remove(on_frame_change)
+    for name, handler in _HANDLERS:
+        handlers = getattr(bpy.app.handlers, name)
+        if handler in handlers:
+            handlers.remove(handler)
+    _seen_basis.clear()

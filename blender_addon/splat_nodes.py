@@ -1,8 +1,10 @@
 """The Geometry Nodes tree and the material the avatar import uses.
 
 `splat_tree`: shows each point as an oriented, coloured ellipsoid (Instance on Points with an ico
-sphere, rotation from the "rotation" quaternion attribute, scale "scale" times a factor); the material
-reads "color" and "opacity" from the instancer, so it works in Eevee and Cycles.
+sphere, rotation from the "posed_rotation" quaternion attribute where the mesh has it, else "rotation",
+scale "scale" times a factor); the material reads "color" and "opacity" from the instancer, so it works in
+Eevee and Cycles. The same nodes and sockets exist in Blender 4.2 to 5.3 (a QUATERNION Named Attribute
+gives a Rotation socket; the Switch node takes ROTATION).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import bpy
 
 SPLAT_TREE = "GenLCA Splats"
 SPLAT_MATERIAL = "GenLCA Splat"
+SPLAT_TREE_VERSION = 2  # 2: orients by "posed_rotation" when present; a tree without it is not reused
 
 
 def _new_tree(name: str) -> bpy.types.GeometryNodeTree:
@@ -45,10 +48,12 @@ def splat_material() -> bpy.types.Material:
 
 
 def splat_tree() -> bpy.types.GeometryNodeTree:
-    tree = bpy.data.node_groups.get(SPLAT_TREE)
-    if tree is not None and tree.bl_idname == "GeometryNodeTree":
-        return tree
+    """The shared splat tree of this version (a file's older tree stays with the avatars that use it)."""
+    for tree in bpy.data.node_groups:
+        if tree.bl_idname == "GeometryNodeTree" and tree.get("genlca_splat_version") == SPLAT_TREE_VERSION:
+            return tree
     tree = _new_tree(SPLAT_TREE)
+    tree["genlca_splat_version"] = SPLAT_TREE_VERSION
     size = tree.interface.new_socket("Splat Size", in_out="INPUT", socket_type="NodeSocketFloat")
     size.default_value, size.min_value = 2.0, 0.0  # ellipsoid radius in standard deviations
     detail = tree.interface.new_socket("Detail", in_out="INPUT", socket_type="NodeSocketInt")
@@ -64,6 +69,14 @@ def splat_tree() -> bpy.types.GeometryNodeTree:
     rotation = nodes.new("GeometryNodeInputNamedAttribute")
     rotation.data_type = "QUATERNION"
     rotation.inputs["Name"].default_value = "rotation"
+    posed = nodes.new("GeometryNodeInputNamedAttribute")
+    posed.data_type = "QUATERNION"
+    posed.inputs["Name"].default_value = "posed_rotation"  # scene_import.POSED_ROTATION
+    orient = nodes.new("GeometryNodeSwitch")
+    orient.input_type = "ROTATION"
+    links.new(posed.outputs["Exists"], orient.inputs["Switch"])
+    links.new(rotation.outputs["Attribute"], orient.inputs["False"])
+    links.new(posed.outputs["Attribute"], orient.inputs["True"])
     scale = nodes.new("GeometryNodeInputNamedAttribute")
     scale.data_type = "FLOAT_VECTOR"
     scale.inputs["Name"].default_value = "scale"
@@ -74,7 +87,7 @@ def splat_tree() -> bpy.types.GeometryNodeTree:
     instance = nodes.new("GeometryNodeInstanceOnPoints")
     links.new(group_in.outputs["Geometry"], instance.inputs["Points"])
     links.new(material.outputs["Geometry"], instance.inputs["Instance"])
-    links.new(rotation.outputs["Attribute"], instance.inputs["Rotation"])
+    links.new(orient.outputs["Output"], instance.inputs["Rotation"])
     links.new(scaled.outputs["Vector"], instance.inputs["Scale"])
     links.new(instance.outputs["Instances"], group_out.inputs[0])
     return tree
