@@ -42,12 +42,10 @@ def build_handlers(avatar_dir: str | None = None, config: Any = None) -> tuple[d
 
 
 def serve(args: argparse.Namespace) -> int:
-    from backend.server import BackendServer
-
-    from backend.pipelines.store import default_avatar_dir
-
     from backend.config import ConfigError, apply_overrides, load_config
     from backend.pipelines.avatar_service import ServiceConfig
+    from backend.pipelines.store import default_avatar_dir
+    from backend.server import BackendServer
 
     try:
         config = load_config(args.config, ServiceConfig) if args.config else ServiceConfig()

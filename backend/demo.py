@@ -35,17 +35,14 @@ def axis_angle_quat(axis, degrees: float) -> np.ndarray:  # (4,) wxyz
 
 
 def turntable_cameras(n: int, width: int, height: int, radius: float = 3.2, fov_deg: float = 36.0):
-    """n cameras around the avatar (OpenCV world-to-camera, intrinsics), looking at the body centre."""
-    from backend.render.camera import intrinsics_from_fov, look_at
+    """n cameras around the avatar as (world_to_camera (n, 4, 4), intrinsics (n, 3, 3)) float32 arrays,
+    looking at the body centre from slightly above; the first in front of the avatar (it faces -Y)."""
+    from backend.render.camera import orbit_cameras
 
-    target = np.array([0.0, 0.0, 0.88])
-    w2c, intr = [], []
-    for i in range(n):
-        a = -math.pi / 2 + 2 * math.pi * i / n  # start in front of the avatar (it faces -Y)
-        eye = target + np.array([radius * math.cos(a), radius * math.sin(a), 0.25])
-        w2c.append(look_at(eye, target))
-        intr.append(intrinsics_from_fov(fov_deg, width, height))
-    return np.asarray(w2c, np.float32), np.asarray(intr, np.float32)
+    cams = orbit_cameras(n, radius, height=0.88 + 0.25, target=(0.0, 0.0, 0.88), fov=fov_deg, width=width,
+                         height_px=height, start_deg=-90.0)
+    return (np.asarray([c.world_to_camera for c in cams], np.float32),
+            np.asarray([c.intrinsics for c in cams], np.float32))
 
 
 def animation_poses(joint_names: list[str], rest_matrices: np.ndarray, frames: int) -> np.ndarray:

@@ -47,6 +47,13 @@ def splat_material() -> bpy.types.Material:
     return mat
 
 
+def _named_attribute(nodes: bpy.types.Nodes, name: str, data_type: str) -> bpy.types.Node:
+    node = nodes.new("GeometryNodeInputNamedAttribute")
+    node.data_type = data_type
+    node.inputs["Name"].default_value = name
+    return node
+
+
 def splat_tree() -> bpy.types.GeometryNodeTree:
     """The shared splat tree of this version (a file's older tree stays with the avatars that use it)."""
     for tree in bpy.data.node_groups:
@@ -66,20 +73,14 @@ def splat_tree() -> bpy.types.GeometryNodeTree:
     material = nodes.new("GeometryNodeSetMaterial")
     material.inputs["Material"].default_value = splat_material()
     links.new(ico.outputs["Mesh"], material.inputs["Geometry"])
-    rotation = nodes.new("GeometryNodeInputNamedAttribute")
-    rotation.data_type = "QUATERNION"
-    rotation.inputs["Name"].default_value = "rotation"
-    posed = nodes.new("GeometryNodeInputNamedAttribute")
-    posed.data_type = "QUATERNION"
-    posed.inputs["Name"].default_value = "posed_rotation"  # scene_import.POSED_ROTATION
+    rotation = _named_attribute(nodes, "rotation", "QUATERNION")
+    posed = _named_attribute(nodes, "posed_rotation", "QUATERNION")  # scene_import.POSED_ROTATION
     orient = nodes.new("GeometryNodeSwitch")
     orient.input_type = "ROTATION"
     links.new(posed.outputs["Exists"], orient.inputs["Switch"])
     links.new(rotation.outputs["Attribute"], orient.inputs["False"])
     links.new(posed.outputs["Attribute"], orient.inputs["True"])
-    scale = nodes.new("GeometryNodeInputNamedAttribute")
-    scale.data_type = "FLOAT_VECTOR"
-    scale.inputs["Name"].default_value = "scale"
+    scale = _named_attribute(nodes, "scale", "FLOAT_VECTOR")
     scaled = nodes.new("ShaderNodeVectorMath")
     scaled.operation = "SCALE"
     links.new(scale.outputs["Attribute"], scaled.inputs[0])

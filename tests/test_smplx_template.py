@@ -18,6 +18,7 @@ from backend.avatar.template import BodyTemplate
 from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, gaussian_texel_index, placeholder_tokens
 from backend.avatar.uv_layout import build_layout, load_layout
 from tests.smplx_synthetic import JOINT_NAMES, NUM_FACES, NUM_JOINTS, NUM_VERTS, PARENTS, write_obj, write_synthetic_smplx
+from tests.surface_checks import max_anchor_distance
 
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -181,17 +182,8 @@ def test_uvs_come_from_the_obj_even_when_its_faces_are_shuffled(template, arrays
 
 # ------------------------------------------------------------------ the UV texel layout
 def test_layout_anchors_lie_on_the_surface(template, layout64):
-    triangles_mod = pytest.importorskip("trimesh.triangles")
-    tris = template.vertices.astype(np.float64)[template.faces]  # (F, 3, 3)
-    centroids = tris.mean(1)
-    anchors = layout64.gather("anchors").double().numpy()
-    rng = np.random.default_rng(0)
-    sample = anchors[rng.choice(len(anchors), 300, replace=False)]  # (P, 3)
-    d2 = ((sample[:, None, :] - centroids[None]) ** 2).sum(-1)  # (P, F)
-    near = np.argpartition(d2, 32, axis=1)[:, :32]  # (P, 32)
-    closest = triangles_mod.closest_point(tris[near.reshape(-1)], np.repeat(sample, 32, axis=0))
-    dist = np.linalg.norm(closest - np.repeat(sample, 32, axis=0), axis=1).reshape(-1, 32).min(1)
-    assert dist.max() < 1e-5 * template.bbox_diagonal
+    pytest.importorskip("trimesh.triangles")
+    assert max_anchor_distance(template, layout64) < 1e-5 * template.bbox_diagonal
 
 
 def test_layout_skin_frames_regions_and_cache(template, layout64, cache):

@@ -9,6 +9,7 @@ from backend.avatar import body_parts
 from backend.avatar.smplx_template import load_smplx_template
 from backend.avatar.template import BodyTemplate, load_template
 from backend.avatar.uv_layout import build_layout, load_layout
+from tests.surface_checks import max_anchor_distance
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +67,8 @@ def test_every_part_has_vertices(template):
 def test_anchors_lie_on_the_surface(template, layout64):
     """Distance from sampled anchors to the mesh, over the 32 triangles with the nearest centroids
     (independent of the layout's own face ids)."""
-    triangles_mod = pytest.importorskip("trimesh.triangles")
-    tris = template.vertices.astype(np.float64)[template.faces]  # (F, 3, 3)
-    centroids = tris.mean(1)
-    anchors = layout64.gather("anchors").double().numpy()
-    rng = np.random.default_rng(0)
-    sample = anchors[rng.choice(len(anchors), 300, replace=False)]  # (P, 3)
-    d2 = ((sample[:, None, :] - centroids[None]) ** 2).sum(-1)  # (P, F)
-    near = np.argpartition(d2, 32, axis=1)[:, :32]  # (P, 32)
-    closest = triangles_mod.closest_point(tris[near.reshape(-1)], np.repeat(sample, 32, axis=0))
-    dist = np.linalg.norm(closest - np.repeat(sample, 32, axis=0), axis=1).reshape(-1, 32).min(1)
-    assert dist.max() < 1e-5 * template.bbox_diagonal
+    pytest.importorskip("trimesh.triangles")
+    assert max_anchor_distance(template, layout64) < 1e-5 * template.bbox_diagonal
 
 
 def test_layout_skin_frames_mask_regions(layout64):

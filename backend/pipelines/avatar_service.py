@@ -37,16 +37,21 @@ class ServiceConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.resolution not in (32, 64, 128, 256):
-            raise ValueError(f"resolution must be one of 32, 64, 128, 256, got {self.resolution}")
-        if not 3 <= self.token_channels <= 1024:
-            raise ValueError(f"token_channels must be in 3..1024, got {self.token_channels}")
-        if not 1 <= self.gaussians_per_texel <= 16:
-            raise ValueError(f"gaussians_per_texel must be in 1..16, got {self.gaussians_per_texel}")
-        if not 0 <= self.sh_degree <= 3:
-            raise ValueError(f"sh_degree must be in 0..3, got {self.sh_degree}")
+        from backend.avatar.uv_layout import SUPPORTED_RESOLUTIONS
+
+        if self.resolution not in SUPPORTED_RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, got {self.resolution}")
+        if self.token_channels > 1024:
+            raise ValueError(f"token_channels must be at most 1024, got {self.token_channels}")
+        self.decoder_config()  # the decoder's own checks: C >= 3, K in 1..16, SH degree 0..3
         if self.max_render_pixels < 1 or self.max_frames < 1:
             raise ValueError("max_render_pixels and max_frames must be positive")
+
+    def decoder_config(self):
+        from backend.avatar.tokens import TokenDecoderConfig
+
+        return TokenDecoderConfig(token_channels=self.token_channels, gaussians_per_texel=self.gaussians_per_texel,
+                                  sh_degree=self.sh_degree)
 
 
 class AvatarService:
@@ -75,15 +80,12 @@ class AvatarService:
             if self._core is None:
                 from backend.avatar.skinning import Skeleton
                 from backend.avatar.template import load_template
-                from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig
+                from backend.avatar.tokens import TokenDecoder
                 from backend.avatar.uv_layout import load_layout
 
                 template = load_template("anny")
                 layout = load_layout(template, self.config.resolution)
-                decoder = TokenDecoder(TokenDecoderConfig(
-                    token_channels=self.config.token_channels,
-                    gaussians_per_texel=self.config.gaussians_per_texel,
-                    sh_degree=self.config.sh_degree)).eval()
+                decoder = TokenDecoder(self.config.decoder_config()).eval()
                 self._core = {"template": template, "layout": layout, "decoder": decoder,
                               "skeleton": Skeleton.from_template(template)}
             return self._core
