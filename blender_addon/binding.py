@@ -29,26 +29,9 @@ from . import scene_import
 from ._bridge import rigmaps
 
 
-def joint_names(avatar: bpy.types.Object) -> list[str]:
-    """The avatar's joints in template order (stored at import), else the armature's bone order."""
-    stored = avatar.get("genlca_joint_names")
-    return json.loads(stored) if stored else [b.name for b in avatar.data.bones]
-
-
-def _matrices(collection, attr: str, count: int) -> np.ndarray:
-    """Bulk `foreach_get` of a 4x4 matrix property -> (count, 4, 4) row-major."""
-    buf = np.empty(count * 16, np.float32)
-    collection.foreach_get(attr, buf)
-    return buf.reshape(count, 4, 4).transpose(0, 2, 1)  # Blender flattens matrices column by column
-
-
-def _order(bones, names: list[str]) -> np.ndarray:
-    """Index into `bones` (a bone collection) for each name."""
-    position = {b.name: i for i, b in enumerate(bones)}
-    missing = [n for n in names if n not in position]
-    if missing:
-        raise KeyError(f"the armature lacks the joints {missing[:5]}")
-    return np.array([position[n] for n in names])
+joint_names = scene_import.avatar_joint_names
+_matrices = scene_import.bone_matrices
+_order = scene_import.bone_order
 
 
 def rest_matrices(avatar: bpy.types.Object) -> np.ndarray:
@@ -137,7 +120,7 @@ def pose_rotations_from_basis(avatar: bpy.types.Object) -> np.ndarray:
 
 
 def is_avatar(obj: bpy.types.Object) -> bool:
-    return obj.type == "ARMATURE" and "genlca_joint_names" in obj
+    return obj.type == "ARMATURE" and scene_import.JOINT_NAMES_KEY in obj
 
 
 def splat_meshes(avatar: bpy.types.Object) -> list[bpy.types.Object]:
@@ -300,7 +283,7 @@ def on_depsgraph_update_pre(scene: bpy.types.Scene, *_args) -> None:
     the predicted pose now, so the splat mesh is evaluated once with them."""
     seen = {}
     for obj in scene.objects:
-        if obj.type != "ARMATURE" or "genlca_joint_names" not in obj:
+        if not is_avatar(obj):
             continue
         try:
             bones = obj.pose.bones
@@ -324,7 +307,7 @@ def on_depsgraph_update_post(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgr
         return
     try:
         avatars = [u.id.original for u in depsgraph.updates
-                   if isinstance(u.id, bpy.types.Object) and u.id.type == "ARMATURE" and "genlca_joint_names" in u.id]
+                   if isinstance(u.id, bpy.types.Object) and is_avatar(u.id)]
     except Exception as exc:
         print(f"GenLCA: reading the depsgraph updates failed: {exc}")
         return

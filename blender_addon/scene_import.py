@@ -65,6 +65,9 @@ def _collection(context: bpy.types.Context, collection: bpy.types.Collection | N
     return collection if collection is not None else context.scene.collection
 
 
+JOINT_NAMES_KEY = "genlca_joint_names"  # on an avatar armature: its joints in template order (JSON)
+
+
 def build_armature(context: bpy.types.Context, name: str, joint_names: list[str], parents: np.ndarray,
                    rest_matrices: np.ndarray, joint_tails: np.ndarray,
                    collection: bpy.types.Collection | None = None) -> bpy.types.Object:
@@ -95,7 +98,7 @@ def build_armature(context: bpy.types.Context, name: str, joint_names: list[str]
         view_layer.objects.active = previous
     for pb in obj.pose.bones:
         pb.rotation_mode = "QUATERNION"
-    obj["genlca_joint_names"] = json.dumps(joint_names)
+    obj[JOINT_NAMES_KEY] = json.dumps(joint_names)
     return obj
 
 
@@ -359,20 +362,26 @@ def posed_splat_rotations(rest: np.ndarray, slots: list[np.ndarray], deltas: np.
     return out
 
 
-def _armature_joint_names(armature_obj: bpy.types.Object) -> list[str]:
-    stored = armature_obj.get("genlca_joint_names")
+def avatar_joint_names(armature_obj: bpy.types.Object) -> list[str]:
+    """The avatar's joints in template order (stored at import), else the armature's bone order."""
+    stored = armature_obj.get(JOINT_NAMES_KEY)
     return json.loads(stored) if stored else [b.name for b in armature_obj.data.bones]
 
 
-def _bulk_matrices(collection, attr: str, names: list[str]) -> np.ndarray:
-    """(J, 4, 4) row-major matrices of the named items of a bone collection, in `names` order."""
-    count = len(collection)
+def bone_matrices(collection, attr: str, count: int) -> np.ndarray:
+    """Bulk `foreach_get` of a 4x4 matrix property of a bone collection -> (count, 4, 4) row-major."""
     buf = np.empty(count * 16, np.float32)
     collection.foreach_get(attr, buf)
-    order = [collection.find(name) for name in names]
-    if min(order, default=0) < 0:
-        raise KeyError(f"the armature lacks the joints {[n for n, i in zip(names, order) if i < 0][:5]}")
-    return buf.reshape(count, 4, 4).transpose(0, 2, 1)[order]  # Blender flattens matrices by column
+    return buf.reshape(count, 4, 4).transpose(0, 2, 1)  # Blender flattens matrices column by column
+
+
+def bone_order(bones, names: list[str]) -> np.ndarray:
+    """Index into `bones` (a bone collection) for each name."""
+    position = {b.name: i for i, b in enumerate(bones)}
+    missing = [n for n in names if n not in position]
+    if missing:
+        raise KeyError(f"the armature lacks the joints {missing[:5]}")
+    return np.array([position[n] for n in names])
 
 
 def _unit_columns(m: np.ndarray) -> np.ndarray:
@@ -386,12 +395,14 @@ def bone_rotation_deltas(mesh_obj: bpy.types.Object, armature_obj: bpy.types.Obj
     """(J, 4) wxyz (w >= 0), joint order: each bone's rotation pose · rest⁻¹ in the mesh's local space
     (the rotation part of the skinning matrix A_j the Armature modifier applies). pose: (J, 3, 3) or
     (J, 4, 4) armature-space pose matrices in joint order; None reads the evaluated armature's."""
-    names = _armature_joint_names(armature_obj)
-    rest = _unit_columns(_bulk_matrices(armature_obj.data.bones, "matrix_local", names)[:, :3, :3])
+    names = avatar_joint_names(armature_obj)
+    bones = armature_obj.data.bones
+    rest = _unit_columns(bone_matrices(bones, "matrix_local", len(bones))[bone_order(bones, names)][:, :3, :3])
     if pose is None:
         depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
         evaluated = armature_obj.evaluated_get(depsgraph)
-        pose = _bulk_matrices(evaluated.pose.bones, "matrix", names)
+        pose_bones = evaluated.pose.bones
+        pose = bone_matrices(pose_bones, "matrix", len(pose_bones))[bone_order(pose_bones, names)]
     posed = _unit_columns(np.asarray(pose)[:, :3, :3])
     delta = posed @ np.swapaxes(rest, -1, -2)
     # the Armature modifier works in armature space: conjugate into the mesh's space when they differ
