@@ -88,3 +88,39 @@ def test_bad_tokens_are_rejected(layout, config):
         decode(bad, layout, decoder)
     with pytest.raises(ValueError, match="token_channels must be >= 3"):
         TokenDecoderConfig(token_channels=2)
+
+
+def test_explicit_layout_round_trips_known_texel_parameters(layout):
+    """encode_explicit -> decode with a fresh decoder gives back colour, offset, opacity and scale
+    (float32 round-off only: tanh/atanh and logit of values well inside their ranges)."""
+    from backend.avatar.tokens import encode_explicit
+
+    cfg = TokenDecoderConfig(token_channels=12, gaussians_per_texel=2, sh_degree=0, token_layout="explicit")
+    decoder = TokenDecoder(cfg, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    r = layout.resolution
+    rgb = torch.rand(3, r, r, generator=gen)
+    offset = (torch.rand(3, r, r, generator=gen) - 0.5) * 0.02
+    offset[2] += 0.25 * layout.region_mask("head")  # hair volume 25 cm beyond the scalp: past the old 3 cm bound
+    opacity = torch.full((r, r), 0.6)
+    log_scale = torch.log(layout.texel_size.clamp_min(1e-5) * 0.5)[None].repeat(3, 1, 1)
+    with torch.no_grad():
+        g = decode(encode_explicit(layout, cfg, rgb, offset, opacity, log_scale), layout, decoder)
+    v = layout.valid_indices
+    first = slice(0, None, 2)  # Gaussian 0 of each texel
+    assert torch.allclose(g.base_rgb[first], rgb.reshape(3, -1)[:, v].T, atol=1e-5)
+    assert torch.allclose(g.opacities, torch.full_like(g.opacities, 0.6), atol=1e-5)
+    assert torch.allclose(g.log_scales[first], log_scale.reshape(3, -1)[:, v].T, atol=1e-4)
+    local = torch.einsum("mji,mj->mi", layout.gather("frames"), g.means[first] - layout.gather("anchors"))
+    expected = offset.reshape(3, -1)[:, v].T.clone()
+    expected[:, :2] += decoder.pattern[0] * layout.gather("texel_size")[:, None]
+    assert torch.allclose(local, expected, atol=1e-5)
+    head = layout.region_mask("head").reshape(-1)[v]
+    assert float(local[head, 2].min()) > 0.24  # reach per region: the head reaches 25 cm
+
+
+def test_explicit_layout_refuses_too_few_channels_and_unknown_regions():
+    with pytest.raises(ValueError, match="token_channels >= 10"):
+        TokenDecoderConfig(token_channels=8, token_layout="explicit")
+    with pytest.raises(ValueError, match="unknown regions"):
+        TokenDecoderConfig(token_layout="explicit", region_reach={"tail": 0.1})

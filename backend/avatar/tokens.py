@@ -8,9 +8,21 @@ texel-wise MLP (1×1 convolutions) that maps each texel's token to K Gaussians:
 - log-scale: `log(texel_size * base_scale / sqrt(K)) + scale_range * tanh(s)`, the normal axis thinner,
 - opacity logit and SH coefficients (degree 0..3, 3DGS layout; `sh[:, 0]` is DC).
 
-The output layer starts at zero and a linear skip routes token channels 0..2 to the DC colour, so a
-freshly built decoder (`TokenDecoder(cfg, seed=...)`) is deterministic and turns `placeholder_tokens`
-into a plausible coloured body: the stand-in generator until the diffusion model exists.
+The output layer starts at zero and a linear skip routes token channels to Gaussian parameters, so a
+freshly built decoder (`TokenDecoder(cfg, seed=...)`) is deterministic. Two token layouts:
+
+- "latent" (the round-1 default): only channels 0..2 are routed (to the DC colour); the rest is free.
+- "explicit" (the model chain): the first `EXPLICIT_CHANNELS` channels have fixed meanings that the
+  skip routes exactly, so a token map can be written from known texel parameters (`encode_explicit`,
+  used by the synthetic generator for ground truth) and decoded back without training:
+      0..2  colour as the SH DC term, (rgb - 0.5) / SH_C0
+      3..5  offset from the anchor in its tangent frame (t, b, n): atanh(offset / reach)
+      6     opacity: logit(opacity) - logit(init_opacity)
+      7..9  log-scale: atanh((log_scale - base) / scale_range)
+  Channels 10.. are latent (the decoder's MLP may use them). `reach` is per texel, by body region
+  (`region_reach`): long hair and skirts need offsets of tens of centimetres, fingers a few millimetres.
+  The tokenizer trains the MLP residual on top of this exact routing.
+
 Gaussians are ordered texel-major: Gaussian m * K + k is the k-th of valid texel m.
 """
 from __future__ import annotations
@@ -38,10 +50,25 @@ class TokenDecoderConfig:
     normal_scale: float = 0.35    # normal-axis std relative to the tangent-plane std (flat splats)
     scale_range: float = 2.5      # learned log-scale stays within base ± scale_range
     init_opacity: float = 0.95
+    token_layout: str = "latent"  # "latent" | "explicit" (see the module docstring)
+    # explicit layout: reach of the offset per edit region, metres (hair beyond the scalp, skirts off the legs)
+    region_reach: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_REGION_REACH))
 
     def __post_init__(self) -> None:
         if self.token_channels < 3:
             raise ValueError(f"token_channels must be >= 3 (channels 0..2 carry colour), got {self.token_channels}")
+        if self.token_layout not in ("latent", "explicit"):
+            raise ValueError(f"token_layout must be 'latent' or 'explicit', got {self.token_layout!r}")
+        if self.token_layout == "explicit" and self.token_channels < EXPLICIT_CHANNELS:
+            raise ValueError(f"the explicit token layout needs token_channels >= {EXPLICIT_CHANNELS}, "
+                             f"got {self.token_channels}")
+        from backend.avatar.body_parts import REGION_NAMES
+
+        unknown = sorted(set(self.region_reach) - set(REGION_NAMES))
+        if unknown:
+            raise ValueError(f"region_reach: unknown regions {unknown}; expected some of {list(REGION_NAMES)}")
+        if any(not 0 < v <= 2.0 for v in self.region_reach.values()):
+            raise ValueError(f"region_reach values must be in (0, 2] metres, got {self.region_reach}")
         if not 1 <= self.gaussians_per_texel <= 16:
             raise ValueError(f"gaussians_per_texel must be in 1..16, got {self.gaussians_per_texel}")
         sh_coeff_count(self.sh_degree)
@@ -49,6 +76,10 @@ class TokenDecoderConfig:
     @property
     def channels_per_gaussian(self) -> int:
         return 3 + 4 + 3 + 1 + 3 * sh_coeff_count(self.sh_degree)
+
+
+EXPLICIT_CHANNELS = 10
+DEFAULT_REGION_REACH = {"head": 0.45, "torso": 0.30, "arms": 0.12, "hands": 0.03, "legs": 0.40, "feet": 0.05}
 
 
 def _texel_pattern(k: int) -> torch.Tensor:
@@ -97,6 +128,11 @@ class TokenDecoder(nn.Module):
                 self.head.bias[o + 10] = p
                 for c in range(3):  # DC colour = token channel c
                     self.skip.weight[o + 11 + c, c, 0, 0] = 1.0
+                if cfg.token_layout == "explicit":
+                    for c in range(3):  # offset (3..5) and log-scale (7..9) raw values = token channels
+                        self.skip.weight[o + c, 3 + c, 0, 0] = 1.0
+                        self.skip.weight[o + 7 + c, 7 + c, 0, 0] = 1.0
+                    self.skip.weight[o + 10, 6, 0, 0] = 1.0  # opacity logit offset
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, C, R, R) -> raw per-texel parameters (B, K, P, R, R)."""
@@ -136,7 +172,8 @@ def decode(tokens: torch.Tensor, layout: TexelLayout, decoder: TokenDecoder) -> 
 
     pattern = decoder.pattern.to(device, dtype)  # (K, 2)
     base_local = torch.cat([pattern, torch.zeros(k, 1, device=device, dtype=dtype)], -1)  # (K, 3)
-    local = base_local[None] * size[:, None, None] + torch.tanh(raw[..., 0:3]) * cfg.max_offset  # (B, M, K, 3)
+    reach = texel_reach(layout, cfg).to(device, dtype)[:, None, None]  # (M, 1, 1)
+    local = base_local[None] * size[:, None, None] + torch.tanh(raw[..., 0:3]) * reach  # (B, M, K, 3)
     means = anchors[:, None] + torch.einsum("mij,bmkj->bmki", frames, local)  # (B, M, K, 3)
     q_local = raw[..., 3:7]
     q_local = q_local / q_local.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -159,6 +196,54 @@ def decode(tokens: torch.Tensor, layout: TexelLayout, decoder: TokenDecoder) -> 
             skin_indices=skin_idx.repeat_interleave(k, 0), skin_weights=skin_w.repeat_interleave(k, 0),
         ))
     return out[0] if single else out
+
+
+def texel_reach(layout: TexelLayout, cfg: TokenDecoderConfig) -> torch.Tensor:
+    """(M,) offset reach per valid texel: `max_offset` everywhere for the latent layout, the region's
+    reach for the explicit one."""
+    if cfg.token_layout != "explicit":
+        return torch.full((layout.num_valid,), cfg.max_offset)
+    reach = torch.full((layout.resolution, layout.resolution), cfg.max_offset)
+    for region, value in cfg.region_reach.items():
+        reach[layout.region_mask(region)] = value
+    return reach.reshape(-1)[layout.valid_indices]
+
+
+def encode_explicit(layout: TexelLayout, cfg: TokenDecoderConfig, rgb: torch.Tensor,
+                    offset: torch.Tensor | None = None, opacity: torch.Tensor | None = None,
+                    log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Known texel parameters -> an explicit-layout token map (C, R, R) that a fresh decoder turns back
+    into them (the inverse of the routing in `decode`; latent channels are zero, outside the atlas zero).
+
+    rgb:       (3, R, R) colour in [0, 1]
+    offset:    (3, R, R) metres in the anchor's tangent frame (t, b, n); clipped to 99.9 % of the reach
+    opacity:   (R, R) in (0, 1)
+    log_scale: (3, R, R) natural-log standard deviations (t, b, n); clipped to the decoder's range
+    """
+    if cfg.token_layout != "explicit":
+        raise ValueError("encode_explicit needs a decoder config with token_layout='explicit'")
+    r = layout.resolution
+    if tuple(rgb.shape) != (3, r, r):
+        raise ValueError(f"expected rgb of shape (3, {r}, {r}), got {tuple(rgb.shape)}")
+    tokens = torch.zeros(cfg.token_channels, r, r)
+    tokens[0:3] = (rgb.float() - 0.5) / SH_C0
+    flat_valid = layout.valid_indices
+    if offset is not None:
+        reach = torch.full((r * r,), cfg.max_offset)
+        reach[flat_valid] = texel_reach(layout, cfg)
+        ratio = (offset.float().reshape(3, r * r) / reach).clamp(-0.999, 0.999)
+        tokens[3:6] = torch.atanh(ratio).reshape(3, r, r)
+    if opacity is not None:
+        o = opacity.float().clamp(1e-4, 1 - 1e-4)
+        tokens[6] = torch.log(o / (1 - o)) - logit(cfg.init_opacity)
+    if log_scale is not None:
+        k = cfg.gaussians_per_texel
+        size = layout.texel_size.clamp_min(1e-5)
+        base = torch.log(size * cfg.base_scale / math.sqrt(k))  # (R, R)
+        base3 = base[None] + torch.tensor([0.0, 0.0, math.log(cfg.normal_scale)])[:, None, None]
+        ratio = ((log_scale.float() - base3) / cfg.scale_range).clamp(-0.999, 0.999)
+        tokens[7:10] = torch.atanh(ratio)
+    return tokens * layout.atlas_mask.to(tokens.dtype)
 
 
 def gaussian_texel_index(layout: TexelLayout, k: int) -> torch.Tensor:
