@@ -16,7 +16,7 @@ def _step(model, opt, x):
     loss = (model(x) ** 2).mean()
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def test_resume_continues_bit_identically(tmp_path):
