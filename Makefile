@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 BPY := .venv-blender/bin/python
 
-.PHONY: setup demo test test-main test-blender test-slow blender-suites bench bench-blender testdata addon addon-current clean
+.PHONY: setup demo test test-main test-blender test-slow blender-suites suites bench bench-blender testdata addon addon-current clean
 
 setup:
 	@scripts/setup_env.sh all
@@ -15,17 +15,40 @@ demo:
 # The add-on suite runs in every Blender environment that setup made (4.2 LTS, 5.0.1, 5.3).
 BLENDER_ENVS = .venv-blender-4.2 .venv-blender .venv-blender-5.3
 
+# Every suite runs even when an earlier one fails; the summary lists each suite's result and `make test`
+# fails if any suite failed. pytest's exit code 5 ("no tests collected") counts as a failure: a suite
+# that runs nothing proves nothing.
 test: setup
-	$(PY) -m pytest -q tests --ignore=tests/blender
-	@$(MAKE) --no-print-directory blender-suites
+	@$(MAKE) --no-print-directory SUITES="main $(BLENDER_ENVS)" suites
 
 blender-suites:
-	@set -e; for env in $(BLENDER_ENVS); do \
-	  if [ -x $$env/bin/python ]; then \
-	    echo "== add-on tests in $$($$env/bin/python -c 'import bpy; print("Blender", bpy.app.version_string)' 2>/dev/null) ($$env)"; \
-	    GENLCA_BACKEND_PYTHON=$(abspath $(PY)) $$env/bin/python -m pytest -q -p no:cacheprovider tests/blender; \
+	@$(MAKE) --no-print-directory SUITES="$(BLENDER_ENVS)" suites
+
+# SUITES: "main" (the backend suite in .venv) and/or Blender environments (the add-on suite in each that
+# exists; only the optional 5.3 one, which needs a Python 3.13, may be missing). Exit codes are collected,
+# not stopped at.
+suites:
+	@declare -a results; failed=0; \
+	for suite in $(SUITES); do \
+	  if [ "$$suite" = main ]; then \
+	    echo "== main suite ($(PY))"; \
+	    $(PY) -m pytest -q tests --ignore=tests/blender; rc=$$?; \
+	  elif [ -x $$suite/bin/python ]; then \
+	    echo "== add-on tests in $$($$suite/bin/python -c 'import bpy; print("Blender", bpy.app.version_string)' 2>/dev/null) ($$suite)"; \
+	    GENLCA_BACKEND_PYTHON=$(abspath $(PY)) $$suite/bin/python -m pytest -q -p no:cacheprovider tests/blender; rc=$$?; \
+	  elif [ "$$suite" = .venv-blender-5.3 ]; then \
+	    results+=("$$suite: not set up (skipped: setup found no Python 3.13)"); continue; \
+	  else \
+	    results+=("$$suite: FAILED (not set up: run make setup)"); failed=1; continue; \
 	  fi; \
-	done
+	  case $$rc in \
+	    0) results+=("$$suite: passed") ;; \
+	    5) results+=("$$suite: FAILED (no tests collected)"); failed=1 ;; \
+	    *) results+=("$$suite: FAILED (pytest exit $$rc)"); failed=1 ;; \
+	  esac; \
+	done; \
+	echo "== summary"; for line in "$${results[@]}"; do echo "   $$line"; done; \
+	exit $$failed
 
 test-main:
 	@scripts/setup_env.sh main

@@ -126,19 +126,15 @@ def test_tile_size_does_not_change_the_image():
 
 
 @pytest.mark.slow
-def test_body_scene_speed_and_gradients_flow():
-    import time
-
+def test_body_scene_renders_and_gradients_flow():
+    # how fast is the benchmark's business (benchmarks/render.py, docs/BENCHMARKS.md), not a test's: a
+    # wall-clock limit here would fail on a slower or busier machine without anything being wrong
     from benchmarks.render import body_camera, body_scene
 
-    torch.set_num_threads(2)
     scene, cam = body_scene(50_000), body_camera()
     with torch.no_grad():
-        render(scene, cam)
-        start = time.perf_counter()
         out = render(scene, cam)
-        elapsed = time.perf_counter() - start
-    assert float(out.alpha.mean()) > 0.2 and elapsed < 1.0, elapsed  # 0.25-0.35 s measured on 2 cores
+    assert float(out.alpha.mean()) > 0.2
     leaves = [t.requires_grad_(True) for t in _leaves(scene)]
     render(scene, cam).rgb.sum().backward()
     assert all(t.grad is not None and bool(t.grad.abs().sum() > 0) for t in leaves)
