@@ -1,8 +1,12 @@
-"""Export an avatar through the backend (`export` op: PLY or .safetensors) and write the file atomically."""
+"""Export an avatar through the backend (`export` op: PLY or .safetensors) and write the file atomically.
+
+Every file the add-on writes (exports here, rendered frames in render.py) goes through `write_atomic`.
+"""
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -11,24 +15,50 @@ import numpy as np
 from ._bridge import protocol
 
 
-def safe_filename(name: str, fallback: str) -> str:
-    """A file name without folders or odd characters (the backend suggests it; we do not trust it)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(name or "")).strip("._")
-    return name or fallback
+AVATAR_EXTENSIONS = {"ply": ".ply", "safetensors": ".safetensors"}  # the only names the add-on writes for avatars
+MAX_NAME = 128
+
+
+def safe_filename(name: str, fallback: str, fmt: str) -> str:
+    """The name to save an exported avatar under, from the name the backend suggests (not trusted): its last
+    path component only, letters, digits and ._- only, no leading dot, and always ending in the extension
+    of `fmt` (".ply" or ".safetensors"; another avatar suffix is replaced, any other suffix stays part of the
+    name: "x.sh" -> "x.sh.ply")."""
+    if fmt not in AVATAR_EXTENSIONS:
+        raise ValueError(f"format must be one of {sorted(AVATAR_EXTENSIONS)}, got {fmt!r}")
+    ext = AVATAR_EXTENSIONS[fmt]
+    base = re.split(r"[\\/]", name or "")[-1]  # a Windows separator is a separator too
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")
+    stem = base
+    for known in AVATAR_EXTENSIONS.values():
+        if stem.lower().endswith(known):
+            stem = stem[:-len(known)].rstrip("._")
+            break
+    stem = stem[:MAX_NAME - len(ext)]
+    if not stem:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", fallback).strip("._")[:MAX_NAME - len(ext)] or "genlca"
+    return stem + ext
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | np.ndarray) -> Path:
-    """Write to a temporary file next to `path`, then rename it into place."""
+    """Write `data` to `path` through a fresh, exclusively created temporary file in the same folder
+    (tempfile.mkstemp: an unpredictable name opened with O_CREAT | O_EXCL, so nothing planted there, a
+    symlink included, is followed or overwritten), then rename it over `path` (a rename replaces a symlink
+    at `path` itself, never the file it points to)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data.tobytes() if isinstance(data, np.ndarray) else data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
     return path
 
 
@@ -43,7 +73,7 @@ def export_avatar(session, avatar_id: str, fmt: str, out_dir: str | os.PathLike,
         data = reply.arrays.get("file")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise ValueError("the backend's export result has no uint8 'file' array")
-        name = safe_filename(str(reply.header.get("filename", "")), f"genlca_{avatar_id[:8]}.{fmt}")
+        name = safe_filename(str(reply.header.get("filename", "")), f"genlca_{avatar_id[:8]}", fmt)
         path = write_atomic(Path(out_dir) / name, data)
         if on_done:
             on_done(path)

@@ -1,6 +1,9 @@
-"""Add-on preferences: where the backend is and how long to wait for it; where outputs go."""
+"""Add-on preferences: where the backend is and how long to wait for it; where outputs go; this Blender's
+client public key (shown, and copied by a button) for a backend that admits only listed clients."""
 
 import bpy
+
+from . import keys
 
 
 class GenLCAPreferences(bpy.types.AddonPreferences):
@@ -24,8 +27,31 @@ class GenLCAPreferences(bpy.types.AddonPreferences):
         layout = self.layout
         layout.prop(self, "backend_address")
         layout.prop(self, "server_public_key")
+        # this Blender's own CURVE key (keys.py), for the backend operator's allow-list
+        row = layout.row(align=True)
+        row.label(text=f"Client public key: {keys.client_public_key()}")
+        row.operator(GENLCA_OT_copy_client_key.bl_idname, text="", icon="COPYDOWN")
         layout.prop(self, "timeout_s")
         layout.prop(self, "output_dir")
+
+
+class GENLCA_OT_copy_client_key(bpy.types.Operator):
+    """Copy this Blender's GenLCA client public key to the clipboard, for the backend's allow-list
+    (genlca-backend keys --add-client NAME --public-key KEY)"""
+
+    bl_idname = "genlca.copy_client_key"
+    bl_label = "Copy Client Public Key"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            public = keys.client_keypair()[0]
+        except Exception as exc:
+            self.report({"ERROR"}, f"no client key: {exc}")
+            return {"CANCELLED"}
+        context.window_manager.clipboard = public
+        self.report({"INFO"}, f"client public key copied: {public}")
+        return {"FINISHED"}
 
 
 def output_dir(context: bpy.types.Context | None = None) -> str:
@@ -44,5 +70,5 @@ def output_dir(context: bpy.types.Context | None = None) -> str:
         return tempfile.mkdtemp(prefix="genlca_")
 
 
-classes = (GenLCAPreferences,)
+classes = (GenLCAPreferences, GENLCA_OT_copy_client_key)
 register, unregister = bpy.utils.register_classes_factory(classes)

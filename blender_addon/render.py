@@ -19,7 +19,7 @@ from typing import Callable
 import bpy
 import numpy as np
 
-from . import binding, camera as camera_mod
+from . import binding, camera as camera_mod, export
 from ._bridge import png, protocol
 
 COLLECT_SLICE_S = 0.04  # main-thread time per timer tick spent reading poses
@@ -33,15 +33,7 @@ def write_frame(path: Path, rgba: np.ndarray) -> Path:
     """Atomic PNG write (fast zlib level: frames stream in while the user works)."""
     if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
         raise ValueError(f"expected an RGBA frame (H, W, 4) uint8, got {rgba.shape} {rgba.dtype}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(png.encode_png(rgba, compress_level=1))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return export.write_atomic(path, png.encode_png(rgba, compress_level=1))  # exclusive temp file, rename
 
 
 def show_as_background(scene: bpy.types.Scene, cam: bpy.types.Object, first: Path, frame_start: int,

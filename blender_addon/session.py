@@ -5,10 +5,13 @@ hands each reply to its job's callbacks, and runs main-thread tasks (avatar impo
 slices of a few milliseconds. Liveness is the client's: a request that hears nothing (no reply, no
 heartbeat listing it) for `timeout_s` comes back as `error timeout`, which the session turns into a
 message that names the address. Callbacks never raise into Blender: an
-exception becomes the job's error message (the traceback goes to the console only).
+exception becomes the job's error message (the traceback goes to the console only). With a server key the
+connection is CURVE with the add-on's one persistent client keypair (keys.py), so the backend's allow-list
+of client keys can admit this Blender.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 import traceback
@@ -16,10 +19,25 @@ from typing import Any, Callable, Iterator
 
 import bpy
 
+from . import keys
 from ._bridge import client_module, protocol
 
 TIMER_INTERVAL_S = 0.05
 PUMP_BUDGET_S = 0.03  # main-thread time one pump may spend on replies and tasks before yielding
+# The work one pump may do, whatever the clock says (tests check these, not milliseconds): replies beyond
+# this wait in the session's inbox for the next pump, and each task advances at most this many slices.
+MAX_REPLIES_PER_PUMP = 16
+MAX_SLICES_PER_PUMP = 16
+
+
+@dataclasses.dataclass
+class PumpStats:
+    """What one pump did: replies dispatched, task slices advanced, array bytes handed to callbacks."""
+
+    replies: int = 0
+    slices: int = 0
+    reply_bytes: int = 0
+    seconds: float = 0.0  # for the status line and benchmarks; tests do not assert on it
 
 ResultCallback = Callable[[Any], None]            # a reply with .header and .arrays
 ErrorCallback = Callable[[str, str], None]        # code, message
@@ -52,7 +70,10 @@ class Job:
 class Session:
     """Owns one BridgeClient and the jobs sent through it."""
 
-    def __init__(self, address: str, server_public_key: str | None = None, timeout_s: float = 30.0):
+    def __init__(self, address: str, server_public_key: str | None = None, timeout_s: float = 30.0,
+                 client_keypair: tuple[str, str] | None = None):
+        """client_keypair: (public, secret) Z85 of this client, used with a server key (CURVE); default: the
+        add-on's persistent pair (keys.client_keypair), so a backend's allow-list can name this Blender."""
         self.address = address
         self.server_public_key = server_public_key or None
         self.timeout_s = float(timeout_s)
@@ -61,10 +82,17 @@ class Session:
         except ImportError as exc:
             raise RuntimeError(f"the GenLCA bridge cannot load ({exc}); reinstall the extension so that its "
                                f"bundled pyzmq and msgpack wheels are installed") from None
-        self.client = client_cls(address, server_public_key=self.server_public_key, timeout_s=self.timeout_s)
+        curve = {}
+        if self.server_public_key:
+            public, secret = client_keypair or keys.client_keypair()
+            curve = {"client_public_key": public, "client_secret_key": secret}
+        self.client = client_cls(address, server_public_key=self.server_public_key, timeout_s=self.timeout_s,
+                                 **curve)
         self.jobs: dict[str, Job] = {}
         self._task_seq = 0
-        self.max_pump_s = 0.0   # longest pump so far (tests and the status line read it)
+        self._inbox: collections.deque = collections.deque()  # replies polled but not dispatched yet
+        self.max_pump_s = 0.0   # longest pump so far (the status line and benchmarks read it)
+        self.last_pump = PumpStats()
 
     # -------------------------------------------------------------- jobs
     def submit(self, request: protocol.Request, arrays: dict | None = None, *, label: str, scene_name: str = "",
@@ -102,24 +130,33 @@ class Session:
 
     @property
     def busy(self) -> bool:
-        return bool(self.jobs)
+        return bool(self.jobs) or bool(self._inbox)
 
     # -------------------------------------------------------------- pumping
     def pump(self, budget_s: float = PUMP_BUDGET_S) -> int:
-        """Drain replies and advance tasks for at most ~budget_s; returns the number of events handled."""
+        """Dispatch up to MAX_REPLIES_PER_PUMP replies and advance each task by up to MAX_SLICES_PER_PUMP
+        slices, stopping early after ~budget_s; returns the number of events handled (stats in last_pump)."""
         start = time.monotonic()
-        handled = 0
-        for reply in self.client.poll(timeout_ms=0):
-            handled += 1
+        stats = PumpStats()
+        if not self._inbox:
+            self._inbox.extend(self.client.poll(timeout_ms=0))
+        while self._inbox and stats.replies < MAX_REPLIES_PER_PUMP:
+            reply = self._inbox.popleft()
+            stats.replies += 1
+            stats.reply_bytes += sum(int(getattr(a, "nbytes", 0)) for a in (getattr(reply, "arrays", None) or {}).values())
             self._dispatch(reply)
             if time.monotonic() - start > budget_s:
                 break
         for job in [j for j in self.jobs.values() if j.task is not None]:
-            while not job.done and time.monotonic() - start <= budget_s:
+            slices = 0
+            while not job.done and slices < MAX_SLICES_PER_PUMP and time.monotonic() - start <= budget_s:
                 self._advance(job)
-                handled += 1
-        self.max_pump_s = max(self.max_pump_s, time.monotonic() - start)
-        return handled
+                slices += 1
+            stats.slices += slices
+        stats.seconds = time.monotonic() - start
+        self.last_pump = stats
+        self.max_pump_s = max(self.max_pump_s, stats.seconds)
+        return stats.replies + stats.slices
 
     def _advance(self, job: Job) -> None:
         try:
@@ -180,6 +217,7 @@ class Session:
 
     def close(self) -> None:
         self.jobs.clear()
+        self._inbox.clear()
         try:
             self.client.close()
         except Exception:
