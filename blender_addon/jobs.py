@@ -6,6 +6,7 @@ on the main thread, update the scene's `genlca` fields and show a report. Genera
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,50 @@ from .session import Session, notify
 
 IMPORT_BAKE_CHUNK = 16  # about 16 joints' worth of skin weights per import step (keeps each timer tick short)
 AvatarCallback = Callable[[bpy.types.Object, bpy.types.Object], None]
+
+
+GENERATOR_INPUTS = ("text", "image", "steps", "guidance")  # what the panel offers to a generator
+INPUT_LABELS = {"text": "prompt", "image": "reference image", "steps": "steps", "guidance": "guidance"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorStatus:
+    """What the connected backend's generator is and which of the panel's inputs it uses."""
+
+    name: str                 # "" when the backend has not said (not connected, no generate yet)
+    placeholder: bool         # no model: results are seeded token maps, not generated from the inputs
+    inputs: frozenset         # of GENERATOR_INPUTS: the controls to enable
+
+    @property
+    def unused(self) -> list[str]:
+        """The panel's names of the inputs the generator ignores."""
+        return [INPUT_LABELS[i] for i in GENERATOR_INPUTS if i not in self.inputs]
+
+
+def note_generator(session: Session, fields: dict) -> None:
+    """Record what the backend reports about its generator, from a hello reply (`generator` and `supports`,
+    top level or inside a `capabilities` dict) or from a result's `meta` (`generator`)."""
+    caps = fields.get("capabilities")
+    caps = caps if isinstance(caps, dict) else {}
+    name = fields.get("generator") or caps.get("generator")
+    supports = fields.get("supports", caps.get("supports"))
+    if isinstance(name, str) and name:
+        session.generator = name
+    if isinstance(supports, (list, tuple)):
+        session.generator_inputs = tuple(str(x) for x in supports)
+
+
+def generator_status(session: Session | None) -> GeneratorStatus:
+    """Data-driven: a generator named "placeholder..." uses only the prompt (it seeds the token map) unless it
+    lists what it uses; a named model uses what it lists (all inputs when it lists nothing); unknown: all."""
+    name = session.generator if session is not None else ""
+    listed = session.generator_inputs if session is not None else None
+    placeholder = "placeholder" in name.lower()
+    if listed is not None:
+        inputs = frozenset(i for i in listed if i in GENERATOR_INPUTS)
+    else:
+        inputs = frozenset(("text",) if placeholder else GENERATOR_INPUTS)
+    return GeneratorStatus(name, placeholder, inputs)
 
 
 def _props(scene_name: str):
@@ -47,11 +92,14 @@ def hello(session: Session, scene: bpy.types.Scene, on_done: Callable[[dict], No
     def on_result(reply) -> None:
         props = _props(name)
         info = dict(reply.header)
+        note_generator(session, info)
         server = info.get("server", info.get("version", "GenLCA backend"))
         if props is not None:
             props.connected = True
             props.connection = f"connected to {session.address} ({server})"
-        _set_message(name, f"connected to {session.address}", False)
+        status = generator_status(session)
+        _set_message(name, f"connected to {session.address}"
+                     + (f"; generation is a placeholder ({status.name})" if status.placeholder else ""), False)
         if on_done:
             on_done(info)
 
@@ -99,6 +147,8 @@ def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, l
 
     def on_result(reply) -> None:
         header, arrays = dict(reply.header), reply.arrays
+        meta = header.get("meta") if isinstance(header.get("meta"), dict) else {}
+        generator = str(meta.get("generator", "")) or session.generator
         out: dict = {}
 
         def steps():
@@ -109,8 +159,12 @@ def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, l
             item = next((a for a in props.avatars if a.avatar_id == avatar_id), None) or props.avatars.add()
             item.avatar_id, item.label, item.armature = avatar_id, label or avatar_id[:8], out["armature"]
             props.avatar_index = list(props.avatars).index(item)
-            _set_message(name, f"imported avatar {item.label}", False)
-            notify("INFO", f"GenLCA avatar {item.label} imported")
+            if "placeholder" in generator.lower():  # say what it is: not an avatar generated from the prompt
+                text = f"imported placeholder avatar {item.label} ({generator})"
+            else:
+                text = f"imported avatar {item.label}" + (f" ({generator})" if generator else "")
+            _set_message(name, text, False)
+            notify("INFO", f"GenLCA: {text}")
             if on_done:
                 on_done(out["armature"], out["mesh"])
 
@@ -126,6 +180,9 @@ def _then_import(session: Session, scene_name: str, label: str, on_done: AvatarC
         avatar_id = str(reply.header.get("avatar_id", ""))
         if not avatar_id:
             raise ValueError("the backend's result names no avatar_id")
+        meta = reply.header.get("meta")
+        if isinstance(meta, dict):
+            note_generator(session, {"generator": meta.get("generator")})
         fetch_and_import(session, bpy.data.scenes[scene_name], avatar_id, label, on_done, on_error)
     return on_result
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import properties
+from . import jobs, properties, session
 
 
 class GENLCA_UL_avatars(bpy.types.UIList):
@@ -53,12 +53,23 @@ class GENLCA_PT_generate(_GenLCAPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         props = context.scene.genlca
+        status = jobs.generator_status(session.current_session())  # what the backend said it uses
+        if status.placeholder:
+            box = layout.box()
+            box.label(text="Placeholder generator: no diffusion model yet", icon="INFO")
+            box.label(text=f"Not used: {', '.join(status.unused)}" if status.unused else status.name)
         layout.prop(props, "prompt", text="")
-        layout.prop(props, "image_path")
+        row = layout.row()
+        row.enabled = "image" in status.inputs
+        row.prop(props, "image_path")
         col = layout.column(align=True)
         col.prop(props, "seed")
-        col.prop(props, "steps")
-        col.prop(props, "guidance")
+        sub = col.column(align=True)
+        sub.enabled = "steps" in status.inputs
+        sub.prop(props, "steps")
+        sub = col.column(align=True)
+        sub.enabled = "guidance" in status.inputs
+        sub.prop(props, "guidance")
         layout.operator("genlca.generate", icon="OUTLINER_OB_ARMATURE")
 
 

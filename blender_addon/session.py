@@ -91,6 +91,9 @@ class Session:
         self.jobs: dict[str, Job] = {}
         self._task_seq = 0
         self._inbox: collections.deque = collections.deque()  # replies polled but not dispatched yet
+        # what the backend says it generates with (hello, or a result's meta.generator); "" until it says
+        self.generator = ""
+        self.generator_inputs: tuple[str, ...] | None = None  # the inputs it uses, when it lists them
         self.max_pump_s = 0.0   # longest pump so far (the status line and benchmarks read it)
         self.last_pump = PumpStats()
 

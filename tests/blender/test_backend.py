@@ -132,3 +132,38 @@ def test_backend_killed_mid_session(scene, addon):
             stop_backend(proc)
         prefs.backend_address, prefs.timeout_s = saved
         addon_module("session").close_session()
+
+
+def test_placeholder_generation_is_said_and_unused_inputs_are_greyed(live, scene):
+    """The real backend has no model yet: its results say so in meta.generator, and the add-on says so too
+    (status text, panel note) and greys out what the generator does not use. When a backend reports a real
+    model in hello, the same code enables the controls again."""
+    session, _ = live
+    jobs = addon_module("jobs")
+    errors: list[str] = []
+    on_error = lambda code, msg: errors.append(f"{code}: {msg}")  # noqa: E731
+    jobs.hello(session, scene, on_error=on_error)
+    pump_until(session, lambda: scene.genlca.connected or errors, 30)
+    scene.genlca.prompt, scene.genlca.seed = "a man in a blue suit", 3
+    imported: list = []
+    jobs.generate(session, scene, on_done=lambda arm, mesh: imported.append(arm), on_error=on_error)
+    pump_until(session, lambda: imported or errors, 300)
+    assert not errors, errors
+    status = jobs.generator_status(session)
+    assert status.placeholder and "placeholder" in status.name, status
+    assert status.unused == ["reference image", "steps", "guidance"] and "text" in status.inputs
+    message = scene.genlca.message
+    assert message.startswith("imported placeholder avatar") and status.name in message, message
+
+    # a backend with a model: hello names it and lists what it uses -> the controls enable themselves
+    other = addon_module("session").Session("tcp://127.0.0.1:9", timeout_s=1.0)
+    try:
+        assert jobs.generator_status(other).unused == []  # unknown: nothing is greyed out on a guess
+        jobs.note_generator(other, {"capabilities": {"generator": "genlca-dit small",
+                                                     "supports": ["text", "image", "steps", "guidance"]}})
+        status = jobs.generator_status(other)
+        assert not status.placeholder and status.unused == [] and status.name == "genlca-dit small"
+        jobs.note_generator(other, {"generator": "genlca-dit small", "supports": ["text", "steps"]})
+        assert jobs.generator_status(other).unused == ["reference image", "guidance"]
+    finally:
+        other.close()
