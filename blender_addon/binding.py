@@ -26,7 +26,7 @@ import bpy
 import numpy as np
 
 from . import scene_import
-from ._bridge import rigmaps
+from ._bridge import retarget, rigmaps
 
 
 joint_names = scene_import.avatar_joint_names
@@ -144,43 +144,195 @@ def update_splats(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph | Non
 
 
 # ------------------------------------------------------------------ binding
+SCALE_WARNING = 4.0  # a source this many times taller or shorter than the avatar is out of scale
+
+
+def _world(obj: bpy.types.Object) -> np.ndarray:
+    return np.array(obj.matrix_world, dtype=np.float64)
+
+
+def source_skeleton(source: bpy.types.Object) -> tuple[list[str], list[int], np.ndarray, np.ndarray]:
+    """Bone names, parent indices, rest matrices (B, 4, 4) in world space and lengths (bone units)."""
+    bones = source.data.bones
+    names = [b.name for b in bones]
+    index = {n: i for i, n in enumerate(names)}
+    parents = [index[b.parent.name] if b.parent else -1 for b in bones]
+    rest = _world(source) @ _matrices(bones, "matrix_local", len(bones)).astype(np.float64)
+    lengths = np.array([b.length for b in bones], np.float64)
+    return names, parents, rest, lengths
+
+
+def propose_map(avatar: bpy.types.Object, source: bpy.types.Object) -> tuple[str, dict[str, str]]:
+    """How the map was found ("cmu", "mixamo", .., "names" or "topology") and the proposed source bone ->
+    avatar joint map (`bridge.rigmaps.propose_map`)."""
+    names, parents, rest, lengths = source_skeleton(source)
+    tails = rest[:, :3, 3] + rest[:, :3, 1] * lengths[:, None]
+    return rigmaps.propose_map(names, parents, rest[:, :3, 3], template_joints=joint_names(avatar), tails=tails)
+
+
 def default_map(avatar: bpy.types.Object, source: bpy.types.Object) -> tuple[str, dict[str, str]]:
-    """Detected rig of `source` and its bone map onto the avatar's joints."""
-    names = [b.name for b in source.data.bones]
-    rig = rigmaps.detect_rig(names)
-    return rig, rigmaps.map_for(rig, names, template_joints=joint_names(avatar))
+    return propose_map(avatar, source)
+
+
+def check_map(avatar: bpy.types.Object, source: bpy.types.Object, mapping: Mapping[str, str]) -> None:
+    """ValueError naming every bone of `mapping` the source lacks and every joint the avatar lacks."""
+    rigmaps.check_map(mapping, [b.name for b in source.data.bones], joint_names(avatar),
+                      f"armature {source.name!r}", f"avatar {avatar.name!r}")
+
+
+def heights(avatar: bpy.types.Object, source: bpy.types.Object) -> tuple[float, float]:
+    """World heights (rest heads and tails) of the avatar and the source skeleton."""
+    out = []
+    for obj in (avatar, source):
+        bones = obj.data.bones
+        pts = np.array([list(b.head_local) + [1.0] for b in bones] + [list(b.tail_local) + [1.0] for b in bones])
+        z = (pts @ _world(obj).T)[:, 2]
+        out.append(float(z.max() - z.min()))
+    return out[0], out[1]
+
+
+def scale_fix(avatar: bpy.types.Object, source: bpy.types.Object) -> float | None:
+    """The factor that brings a source armature wildly out of scale (SCALE_WARNING) to the avatar's size:
+    a power of ten when one is within 25% of the exact ratio (centimetre or millimetre rigs), else the
+    exact ratio; None when the sizes are comparable."""
+    avatar_h, source_h = heights(avatar, source)
+    if avatar_h <= 0 or source_h <= 0:
+        return None
+    ratio = avatar_h / source_h
+    if 1 / SCALE_WARNING <= ratio <= SCALE_WARNING:
+        return None
+    power = 10.0 ** round(np.log10(ratio))
+    return power if 0.8 <= ratio / power <= 1.25 else ratio
+
+
+def action_range(source: bpy.types.Object) -> tuple[int, int] | None:
+    """The frame range of the source's action, or None when it has none."""
+    ad = source.animation_data
+    if ad is None or ad.action is None:
+        return None
+    start, end = ad.action.frame_range
+    return int(np.floor(start)), int(np.ceil(end))
+
+
+FLOOR_KEY = "genlca_floor"  # on a bound avatar: the world height of its source's floor
+FLOOR_SAMPLES = 40
+MAX_LIFT = 0.025  # metres: how far the ground contact may lift the avatar off the source's joints
+OFF_FLOOR = 0.25  # metres: a source whose lowest bone is this far from its floor is not standing on it
+
+
+def estimate_floor(source: bpy.types.Object, scene: bpy.types.Scene | None = None) -> float:
+    """The world height the source's feet stand on: over up to FLOOR_SAMPLES frames of its action, the
+    lowest bone end (head or tail) per frame; the 20th percentile of those (a glitchy frame may dip below
+    the floor). Without an action: the lowest bone end at the current frame. Restores the frame."""
+    scene = scene or bpy.context.scene
+    frames = action_range(source)
+    samples = [scene.frame_current] if frames is None else \
+        sorted(set(np.linspace(frames[0], frames[1], FLOOR_SAMPLES).round().astype(int).tolist()))
+    current = scene.frame_current
+    lows = []
+    bones = source.pose.bones
+    lengths = np.array([b.length for b in source.data.bones])[_order(source.data.bones, [b.name for b in bones])]
+    try:
+        for frame in samples:
+            scene.frame_set(frame)
+            evaluated = source.evaluated_get(bpy.context.evaluated_depsgraph_get())
+            m = np.array(evaluated.matrix_world, np.float64) @ _matrices(evaluated.pose.bones, "matrix", len(bones))
+            ends = np.concatenate([m[:, :3, 3], m[:, :3, 3] + m[:, :3, 1] * lengths[:, None]])
+            lows.append(ends[:, 2].min())
+    finally:
+        scene.frame_set(current)
+    return float(np.percentile(lows, 20))
+
+
+def _ground_lift(avatar: bpy.types.Object, plan, world: np.ndarray, src_world: np.ndarray) -> float:
+    """How far to lift the fitted avatar (world z) so that its soles do not sink below the source's floor
+    (at most MAX_LIFT): each joint near the avatar's rest floor keeps its rest height above it, scaled.
+    Nothing while the source itself is well off its floor (e.g. its rest pose hangs below its origin)."""
+    floor = avatar.get(FLOOR_KEY)
+    if floor is None:
+        return 0.0
+    ends = np.concatenate([src_world[:, :3, 3], src_world[:, :3, 3] + src_world[:, :3, 1] * plan.src_lengths[:, None]])
+    if abs(float(ends[:, 2].min()) - floor) > OFF_FLOOR:
+        return 0.0
+    feet, clearance = _feet(avatar, plan)
+    if not len(feet):
+        return 0.0
+    scale = np.cbrt(np.linalg.det(world[feet, :3, :3]))
+    sole = float((world[feet, 2, 3] - scale * clearance).min())
+    return float(np.clip(floor - sole, 0.0, MAX_LIFT))
+
+
+_feet_cache: dict[int, tuple] = {}
+
+
+def _feet(avatar: bpy.types.Object, plan) -> tuple[np.ndarray, np.ndarray]:
+    """Avatar joints within 10% of its height above its rest floor (the feet), and their heights above
+    it (the rest floor: its lowest splat, else its lowest joint end)."""
+    cached = _feet_cache.get(avatar.session_uid)
+    if cached is not None and cached[0] is plan:
+        return cached[1], cached[2]
+    z = plan.tpl_rest[:, 2, 3]
+    floor = z.min()
+    meshes = splat_meshes(avatar)
+    if meshes:
+        mesh = meshes[0]
+        co = np.empty(len(mesh.data.vertices) * 3, np.float32)
+        mesh.data.vertices.foreach_get("co", co)
+        world = np.array(mesh.matrix_world, np.float64)
+        if len(co):
+            floor = float((co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3])[:, 2].min())
+    height = z.max() - floor
+    feet = np.flatnonzero(z < floor + 0.1 * height)
+    _feet_cache[avatar.session_uid] = (plan, feet, z[feet] - floor)
+    return feet, z[feet] - floor
 
 
 def bind(avatar: bpy.types.Object, source: bpy.types.Object,
-         bone_map: Mapping[str, str] | None = None, rig: str | None = None) -> dict[str, str]:
-    """Bind `avatar` to `source`: detect the rig (unless given), store the map (editable in the panel)
-    and pose the avatar once. Returns the map used."""
+         bone_map: Mapping[str, str] | None = None, rig: str | None = None,
+         fit_proportions: bool | None = None) -> dict[str, str]:
+    """Bind `avatar` to `source`: propose a map (unless given; a given map is checked and refused with
+    the names it gets wrong), store it (editable in the panel) and pose the avatar once. Returns the map."""
     if avatar.type != "ARMATURE" or source.type != "ARMATURE":
         raise ValueError(f"expected two armatures, got {avatar.name!r} ({avatar.type}) and "
                          f"{source.name!r} ({source.type})")
     if avatar == source:
         raise ValueError("an avatar cannot be bound to itself")
     if bone_map is None:
-        detected, bone_map = default_map(avatar, source)
+        detected, bone_map = propose_map(avatar, source)
         rig = rig or detected
+    bone_map = {s: t for s, t in bone_map.items() if s and t}
+    check_map(avatar, source, bone_map)
+    if not bone_map:
+        raise ValueError(f"the bone map for {source.name!r} is empty: map at least the hips")
     props = avatar.genlca
+    if fit_proportions is not None and hasattr(props, "fit_proportions"):
+        props.fit_proportions = fit_proportions
+    avatar[FLOOR_KEY] = estimate_floor(source)
     props.source_armature = source
     props.rig = rig or "custom"
     set_bone_map(avatar, bone_map)
+    _plans.pop(avatar.session_uid, None)
     apply_binding(avatar, bpy.context.evaluated_depsgraph_get())
     return dict(bone_map)
 
 
 def unbind(avatar: bpy.types.Object) -> None:
+    """Stop driving the avatar; its pose returns exactly to its own rest pose (the map stays, to bind
+    again)."""
     props = avatar.genlca
     props.source_armature = None
-    props.bone_map.clear()
-    for pb in avatar.pose.bones:
-        pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
-        pb.location = (0.0, 0.0, 0.0)
+    _plans.pop(avatar.session_uid, None)
+    bones = avatar.pose.bones
+    count = len(bones)
+    bones.foreach_set("location", np.zeros(count * 3, np.float32))
+    bones.foreach_set("rotation_quaternion", np.tile(np.float32([1, 0, 0, 0]), count))
+    bones.foreach_set("scale", np.ones(count * 3, np.float32))
+    avatar.update_tag(refresh={"DATA"})
+    update_splats(avatar, predict=True)
 
 
 def set_bone_map(avatar: bpy.types.Object, bone_map: Mapping[str, str]) -> None:
+    """Store the map on the avatar (one row per avatar joint that a bone drives)."""
     items = avatar.genlca.bone_map
     items.clear()
     for source_bone, joint in bone_map.items():
@@ -196,58 +348,68 @@ def bone_map_json(avatar: bpy.types.Object) -> str:
     return json.dumps(bone_map(avatar), indent=1, sort_keys=True)
 
 
-def _root_index(parents: np.ndarray) -> int:
-    return int(np.flatnonzero(parents < 0)[0])
+_plans: dict[int, tuple[tuple, object]] = {}  # avatar session_uid -> (key, RetargetPlan)
+
+
+def _plan(avatar: bpy.types.Object, source: bpy.types.Object, mapping: Mapping[str, str]):
+    """The retarget plan of this binding (rebuilt when the map or either object's transform changes)."""
+    key = (source.session_uid, tuple(sorted(mapping.items())), _world(avatar).tobytes(), _world(source).tobytes())
+    cached = _plans.get(avatar.session_uid)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    names, parents, src_rest, lengths = source_skeleton(source)
+    tpl_names = joint_names(avatar)
+    bones = avatar.data.bones
+    order = _order(bones, tpl_names)
+    av = _world(avatar)
+    tails = np.empty(len(bones) * 3, np.float32)
+    bones.foreach_get("tail_local", tails)
+    tails = tails.reshape(-1, 3)[order].astype(np.float64) @ av[:3, :3].T + av[:3, 3]
+    src_index = {n: i for i, n in enumerate(names)}
+    tpl_index = {n: i for i, n in enumerate(tpl_names)}
+    plan = retarget.plan_retarget(av @ rest_matrices(avatar).astype(np.float64), joint_parents(avatar), tails,
+                                  src_rest, parents, lengths,
+                                  {src_index[s]: tpl_index[t] for s, t in mapping.items()})
+    _plans[avatar.session_uid] = (key, plan)
+    return plan
 
 
 def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> None:
-    """Pose `avatar` from its bound source armature's current evaluated pose."""
+    """Pose `avatar` from its bound source armature's current evaluated pose (`bridge.retarget.solve`;
+    with `fit_proportions` the avatar's joints land on the source's)."""
     source = avatar.genlca.source_armature
     if source is None or source.type != "ARMATURE":  # Blender < 5.0 lets the picker take any object
         return
+    mapping = {s: t for s, t in bone_map(avatar).items() if s in source.data.bones and t in avatar.data.bones}
+    if not mapping:
+        return
+    plan = _plan(avatar, source, mapping)
     src_eval = source.evaluated_get(depsgraph)
     src_names = [b.name for b in source.data.bones]
-    count = len(src_names)
-    src_world = np.array(src_eval.matrix_world, dtype=np.float64)  # (4, 4)
-    src_rot = src_world[:3, :3] / np.linalg.norm(src_world[:3, :3], axis=0)
-    src_rest = _matrices(source.data.bones, "matrix_local", count).astype(np.float64)
-    src_pose = _matrices(src_eval.pose.bones, "matrix", count)[_order(src_eval.pose.bones, src_names)]
-    src_pose = src_pose.astype(np.float64)
+    src_pose = _matrices(src_eval.pose.bones, "matrix", len(src_names))[_order(src_eval.pose.bones, src_names)]
+    src_world = np.array(src_eval.matrix_world, dtype=np.float64) @ src_pose.astype(np.float64)
+    fit = bool(getattr(avatar.genlca, "fit_proportions", True))
+    world = retarget.solve(plan, src_world, fit=fit)
+    if fit:  # feet on the source's floor: a sole that would sink lifts the avatar (MAX_LIFT at most)
+        world[:, 2, 3] += _ground_lift(avatar, plan, world, src_world)
     tpl_names = joint_names(avatar)
-    parents = joint_parents(avatar)
-    rest = rest_matrices(avatar).astype(np.float64)
-    av_world = np.array(avatar.matrix_world, dtype=np.float64)
-    av_rot = av_world[:3, :3] / np.linalg.norm(av_world[:3, :3], axis=0)
-    mapping = {s: t for s, t in bone_map(avatar).items() if s in source.data.bones and t in avatar.data.bones}
-    unit = lambda m: m / np.linalg.norm(m, axis=-2, keepdims=True)  # noqa: E731 (drop bone scale)
-    local = rigmaps.retarget_pose(src_rot @ unit(src_rest[:, :3, :3]), src_rot @ unit(src_pose[:, :3, :3]),
-                                  av_rot @ rest[:, :3, :3], mapping, parents, src_names, tpl_names)
-    # root position: the source root's place relative to its object origin, scaled by the ratio of the
-    # skeletons' hip heights (root above the lowest joint at rest), becomes the avatar root's place
-    # relative to the avatar's origin. Mocap rigs whose rest pose hangs below the origin (BVH) and rigs
-    # standing on it (Mixamo) both land the avatar's feet where the source's feet are.
-    root = _root_index(parents)
-    src_root_name = next((s for s, t in mapping.items() if t == tpl_names[root]), None)
-    translation = np.zeros(3)
-    if src_root_name is not None:
-        si = src_names.index(src_root_name)
-        src_lin, av_lin = src_world[:3, :3], av_world[:3, :3]
-        src_heads = src_rest[:, :3, 3] @ src_lin.T  # (B, 3) world-oriented, from the source origin
-        tpl_heads = rest[:, :3, 3] @ av_lin.T       # (J, 3) likewise for the avatar
-        src_height = src_heads[si, 2] - src_heads[:, 2].min()
-        tpl_height = tpl_heads[root, 2] - tpl_heads[:, 2].min()
-        scale = tpl_height / src_height if src_height > 1e-6 and tpl_height > 1e-6 else 1.0
-        target = np.linalg.solve(av_lin, scale * (src_lin @ src_pose[si, :3, 3]))  # avatar armature space
-        translation = rest[root, :3, :3].T @ (target - rest[root, :3, 3])
+    arm = np.linalg.solve(_world(avatar), world)  # armature space
+    location, rotation, scale = retarget.pose_basis(rest_matrices(avatar).astype(np.float64),
+                                                    joint_parents(avatar), arm)
     bones = avatar.pose.bones
     order = _order(bones, tpl_names)
-    quats = np.empty((len(bones), 4), np.float32)
-    quats[order] = local
+    count = len(bones)
+    loc = np.zeros((count, 3), np.float32)
+    quats = np.tile(np.float32([1, 0, 0, 0]), (count, 1))
+    scales = np.ones((count, 3), np.float32)
+    loc[order], quats[order], scales[order] = location, rotation, scale[:, None]
     for pb in bones:
         if pb.rotation_mode != "QUATERNION":
             pb.rotation_mode = "QUATERNION"
+    bones.foreach_set("location", loc.ravel())
     bones.foreach_set("rotation_quaternion", quats.ravel())
-    bones[tpl_names[root]].location = translation.tolist()
+    bones.foreach_set("scale", scales.ravel())
+    avatar.update_tag(refresh={"DATA"})  # foreach_set tags nothing: re-evaluate the pose
 
 
 def _report(what: str, obj: bpy.types.Object, exc: Exception) -> None:

@@ -149,36 +149,122 @@ class GENLCA_OT_import_avatar(bpy.types.Operator):
         return _start(self, jobs.fetch_and_import, context.scene, avatar_id)
 
 
+def _avatar_and_armature(cls, context):
+    """(avatar armature, active armature) for the bone-map operators, or None with a poll message."""
+    item = _active_item(cls, context)
+    if item is None:
+        return None
+    if item.armature is None:
+        cls.poll_message_set("The selected avatar has no armature in this file; import it again")
+        return None
+    obj = context.active_object
+    if obj is None or obj.type != "ARMATURE" or obj == item.armature:
+        cls.poll_message_set("Make the armature that should drive the avatar the active object")
+        return None
+    return item.armature, obj
+
+
 class GENLCA_OT_bind_armature(bpy.types.Operator):
-    """Drive the selected avatar from the active armature (Mixamo, Rigify, CMU BVH or GenLCA naming)"""
+    """Drive the selected avatar from the active armature (any humanoid naming, or matched by its shape;
+    the bone map below is used when it was made for this armature)"""
 
     bl_idname = "genlca.bind_armature"
     bl_label = "Bind to Active Armature"
     bl_options = {"REGISTER", "UNDO"}
 
+    fix_scale: bpy.props.BoolProperty(name="Fix Scale", default=True,
+                                      description="Scale an armature that is far bigger or smaller than the "
+                                                  "avatar (e.g. a centimetre BVH) to the avatar's size")
+    use_action_range: bpy.props.BoolProperty(name="Scene Range from Action", default=True,
+                                             description="Set the scene's frame range to the armature's action")
+
     @classmethod
     def poll(cls, context):
-        item = _active_item(cls, context)
-        if item is None:
-            return False
-        if item.armature is None:
-            cls.poll_message_set("The selected avatar has no armature in this file; import it again")
-            return False
-        obj = context.active_object
-        if obj is None or obj.type != "ARMATURE" or obj == item.armature:
-            cls.poll_message_set("Make the armature that should drive the avatar the active object")
-            return False
-        return True
+        return _avatar_and_armature(cls, context) is not None
 
     def execute(self, context):
-        avatar = properties.active_avatar(context.scene.genlca).armature
+        avatar, source = _avatar_and_armature(type(self), context)
+        notes = []
+        factor = binding.scale_fix(avatar, source) if self.fix_scale else None
+        if factor is not None:
+            avatar_h, source_h = binding.heights(avatar, source)
+            source.scale = [c * factor for c in source.scale]
+            notes.append(f"scaled {source.name} by {factor:.4g} ({source_h:.3g} tall against the avatar's "
+                         f"{avatar_h:.3g})")
+        frames = binding.action_range(source) if self.use_action_range else None
+        if frames is not None and (context.scene.frame_start, context.scene.frame_end) != frames:
+            context.scene.frame_start, context.scene.frame_end = frames
+            notes.append(f"scene frames {frames[0]}-{frames[1]} from the action")
+        ap = avatar.genlca
+        edited = ap.map_armature == source and len(ap.bone_map) > 0
         try:
-            mapping = binding.bind(avatar, context.active_object)
+            mapping = binding.bind(avatar, source, bone_map=binding.bone_map(avatar) if edited else None,
+                                   rig=ap.rig if edited else None)
         except (ValueError, KeyError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Bound {avatar.name} to {context.active_object.name} "
-                              f"({avatar.genlca.rig}, {len(mapping)} bones mapped)")
+        ap.map_armature = source
+        self.report({"INFO"}, f"Bound {avatar.name} to {source.name} ({avatar.genlca.rig}, {len(mapping)} "
+                              f"bones mapped)" + "".join(f"; {n}" for n in notes))
+        return {"FINISHED"}
+
+
+class GENLCA_OT_propose_bone_map(bpy.types.Operator):
+    """Match the active armature's bones to the avatar's joints (by their names, else by the skeleton's
+    shape) and show the map for editing"""
+
+    bl_idname = "genlca.propose_bone_map"
+    bl_label = "Propose Bone Map"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return _avatar_and_armature(cls, context) is not None
+
+    def execute(self, context):
+        avatar, source = _avatar_and_armature(type(self), context)
+        try:
+            how, mapping = binding.propose_map(avatar, source)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        binding.set_bone_map(avatar, mapping)
+        avatar.genlca.map_armature, avatar.genlca.rig = source, how
+        self.report({"INFO"}, f"{len(mapping)} bones of {source.name} matched ({how})")
+        return {"FINISHED"}
+
+
+def _map_owner(cls, context):
+    item = _active_item(cls, context)
+    if item is None or item.armature is None:
+        return None
+    return item.armature
+
+
+class GENLCA_OT_bone_map_edit(bpy.types.Operator):
+    """Add a row to the bone map, remove the selected row, or clear the map"""
+
+    bl_idname = "genlca.bone_map_edit"
+    bl_label = "Edit Bone Map"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    action: bpy.props.EnumProperty(items=[("ADD", "Add", "Add a row"), ("REMOVE", "Remove", "Remove the row"),
+                                          ("CLEAR", "Clear", "Remove every row")])
+
+    @classmethod
+    def poll(cls, context):
+        return _map_owner(cls, context) is not None
+
+    def execute(self, context):
+        ap = _map_owner(type(self), context).genlca
+        if self.action == "ADD":
+            ap.bone_map.add()
+            ap.bone_map_index = len(ap.bone_map) - 1
+        elif self.action == "REMOVE" and 0 <= ap.bone_map_index < len(ap.bone_map):
+            ap.bone_map.remove(ap.bone_map_index)
+            ap.bone_map_index = min(ap.bone_map_index, len(ap.bone_map) - 1)
+        elif self.action == "CLEAR":
+            ap.bone_map.clear()
         return {"FINISHED"}
 
 
@@ -256,6 +342,7 @@ class GENLCA_OT_notify(bpy.types.Operator):
 
 
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
-           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_unbind_armature, GENLCA_OT_render,
+           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
+           GENLCA_OT_unbind_armature, GENLCA_OT_render,
            GENLCA_OT_export, GENLCA_OT_notify)
 register, unregister = bpy.utils.register_classes_factory(classes)

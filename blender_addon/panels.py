@@ -15,11 +15,21 @@ class GENLCA_UL_avatars(bpy.types.UIList):
 
 
 class GENLCA_UL_bone_map(bpy.types.UIList):
+    """One row per mapped joint: a bone of the driving armature -> an avatar joint, both picked from lists."""
+
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0):
         row = layout.row(align=True)
-        row.prop(item, "source", text="", emboss=False)
+        source = data.source_armature or data.map_armature
+        if source is not None and source.type == "ARMATURE":
+            row.prop_search(item, "source", source.data, "bones", text="", icon="BONE_DATA")
+        else:
+            row.prop(item, "source", text="", emboss=False)
         row.label(icon="FORWARD")
-        row.prop(item, "target", text="", emboss=False)
+        avatar = data.id_data
+        if avatar is not None and avatar.type == "ARMATURE":
+            row.prop_search(item, "target", avatar.data, "bones", text="", icon="BONE_DATA")
+        else:
+            row.prop(item, "target", text="", emboss=False)
 
 
 class _GenLCAPanel:
@@ -114,10 +124,21 @@ class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("genlca.bind_armature", icon="CON_ARMATURE")
         row.operator("genlca.unbind_armature", text="", icon="UNLINKED")
-        if avatar is not None and avatar.genlca.source_armature is not None:
+        if avatar is not None:
             ap = avatar.genlca
-            layout.label(text=f"Driven by {ap.source_armature.name} ({ap.rig})")
-            layout.template_list("GENLCA_UL_bone_map", "", ap, "bone_map", ap, "bone_map_index", rows=4)
+            layout.prop(ap, "fit_proportions")
+            if ap.source_armature is not None:
+                layout.label(text=f"Driven by {ap.source_armature.name} ({ap.rig})")
+            elif ap.map_armature is not None:
+                layout.label(text=f"Bone map for {ap.map_armature.name} ({ap.rig})")
+            layout.operator("genlca.propose_bone_map", icon="VIEWZOOM")
+            if len(ap.bone_map) or ap.map_armature is not None:
+                row = layout.row()
+                row.template_list("GENLCA_UL_bone_map", "", ap, "bone_map", ap, "bone_map_index", rows=4)
+                col = row.column(align=True)
+                col.operator("genlca.bone_map_edit", text="", icon="ADD").action = "ADD"
+                col.operator("genlca.bone_map_edit", text="", icon="REMOVE").action = "REMOVE"
+                col.operator("genlca.bone_map_edit", text="", icon="TRASH").action = "CLEAR"
         layout.operator("genlca.render", icon="RENDER_ANIMATION")
 
 

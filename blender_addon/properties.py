@@ -33,6 +33,12 @@ class GenLCAObjectProps(bpy.types.PropertyGroup):
     rig: bpy.props.StringProperty(name="Rig", description="Detected naming of the driving armature")
     bone_map: bpy.props.CollectionProperty(type=GenLCABoneMapItem)
     bone_map_index: bpy.props.IntProperty()
+    map_armature: bpy.props.PointerProperty(name="Map for", type=bpy.types.Object, **_ARMATURE_POLL,
+                                            description="The armature whose bones the bone map names")
+    fit_proportions: bpy.props.BoolProperty(
+        name="Fit Proportions", default=True,
+        description="Stretch the avatar's bones to the driving armature's lengths, so its joints land on "
+                    "the armature's joints (off: the avatar keeps its own proportions and follows rotations)")
 
 
 class GenLCASceneProps(bpy.types.PropertyGroup):
