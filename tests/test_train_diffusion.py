@@ -1,0 +1,216 @@
+"""training/train_diffusion.py: visibility modes and the loss, exact resume, DDP gradients under torchrun,
+the `genlca-train diffusion` command. Tiny preset, R = 32, token shards made here from region colours."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.config import apply_overrides
+from training import runtime
+from training import train_diffusion as td
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (0.8, 0.1, 0.1), "blue": (0.1, 0.3, 0.8), "green": (0.15, 0.6, 0.25), "white": (0.9, 0.9, 0.9)}
+
+
+def make_shards(folder: Path, n: int = 12, r: int = 32, seed: int = 0) -> Path:
+    """Token shards from region colours (encode_explicit) with per-clip visibility of random regions."""
+    from backend.avatar.template import load_template
+    from backend.avatar.tokens import TokenDecoderConfig, encode_explicit
+    from backend.avatar.uv_layout import load_layout
+    from training.data.shards import TokenShard, add_to_manifest, save_shard
+
+    layout = load_layout(load_template("anny"), r)
+    cfg = TokenDecoderConfig(token_channels=12, token_layout="explicit", gaussians_per_texel=1, sh_degree=0)
+    rng = np.random.default_rng(seed)
+    tokens, vis, caps, metas = [], [], [], []
+    names = list(COLOURS)
+    for i in range(n):
+        upper, lower = names[rng.integers(4)], names[rng.integers(4)]
+        rgb = torch.full((3, r, r), 0.7)
+        rgb[:, layout.region_mask(["torso", "arms"])] = torch.tensor(COLOURS[upper])[:, None]
+        rgb[:, layout.region_mask("legs")] = torch.tensor(COLOURS[lower])[:, None]
+        tokens.append(encode_explicit(layout, cfg, rgb, opacity=torch.full((r, r), 0.9)).numpy())
+        seen = np.zeros((r, r), bool)
+        for region in ("head", "torso", "arms", "hands", "legs", "feet"):
+            if rng.random() < 0.6:
+                seen |= layout.region_mask(region).numpy()
+        vis.append(seen)
+        caps.append([f"a person in a {upper} shirt and {lower} trousers", f"{upper} top, {lower} trousers"])
+        metas.append({"split": "train", "attributes": {"upper_colour": upper, "lower_colour": lower}})
+    half = n // 2
+    for k, sl in enumerate((slice(0, half), slice(half, n))):
+        shard = TokenShard(tokens=np.stack(tokens[sl]), visibility=np.stack(vis[sl]),
+                           atlas_mask=layout.atlas_mask.numpy(), clip_ids=[f"c{i}" for i in range(n)][sl],
+                           captions=caps[sl], metas=metas[sl], source={"kind": "test-ground-truth"})
+        sha = save_shard(shard, folder / f"s{k}.tokens.safetensors")
+        add_to_manifest(folder, f"s{k}.tokens.safetensors", shard.clip_ids, sha)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("shards"))
+
+
+def tiny_config(shards: Path, out: Path, **train) -> td.DiffusionConfig:
+    cfg = td.DiffusionConfig()
+    cfg.data.shards = str(shards)
+    cfg.condition.text_encoder = "hashing"
+    cfg.model.hidden_size, cfg.model.depth = 64, 2
+    base = dict(out_dir=str(out), global_batch=4, steps=40, warmup=5, log_every=1000, ckpt_every=1000, device="cpu",
+                progress=False, threads=1)
+    cfg.train = dataclasses.replace(cfg.train, **{**base, **train})
+    return cfg
+
+
+def _setup(shards: Path, mode: str):
+    cfg = tiny_config(shards, Path("/nonexistent"), visibility_mode=mode)
+    ds = td.load_dataset(shards, ["train"])
+    mean, std = td.token_statistics(ds.tokens, ds.visibility, ds.atlas_mask)
+    ds = td.fill_unseen(ds, mean, "transparent_mean")
+    enc = td.load_text_encoder("hashing")
+    model = td.build_model(cfg, 32, 12, enc.dim)
+    model.token_mean.copy_(mean), model.token_std.copy_(std)
+    with torch.no_grad():  # a non-trivial output layer so that the loss depends on the input
+        model.final_layer.linear.weight.normal_(0, 0.05)
+        for b in model.blocks:
+            b.adaLN_modulation[-1].weight.normal_(0, 0.05)
+    return cfg, ds, td.ConditionBank(enc, ds.captions), model
+
+
+@pytest.mark.parametrize("mode,invariant", [("aware", True), ("loss_mask", False), ("naive", False)])
+def test_loss_ignores_invalid_texels(shards, mode, invariant):
+    """Changing invalid texels' tokens: aware ignores them entirely (input of fully invalid patches is
+    the MASK token, loss excludes them); loss_mask sees them as input only; naive also in the loss."""
+    cfg, ds, bank, model = _setup(shards, mode)
+    ctx = runtime.DistributedContext()
+    model.train()
+    x, noise, t, cond, mask, pv = td.make_batch(0, ds, cfg, bank, model, ctx)
+    base = td.flow_loss(model, x, noise, t, cond, mask, pv)
+    vis = ds.visibility[runtime.global_batch_indices(0, len(ds), 4, cfg.train.seed)]
+    # change texels of invalid patches only (texels of valid patches that were unseen stay as they are)
+    g = model.config.grid
+    p = model.config.patch_size
+    pv_all = td.patch_validity(vis, ds.atlas_mask, p)
+    invalid_texels = (~pv_all).reshape(-1, g, g).repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]
+    assert bool(invalid_texels.any())
+    change = invalid_texels & ~(vis & ds.atlas_mask)[:, None]  # unseen texels of invalid patches
+    x2 = torch.where(change, x + 3.0 * torch.randn_like(x), x)
+    noise2 = torch.where(change, torch.randn_like(noise), noise)
+    changed = td.flow_loss(model, x2, noise2, t, cond, mask, pv)
+    if invariant:
+        assert torch.equal(changed, base)
+    else:
+        assert not torch.allclose(changed, base)
+    if mode == "loss_mask":  # texels outside the loss mask do not enter the loss directly
+        assert bool((~mask).any())
+
+
+def test_loss_mask_mode_excludes_unseen_targets(shards):
+    """With the network's input fixed, loss_mask's loss is independent of the targets of unseen texels."""
+    cfg, ds, bank, model = _setup(shards, "loss_mask")
+    x, noise, t, cond, mask, pv = td.make_batch(0, ds, cfg, bank, model, runtime.DistributedContext())
+    x_t, _ = td.FlowPath().sample(x, noise, t)
+    v = model(x_t, t, **cond)
+    m = mask[:, None].float()
+    target = noise - x
+    target2 = torch.where(mask[:, None], target, target + 5.0)
+    l1 = (((v - target) ** 2) * m).sum() / m.sum()
+    l2 = (((v - target2) ** 2) * m).sum() / m.sum()
+    assert torch.equal(l1, l2)
+
+
+def test_patch_validity_and_unseen_fill(shards):
+    from backend.models.dit import patch_validity
+
+    atlas = torch.zeros(8, 8, dtype=torch.bool)
+    atlas[:4] = True  # patch row 0 in the atlas, patch row 1 outside it
+    vis = torch.zeros(1, 8, 8, dtype=torch.bool)
+    vis[0, :2, :4] = True  # patch (0, 0): 8 of 16 atlas texels seen -> valid (threshold 0.5)
+    vis[0, 2, 4:6] = True  # patch (0, 1): 2 of 16 -> invalid
+    vis[0, 6, 6] = True    # outside the atlas: ignored
+    assert patch_validity(vis, atlas, 4).tolist() == [[True, False, True, True]]  # no-atlas patches are valid
+    assert patch_validity(vis, atlas, 4, threshold=0.6).tolist() == [[False, False, True, True]]
+    ds = td.load_dataset(shards, ["train"])
+    mean, _ = td.token_statistics(ds.tokens, ds.visibility, ds.atlas_mask)
+    filled = td.fill_unseen(ds, mean, "transparent_mean")
+    unseen = ~ds.visibility & ds.atlas_mask
+    assert torch.equal(filled.tokens[:, :, ~ds.atlas_mask], ds.tokens[:, :, ~ds.atlas_mask])
+    assert torch.equal(filled.tokens.permute(0, 2, 3, 1)[ds.visibility], ds.tokens.permute(0, 2, 3, 1)[ds.visibility])
+    opacity = torch.sigmoid(filled.tokens[:, 6][unseen] + np.log(0.95 / 0.05))
+    assert torch.allclose(opacity, torch.full_like(opacity, 0.1), atol=1e-4)
+
+
+def test_exact_resume_next_20_losses(shards, tmp_path):
+    full = td.train(tiny_config(shards, tmp_path / "a", steps=40))
+    td.train(tiny_config(shards, tmp_path / "b", steps=40), stop_at=20)  # "killed" after step 20
+    resumed = td.train(tiny_config(shards, tmp_path / "b", steps=40))
+    assert len(full) == 40 and len(resumed) == 20
+    assert resumed == full[20:]  # bit-equal floats
+    assert full[-1] < full[0]
+
+
+def test_torchrun_two_ranks_same_gradients_as_one_process(shards, tmp_path):
+    script = tmp_path / "grads.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(REPO)!r})
+        from training import runtime
+        from tests.test_train_diffusion import _setup
+        from pathlib import Path
+        ctx = runtime.init_distributed("cpu")
+        torch.manual_seed(0)  # the same initial weights on every rank (train() seeds the same way)
+        cfg, ds, bank, model = _setup(Path({str(shards)!r}), "aware")
+        model.train()
+        from training.train_diffusion import flow_loss, make_batch
+        x, noise, t, cond, mask, pv = make_batch(3, ds, cfg, bank, model, ctx)
+        loss = flow_loss(model, x, noise, t, cond, mask, pv)
+        loss.backward()
+        params = [p for p in model.parameters()]
+        runtime.allreduce_gradients(params, ctx)
+        if ctx.rank == 0:
+            torch.save(torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params]),
+                       sys.argv[1])
+        runtime.shutdown_distributed()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", str(script), str(tmp_path / "two.pt")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    g1, g2 = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert g1.abs().max() > 0
+    assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-7), float((g1 - g2).abs().max())
+
+
+def test_cli_diffusion_with_config_and_overrides(shards, tmp_path):
+    from training.cli import main
+
+    cfg_file = REPO / "training" / "configs" / "diffusion_tiny.yaml"
+    out = tmp_path / "run"
+    rc = main(["diffusion", "--config", str(cfg_file), "--set", f"data.shards={shards}", "--set", "train.steps=3",
+               "--set", "train.global_batch=2", "--set", f"train.out_dir={out}", "--set", "condition.text_encoder=hashing",
+               "--set", "model.hidden_size=64", "--set", "model.depth=1", "--set", "train.ckpt_every=2",
+               "--set", "train.device=cpu"])
+    assert rc == 0
+    from backend.models.checkpoint import load_checkpoint
+    from backend.models.dit import dit_from_checkpoint
+
+    ckpt = load_checkpoint(out / "last.safetensors", "dit")
+    assert ckpt.train["step"] == 3 and ckpt.config["visibility_mode"] == "aware"
+    model = dit_from_checkpoint(ckpt)
+    assert model.config.resolution == 32 and not model.training
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
