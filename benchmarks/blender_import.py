@@ -6,7 +6,7 @@ into the scene, stage by stage, and 250 frames of armature pose read back as the
                                                           [--baseline GIT_REV]
 
 Runs the add-on's plain functions from the repository (no backend, no UI) on synthetic avatars
-(`scene_import.synthetic_avatar`): skin "sparse" is like the backend's avatars (runs of 10 Gaussians
+(`tests/synthetic_avatar.py`): skin "sparse" is like the backend's avatars (runs of 10 Gaussians
 sharing a skin row, 3.8 of the 8 weights nonzero on average, as in the anny layout; the targets apply to
 it), skin "dense" is the worst case the earlier benchmark used (8 nonzero weights on joints all over the
 skeleton, Gaussians in random order). --baseline also times blender_addon/scene_import.py as it was at
@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 
 import blender_addon  # noqa: E402
 from blender_addon import binding, scene_import  # noqa: E402
+from tests.synthetic_avatar import synthetic_avatar  # noqa: E402
 
 STAGES = ("armature", "mesh + splat attributes", "skin runs (numpy)", "vertex groups (VertexGroup.add)",
           "modifiers + link")  # the stages of a one-step import (scene_import.import_steps)
@@ -118,7 +119,7 @@ def time_splat_rotations(header: dict, arrays: dict, repeats: int) -> tuple[list
 
 def time_pose_read(frames: int, repeats: int) -> list[float]:
     clear_scene()
-    header, arrays = scene_import.synthetic_avatar(1000, joints=104, k=8, seed=0)
+    header, arrays = synthetic_avatar(1000, joints=104, k=8, seed=0)
     armature, _ = scene_import.import_avatar(bpy.context, header, arrays)
     armature.animation_data_create()
     action = bpy.data.actions.new("bench")
@@ -173,7 +174,7 @@ def main() -> None:
     rows = []
     for skin in args.skins:
         for n in args.sizes:
-            header, arrays = scene_import.synthetic_avatar(n, joints=104, k=8, seed=0, skin=skin)
+            header, arrays = synthetic_avatar(n, joints=104, k=8, seed=0, skin=skin)
             vertices, _, joints, _ = scene_import.skin_weight_runs(arrays["skin_indices"], arrays["skin_weights"])
             totals, stages = time_import(header, arrays, args.repeats)
             best = int(np.argmin(totals))

@@ -16,6 +16,7 @@ _PREFIX = (__package__ + ".bridge") if VENDORED else "bridge"
 protocol = importlib.import_module(_PREFIX + ".protocol")
 rigmaps = importlib.import_module(_PREFIX + ".rigmaps")
 retarget = importlib.import_module(_PREFIX + ".retarget")
+contract = importlib.import_module(_PREFIX + ".contract")
 png = importlib.import_module(_PREFIX + ".png")
 cameras = importlib.import_module(_PREFIX + ".cameras")
 

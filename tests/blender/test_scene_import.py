@@ -8,13 +8,14 @@ import bpy
 import numpy as np
 import pytest
 
+from ..synthetic_avatar import synthetic_avatar
 from .conftest import addon_module
 
 
 @pytest.fixture(params=[None, 8], ids=["one-step", "steps-of-8-joints"])
 def imported(scene, request):
     scene_import = addon_module("scene_import")
-    header, arrays = scene_import.synthetic_avatar(2000, joints=30, k=4, seed=3)
+    header, arrays = synthetic_avatar(2000, joints=30, k=4, seed=3)
     start = time.perf_counter()
     armature, mesh = scene_import.import_avatar(bpy.context, header, arrays, bake_chunk=request.param)
     return header, arrays, armature, mesh, time.perf_counter() - start
@@ -119,7 +120,7 @@ def test_skin_weight_runs_edge_cases(scene):
 
 def test_vertex_group_names_like_the_temporary_ones(scene):
     scene_import = addon_module("scene_import")
-    header, arrays = scene_import.synthetic_avatar(300, joints=6, k=3, seed=5)
+    header, arrays = synthetic_avatar(300, joints=6, k=3, seed=5)
     header["joint_names"] = [f"genlca-tmp-{j:05d}" for j in (3, 0, 5, 1, 4, 2)]
     armature, mesh = scene_import.import_avatar(bpy.context, header, arrays)
     assert [g.name for g in mesh.vertex_groups] == header["joint_names"]
@@ -129,7 +130,7 @@ def test_vertex_group_names_like_the_temporary_ones(scene):
 def test_sparse_skin_import(scene):
     """Backend-like skins (zero weights pad the rows, runs of Gaussians share a row), in steps."""
     scene_import = addon_module("scene_import")
-    header, arrays = scene_import.synthetic_avatar(1500, joints=30, k=8, seed=2, skin="sparse")
+    header, arrays = synthetic_avatar(1500, joints=30, k=8, seed=2, skin="sparse")
     weights = arrays["skin_weights"]
     assert (weights == 0).any() and np.allclose(weights.sum(1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(weights[0], weights[9])  # one texel: 10 Gaussians

@@ -13,6 +13,7 @@ import bpy
 import numpy as np
 import pytest
 
+from ..synthetic_avatar import synthetic_avatar
 from .conftest import ROOT, addon_module
 
 # tolerances: Blender's pose matrices are float32 (rotations within ~1e-6), the stored skin weights are
@@ -129,7 +130,7 @@ def avatar(scene):
     """A 30-joint avatar, k=4 dense skin; Gaussians 0-99 skinned only to joint B (weight 1 in slot 0),
     100-199 only to joint O, outside B's subtree."""
     scene_import = addon_module("scene_import")
-    header, arrays = scene_import.synthetic_avatar(1200, joints=30, k=4, seed=11)
+    header, arrays = synthetic_avatar(1200, joints=30, k=4, seed=11)
     parents = arrays["joint_parents"]
     b = 5
     o = next(j for j in range(30) if j not in subtree(parents, b))
@@ -221,7 +222,7 @@ def test_matches_the_backends_lbs_of_rotations(avatar, table, monkeypatch):
     header, arrays, armature, mesh, _, _ = avatar
     scene_import = addon_module("scene_import")
     if not table:
-        monkeypatch.setattr(scene_import, "_SIGN_TABLE_MAX_JOINTS", 0)
+        monkeypatch.setattr(addon_module("splat_pose"), "_SIGN_TABLE_MAX_JOINTS", 0)
     local = random_local_rotations(30, seed=4)
     pose_armature(armature, header["joint_names"], local)
     armature.pose.bones[header["joint_names"][0]].location = (0.1, 0.2, -0.1)  # moves, does not turn
@@ -240,7 +241,7 @@ def test_matches_the_backend_itself(scene, tmp_path):
     if not python:
         pytest.skip("GENLCA_BACKEND_PYTHON is not set (make test sets it to .venv/bin/python)")
     scene_import = addon_module("scene_import")
-    header, arrays = scene_import.synthetic_avatar(3000, joints=40, k=8, seed=6, skin="sparse")
+    header, arrays = synthetic_avatar(3000, joints=40, k=8, seed=6, skin="sparse")
     armature, mesh = scene_import.import_avatar(bpy.context, header, arrays)
     local = random_local_rotations(40, seed=9, spread=0.8)
     pose_armature(armature, header["joint_names"], local)
@@ -272,7 +273,7 @@ def test_matches_the_backend_itself(scene, tmp_path):
 
 def test_weightless_splats_and_turned_objects(scene):
     scene_import = addon_module("scene_import")
-    header, arrays = scene_import.synthetic_avatar(400, joints=12, k=3, seed=2)
+    header, arrays = synthetic_avatar(400, joints=12, k=3, seed=2)
     arrays["skin_weights"][:10] = 0.0  # no weight: the Armature modifier leaves them, so do we
     armature, mesh = scene_import.import_avatar(bpy.context, header, arrays)
     local = random_local_rotations(12, seed=1)
@@ -378,7 +379,7 @@ def test_keyframes_and_bindings_update_on_frame_change(avatar, scene, monkeypatc
     assert scene.frame_current == 1 and not any(writes)  # back at frame 1: nothing to rewrite
     assert same_rotation(posed_rotation(mesh), backend_pose_rotations(arrays, poses[1])).max() < BLENDED_ATOL
     # bound to another avatar with the same joints: posed from the pose just written (not yet evaluated)
-    source_header, source_arrays = scene_import.synthetic_avatar(10, joints=30, k=4, seed=11)
+    source_header, source_arrays = synthetic_avatar(10, joints=30, k=4, seed=11)
     source, source_mesh = scene_import.import_avatar(bpy.context, source_header, source_arrays, name="source")
     bpy.data.objects.remove(source_mesh)
     armature.animation_data_clear()

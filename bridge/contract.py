@@ -1,0 +1,64 @@
+"""The array contract, checked once: a named array's dtype and its shape against a pattern such as "N,3"
+or "F,J,4" (bridge.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
+arrays. numpy + stdlib only: the codec, the backend and the Blender add-on all use it.
+
+The error type is the caller's: the codec raises its ProtocolError(E_BAD_ARRAY) through `error`, the
+add-on a ValueError (the default).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+ErrorFactory = Callable[[str], Exception]
+
+
+def parse_pattern(shape_pattern: str | Sequence[Any]) -> list[str | int]:
+    """"N,3" -> ["N", 3]; a sequence is taken item by item (ints stay ints, digit strings become ints)."""
+    items = shape_pattern.split(",") if isinstance(shape_pattern, str) else list(shape_pattern)
+    out: list[str | int] = []
+    for item in items:
+        if isinstance(item, (int, np.integer)):
+            out.append(int(item))
+            continue
+        text = str(item).strip()
+        if text:
+            out.append(int(text) if text.isdigit() else text)
+    return out
+
+
+def check_array(arrays: Mapping[str, np.ndarray], name: str, dtype: Any, shape_pattern: str | Sequence[Any],
+                dims: dict[str, int] | None = None, error: ErrorFactory = ValueError) -> np.ndarray:
+    """arrays[name], checked: present, of `dtype` exactly, with as many axes as the pattern, numbers equal
+    and letters equal to what `dims` bound them to (binding them on first use). Returns the array."""
+    dims = {} if dims is None else dims
+    pattern = parse_pattern(shape_pattern)
+    shown = ",".join(map(str, pattern))
+    if name not in arrays:
+        raise error(f"missing array {name!r} ({np.dtype(dtype).str} ({shown}))")
+    a = arrays[name]
+    want = np.dtype(dtype)
+    if np.dtype(a.dtype) != want:
+        raise error(f"array {name!r}: expected dtype {want.str}, got {np.dtype(a.dtype).str}")
+    if a.ndim != len(pattern):
+        raise error(f"array {name!r}: expected shape ({shown}), got {tuple(a.shape)}")
+    for sym, size in zip(pattern, a.shape):
+        if isinstance(sym, int):
+            if sym != size:
+                raise error(f"array {name!r}: expected shape ({shown}), got {tuple(a.shape)}")
+        elif dims.setdefault(sym, int(size)) != size:
+            raise error(f"array {name!r} has {sym}={size}, other arrays have {sym}={dims[sym]}")
+    return a
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[Any, str]],
+                 dims: dict[str, int] | None = None, error: ErrorFactory = ValueError) -> dict[str, int]:
+    """Every array of `spec` (name -> (dtype, shape pattern)) checked with one `dims`; returns it."""
+    dims = {} if dims is None else dims
+    missing = sorted(set(spec) - set(arrays))
+    if missing:
+        raise error(f"missing arrays {missing}")
+    for name, (dtype, pattern) in spec.items():
+        check_array(arrays, name, dtype, pattern, dims, error)
+    return dims
