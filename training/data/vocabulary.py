@@ -1,0 +1,160 @@
+"""The attribute vocabulary of synthetic people, its sampler, captions and the combination split.
+
+A person is a dict of attributes (JSON-serialisable, stored in each clip record's `meta["attributes"]`):
+
+    gender, age_group, build, stature    from the body-shape macro values (`body_shape.SHAPE_NAMES`)
+    skin_tone                            SKIN_TONES
+    hair_style, hair_colour              HAIR_STYLES, HAIR_COLOURS
+    upper, upper_colour, upper_pattern   UPPER_GARMENTS, COLOURS, PATTERNS
+    lower, lower_colour                  LOWER_GARMENTS, COLOURS ("dress": upper and lower are one garment)
+    shoes, shoes_colour                  SHOES, COLOURS
+
+Splits: every person is assigned "train" / "val" / "test" from its own seeded draw (a split by person:
+one person's clips never straddle two splits), except that a person whose attributes contain one of
+`HELDOUT_COMBINATIONS` (pairs of attribute values that are each common in training but never seen
+*together* there) is always "heldout-combo". Generalisation to new combinations is measured on those.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# sRGB in [0, 1]
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "black": (0.07, 0.07, 0.08), "white": (0.93, 0.93, 0.91), "grey": (0.50, 0.50, 0.52),
+    "red": (0.80, 0.10, 0.12), "blue": (0.14, 0.30, 0.78), "navy": (0.09, 0.13, 0.35),
+    "green": (0.15, 0.58, 0.25), "yellow": (0.95, 0.82, 0.15), "orange": (0.95, 0.50, 0.10),
+    "purple": (0.45, 0.20, 0.62), "pink": (0.95, 0.55, 0.70), "brown": (0.45, 0.28, 0.15),
+    "beige": (0.85, 0.76, 0.60), "teal": (0.10, 0.55, 0.55),
+}
+SKIN_TONES: dict[str, tuple[float, float, float]] = {
+    "pale": (0.96, 0.82, 0.72), "light": (0.90, 0.72, 0.58), "medium": (0.80, 0.60, 0.45),
+    "tan": (0.68, 0.48, 0.33), "brown": (0.50, 0.33, 0.22), "dark": (0.32, 0.21, 0.14),
+}
+HAIR_COLOURS: dict[str, tuple[float, float, float]] = {
+    "black": (0.05, 0.04, 0.04), "dark brown": (0.20, 0.12, 0.07), "brown": (0.38, 0.23, 0.12),
+    "blonde": (0.88, 0.74, 0.45), "red": (0.62, 0.20, 0.08), "grey": (0.66, 0.66, 0.66),
+}
+HAIR_STYLES = ("bald", "short", "long", "bun")
+UPPER_GARMENTS = ("t-shirt", "long-sleeve shirt", "tank top", "hoodie", "jacket")
+LOWER_GARMENTS = ("shorts", "trousers", "skirt", "dress")
+SHOES = ("sneakers", "boots", "sandals")
+PATTERNS = ("plain", "stripes", "checks", "chest print")
+
+# Pairs never seen together in training (each value is common on its own).
+HELDOUT_COMBINATIONS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
+    (("upper_colour", "red"), ("upper", "hoodie")),
+    (("lower_colour", "green"), ("lower", "skirt")),
+    (("hair_style", "long"), ("hair_colour", "blonde")),
+    (("upper_pattern", "stripes"), ("upper", "jacket")),
+)
+SPLIT_FRACTIONS = (("train", 0.9), ("val", 0.05), ("test", 0.05))
+
+
+def _pick(rng: np.random.Generator, options, p=None) -> Any:
+    options = list(options)
+    return options[int(rng.choice(len(options), p=p))]
+
+
+def sample_shape(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Macro values (6,) in `body_shape.SHAPE_NAMES` order and the gender word (moderate ranges)."""
+    woman = bool(rng.random() < 0.5)
+    gender = rng.uniform(0.0, 0.3) if woman else rng.uniform(0.7, 1.0)
+    shape = np.array([gender, rng.uniform(0.5, 0.8), rng.uniform(0.3, 0.7), rng.uniform(0.25, 0.8),
+                      rng.uniform(0.35, 0.65), rng.uniform(0.3, 0.7)], dtype=np.float32)
+    return shape, "woman" if woman else "man"
+
+
+def sample_attributes(rng: np.random.Generator) -> dict[str, Any]:
+    """Appearance attributes (body-shape words are added by the generator once the shape is fitted)."""
+    # garments are not tied to gender: the sampler is deliberately unbiased
+    lower = _pick(rng, LOWER_GARMENTS, p=[0.25, 0.35, 0.2, 0.2])
+    upper = "dress" if lower == "dress" else _pick(rng, UPPER_GARMENTS)
+    attrs: dict[str, Any] = {
+        "skin_tone": _pick(rng, SKIN_TONES),
+        "hair_style": _pick(rng, HAIR_STYLES, p=[0.1, 0.4, 0.35, 0.15]),
+        "hair_colour": _pick(rng, HAIR_COLOURS),
+        "upper": upper,
+        "upper_colour": _pick(rng, COLOURS),
+        "upper_pattern": _pick(rng, PATTERNS, p=[0.4, 0.25, 0.15, 0.2]),
+        "lower": lower,
+        "lower_colour": _pick(rng, COLOURS),
+        "shoes": _pick(rng, SHOES),
+        "shoes_colour": _pick(rng, ("black", "white", "brown", "grey", "blue", "red")),
+    }
+    if lower == "dress":
+        attrs["lower_colour"] = attrs["upper_colour"]
+    return attrs
+
+
+def heldout_combinations_in(attrs: dict[str, Any]) -> list[str]:
+    """The held-out combinations this person shows, as "key=value+key=value" strings."""
+    return [f"{a}={va}+{b}={vb}" for (a, va), (b, vb) in HELDOUT_COMBINATIONS
+            if attrs.get(a) == va and attrs.get(b) == vb]
+
+
+def assign_split(attrs: dict[str, Any], rng: np.random.Generator) -> str:
+    draw = rng.random()  # always drawn, so the rest of the person's stream does not depend on the split
+    if heldout_combinations_in(attrs):
+        return "heldout-combo"
+    edge = 0.0
+    for name, fraction in SPLIT_FRACTIONS:
+        edge += fraction
+        if draw < edge:
+            return name
+    return SPLIT_FRACTIONS[-1][0]
+
+
+# ------------------------------------------------------------------ captions
+def _garment_phrase(colour: str, garment: str, pattern: str = "plain") -> str:
+    if pattern == "stripes":
+        return f"a striped {colour} {garment}"
+    if pattern == "checks":
+        return f"a {colour} checked {garment}"
+    if pattern == "chest print":
+        return f"a {colour} {garment} with a print on the chest"
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {garment}"
+
+
+def _plural_lower(colour: str, lower: str) -> str:
+    if lower in ("shorts", "trousers"):
+        return f"{colour} {lower}"
+    article = "an" if colour[0] in "aeiou" else "a"
+    return f"{article} {colour} {lower}"
+
+
+def _hair_phrase(attrs: dict[str, Any]) -> str:
+    style, colour = attrs["hair_style"], attrs["hair_colour"]
+    if style == "bald":
+        return "a bald head"
+    if style == "bun":
+        return f"{colour} hair in a bun"
+    return f"{style} {colour} hair"
+
+
+def captions(attrs: dict[str, Any], rng: np.random.Generator, count: int = 4) -> list[str]:
+    """Several phrasings of one person's attributes (the first is the most complete)."""
+    noun = attrs["gender"]
+    adjs = [a for a in (attrs.get("stature"), attrs.get("build")) if a]
+    person = " ".join(adjs + [noun])
+    art = "an" if person[0] in "aeiou" else "a"
+    hair = _hair_phrase(attrs)
+    if attrs["lower"] == "dress":
+        outfit = _garment_phrase(attrs["upper_colour"], "dress", attrs["upper_pattern"])
+    else:
+        outfit = (_garment_phrase(attrs["upper_colour"], attrs["upper"], attrs["upper_pattern"]) + " and "
+                  + _plural_lower(attrs["lower_colour"], attrs["lower"]))
+    shoes = f"{attrs['shoes_colour']} {attrs['shoes']}"
+    skin = f"{attrs['skin_tone']} skin"
+    options = [
+        f"{art} {person} with {hair} in {outfit}, wearing {shoes}",
+        f"{art} {person} with {skin} and {hair}, dressed in {outfit}",
+        f"{person} wearing {outfit} and {shoes}; {hair}",
+        f"full-body photo of {art} {attrs.get('age_group', 'adult')} {noun} in {outfit}",
+        f"{outfit} on {art} {noun} with {hair} and {skin}",
+    ]
+    first, rest = options[0], options[1:]
+    order = rng.permutation(len(rest))
+    return [first] + [rest[i] for i in order[:max(0, count - 1)]]
