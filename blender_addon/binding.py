@@ -232,6 +232,11 @@ def estimate_floor(source: bpy.types.Object, scene: bpy.types.Scene | None = Non
     lows = []
     bones = source.pose.bones
     lengths = np.array([b.length for b in source.data.bones])[_order(source.data.bones, [b.name for b in bones])]
+    hidden = [o for o in scene.objects if o.type == "MESH" and "genlca_avatar_id" in o and not o.hide_viewport]
+    for o in hidden:  # only the armature is needed: leave the splat meshes out of the evaluation
+        o.hide_viewport = True
+    global _reading_pose
+    _reading_pose += 1
     try:
         for frame in samples:
             scene.frame_set(frame)
@@ -240,6 +245,9 @@ def estimate_floor(source: bpy.types.Object, scene: bpy.types.Scene | None = Non
             ends = np.concatenate([m[:, :3, 3], m[:, :3, 3] + m[:, :3, 1] * lengths[:, None]])
             lows.append(ends[:, 2].min())
     finally:
+        _reading_pose -= 1
+        for o in hidden:
+            o.hide_viewport = False
         scene.frame_set(current)
     return float(np.percentile(lows, 20))
 
