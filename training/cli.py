@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.data import synthetic  # `genlca-train synth`: its options and code live in that module
 
     synthetic.add_subparser(sub)
+    from training.data import ingest  # `genlca-train ingest`: its options and code live in that module
+
+    ingest.add_subparser(sub)
     _add_diffusion_commands(sub)
     return parser
 

@@ -1,0 +1,305 @@
+"""Real ingest: photos and videos of people -> clip records with a fitted body (`genlca-train ingest`).
+
+Per file: decode (`media`), find people and track them (`person_detector`, MediaPipe: 33 landmarks and a
+mask per person), fit the anny template to each person's keypoints and mask (`fitting`), write one clip
+record per person (`records`). A video gives one clip per tracked person with the frames where that person
+was found; a photo gives a one-frame clip per person. Records keep the frames at their decoded size (longer
+side at most `IngestConfig.max_side`).
+
+Errors name the file and the problem: `CorruptFileError` (unreadable, truncated, not a photo or video),
+`NoPersonError` (nobody found in any frame), `TooFewFramesError` (people found, but no one in enough
+frames for a clip). A library run (`ingest_library`) records each failure in `<out>/failures.json` and goes
+on; it is resumable: a file whose clips are all written (`<out>/.ingest/<file key>.json` lists them) is
+skipped by the next run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from training.data.fitting import FIT_JOINTS, KEYPOINT_FORMAT, BodyFitter, FitConfig, render_silhouette, silhouette_iou
+from training.data.media import CorruptFileError, IngestError, media_kind, read_image, read_video
+from training.data.records import ClipRecord, record_path, save_record
+
+__all__ = ["IngestConfig", "IngestError", "CorruptFileError", "NoPersonError", "TooFewFramesError",
+           "ingest_photo", "ingest_file", "ingest_library"]
+
+# the shape a fitted record carries: the mean body of the synthetic generator's macro parameters
+# (training/data/body_shape.py: all six at 0.5); ingest does not fit body shape yet
+SHAPE_NAMES = ("gender", "age", "muscle", "weight", "height", "proportions")
+MEAN_SHAPE = np.full(len(SHAPE_NAMES), 0.5, np.float32)
+
+
+class NoPersonError(IngestError):
+    """Nobody was found in any frame."""
+
+
+class TooFewFramesError(IngestError):
+    """People were found, but none in enough frames for a clip."""
+
+
+@dataclasses.dataclass
+class IngestConfig:
+    max_frames: int = 32          # frames decoded per video, evenly spaced over it
+    min_frames: int = 3           # a video person needs at least this many frames for a clip
+    max_people: int = 3
+    max_side: int = 1024          # longer image side kept in the record
+    licence: str = "unknown"      # copied into every record's meta (say where the footage came from)
+    template: str = "anny"
+    measure: bool = True          # silhouette IoU of the fit per frame into meta["fit"]
+    fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+
+
+class _Models:
+    """Detector, template and fitter, built once per process."""
+
+    def __init__(self, config: IngestConfig):
+        from backend.avatar.template import load_template
+        from training.data.person_detector import PersonDetector
+
+        self.template = load_template(config.template)
+        self.fitter = BodyFitter(self.template, config.fit)
+        self.detector = PersonDetector(max_people=config.max_people)
+
+
+_MODELS: dict[str, _Models] = {}
+
+
+def _models(config: IngestConfig) -> _Models:
+    key = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = _Models(config)
+    return _MODELS[key]
+
+
+def clip_key(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """A file's clip-id stem: its path below `root` with every non-alphanumeric run as '_'."""
+    rel = Path(path).relative_to(root) if root is not None else Path(Path(path).name)
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(rel.with_suffix("")) + "_" + rel.suffix.lstrip(".")).strip("_")
+
+
+def _record(models: _Models, config: IngestConfig, clip_id: str, frames: list[np.ndarray],
+            observations: list, meta: dict[str, Any], temporal: bool) -> ClipRecord:
+    kp = np.stack([o.keypoints for o in observations])  # (F, 33, 3)
+    masks = np.stack([o.mask for o in observations])  # (F, H, W)
+    h, w = frames[0].shape[:2]
+    fit = models.fitter.fit(kp, (w, h), masks=masks, temporal=temporal)
+    n = len(frames)
+    fit_meta: dict[str, Any] = {"reprojection_px": [round(float(x), 2) for x in fit.reprojection_px],
+                                "loss": round(fit.loss, 5), "fitted_joints": list(FIT_JOINTS)}
+    if config.measure:
+        ious = [silhouette_iou(render_silhouette(models.template, fit.joint_rotations[f], fit.root_translation[f],
+                                                 fit.viewmat, fit.intrinsics, w, h), masks[f] >= 0.5)
+                for f in range(n)]
+        fit_meta["silhouette_iou"] = [round(x, 4) for x in ious]
+    meta = {"captions": [], "template": models.template.name, "keypoint_format": KEYPOINT_FORMAT,
+            "shape_names": list(SHAPE_NAMES), "licence": config.licence, "split": "train", "fit": fit_meta, **meta}
+    return ClipRecord(clip_id=clip_id, frames=np.stack(frames), masks=np.round(masks * 255).astype(np.uint8),
+                      viewmats=np.repeat(fit.viewmat[None], n, 0), intrinsics=np.repeat(fit.intrinsics[None], n, 0),
+                      joint_rotations=fit.joint_rotations, root_translation=fit.root_translation, keypoints=kp,
+                      shape=MEAN_SHAPE, meta=meta)
+
+
+def ingest_photo(image: np.ndarray, config: IngestConfig | None = None, clip_id: str = "photo",
+                 name: str = "image") -> ClipRecord:
+    """One photo (H, W, 3) uint8 -> a one-frame clip of its most visible person; NoPersonError if none.
+    `name` is what errors call the image."""
+    config = config or IngestConfig()
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise CorruptFileError(f"{name}: expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    return _photo_records(image, config, clip_id, name, people=1)[0]
+
+
+def _photo_records(image, config, stem, name, people=None) -> list[ClipRecord]:
+    from training.data.media import fit_size
+
+    models = _models(config)
+    image = fit_size(image, config.max_side)
+    found = models.detector.detect_image(image)
+    if not found:
+        raise NoPersonError(f"{name}: no person found in the photo")
+    records = []
+    for p, obs in enumerate(found[:people]):
+        meta = {"source": "photo", "source_file": str(name), "person_id": f"{stem}-p{p}", "fps": 0.0,
+                "frame_indices": [0]}
+        records.append(_record(models, config, f"{stem}-p{p}", [image], [obs], meta, temporal=False))
+    return records
+
+
+def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, stem: str | None = None) -> list[ClipRecord]:
+    """A photo or video file -> its clip records (one per person); raises an IngestError naming the file."""
+    config = config or IngestConfig()
+    path = Path(path)
+    stem = stem or clip_key(path)
+    kind = media_kind(path)
+    if kind is None:
+        raise CorruptFileError(f"{path}: not a photo or video this ingest reads (suffix {path.suffix!r})")
+    if kind == "photo":
+        return _photo_records(read_image(path, config.max_side), config, stem, path)
+    frames, indices, fps = read_video(path, config.max_frames, config.max_side)
+    models = _models(config)
+    tracks = models.detector.track_video(frames)
+    if not tracks:
+        raise NoPersonError(f"{path}: no person found in any of {len(frames)} frames")
+    records = []
+    for p, track in enumerate(tracks):
+        if len(track.frames) < config.min_frames:
+            continue
+        meta = {"source": "video", "source_file": str(path), "person_id": f"{stem}-p{p}", "fps": round(fps, 4),
+                "frame_indices": [indices[i] for i in track.frames]}
+        records.append(_record(models, config, f"{stem}-p{p}", [frames[i] for i in track.frames],
+                               [track.observations[i] for i in track.frames], meta, temporal=True))
+    if not records:
+        raise TooFewFramesError(f"{path}: {len(tracks)} person track(s) found, the longest in "
+                                f"{max(len(t.frames) for t in tracks)} of {len(frames)} frames; "
+                                f"a clip needs at least {config.min_frames}")
+    return records
+
+
+# ------------------------------------------------------------------ library runs
+def find_media(input_dir: str | os.PathLike) -> list[Path]:
+    return sorted(p for p in Path(input_dir).rglob("*") if p.is_file() and media_kind(p) is not None)
+
+
+def _done_marker(out_dir: Path, key: str) -> Path:
+    return out_dir / ".ingest" / f"{key}.json"
+
+
+def is_done(out_dir: Path, key: str) -> bool:
+    marker = _done_marker(out_dir, key)
+    try:
+        clips = json.loads(marker.read_text())["clips"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all(record_path(out_dir, c).exists() for c in clips)
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
+    """Worker: one file -> records on disk and its done marker. Never raises for a bad file."""
+    path, key, out_dir, config = job
+    t0 = time.perf_counter()
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # workers are the parallelism; one thread each
+        records = ingest_file(path, config, stem=key)
+        clips = [save_record(r, out_dir).stem.removesuffix(".clip") for r in records]
+        _write_json_atomic(_done_marker(Path(out_dir), key), {"file": path, "clips": clips})
+        return {"file": path, "clips": clips, "frames": sum(r.num_frames for r in records),
+                "seconds": time.perf_counter() - t0}
+    except IngestError as exc:
+        return {"file": path, "error": type(exc).__name__, "message": str(exc), "seconds": time.perf_counter() - t0}
+    except Exception as exc:  # a bug or an unexpected library failure: record it, keep the run going
+        return {"file": path, "error": type(exc).__name__, "message": f"{path}: unexpected failure: {exc}",
+                "seconds": time.perf_counter() - t0}
+
+
+def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IngestConfig | None = None,
+                   workers: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Every photo and video below `input_dir` -> clip records in `out_dir`. Returns the run's summary;
+    failures also go to `<out_dir>/failures.json` (replaced by each run)."""
+    config = config or IngestConfig()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if not input_dir.is_dir():
+        raise IngestError(f"{input_dir}: input folder not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = find_media(input_dir)
+    jobs, skipped = [], []
+    for f in files:
+        key = clip_key(f, input_dir)
+        (skipped if is_done(out_dir, key) else jobs).append((str(f), key, str(out_dir), config))
+    results: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    bar = _progress(len(jobs), progress)
+    for res in _run_jobs(jobs, workers):
+        results.append(res)
+        bar.set_postfix_str(Path(res["file"]).name + (" FAILED" if "error" in res else ""), refresh=False)
+        bar.update(1)
+    bar.close()
+    failures = [{k: r[k] for k in ("file", "error", "message")} for r in results if "error" in r]
+    _write_json_atomic(out_dir / "failures.json", failures)
+    frames = sum(r.get("frames", 0) for r in results)
+    seconds = time.perf_counter() - t0
+    return {"files": len(files), "skipped": len(skipped), "processed": len(jobs), "failed": len(failures),
+            "clips": sum(len(r.get("clips", [])) for r in results), "frames": frames,
+            "seconds": round(seconds, 2), "frames_per_second": round(frames / seconds, 3) if seconds > 0 else 0.0,
+            "failures": failures}
+
+
+def _run_jobs(jobs: list, workers: int) -> Iterable[dict[str, Any]]:
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _ingest_one(job)
+        return
+    import multiprocessing
+
+    # spawn: MediaPipe and torch both keep threads, which fork would copy half-alive
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap_unordered(_ingest_one, jobs)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", desc="ingest", disable=not enabled, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------ `genlca-train ingest`
+def add_subparser(sub) -> None:
+    p = sub.add_parser("ingest", help="photos and videos of people -> clip records with a fitted body")
+    p.add_argument("input", help="a folder (searched recursively) or one photo/video file")
+    p.add_argument("--out", required=True, help="output folder for <clip_id>.clip.safetensors and failures.json")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    p.add_argument("--licence", default="unknown", help="licence of the footage, stored in every record")
+    p.add_argument("--max-frames", type=int, default=IngestConfig.max_frames, help="frames decoded per video")
+    p.add_argument("--min-frames", type=int, default=IngestConfig.min_frames, help="frames a video clip needs")
+    p.add_argument("--max-people", type=int, default=IngestConfig.max_people, help="people tracked per file")
+    p.add_argument("--iters", type=int, default=FitConfig.iters_pose, help="body-fit optimisation steps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_cli)
+
+
+def run_cli(args) -> int:
+    import sys
+
+    config = IngestConfig(max_frames=args.max_frames, min_frames=args.min_frames, max_people=args.max_people,
+                          licence=args.licence, fit=FitConfig(iters_pose=args.iters))
+    source = Path(args.input)
+    if source.is_file():  # one file: the same bookkeeping as a folder holding only it
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            link = Path(tmp) / source.name
+            try:
+                link.symlink_to(source.resolve())
+            except OSError:
+                shutil.copy2(source, link)
+            summary = ingest_library(tmp, args.out, config, workers=1, progress=not args.no_progress)
+    else:
+        try:
+            summary = ingest_library(source, args.out, config, workers=args.workers, progress=not args.no_progress)
+        except IngestError as exc:
+            print(f"genlca-train ingest: {exc}", file=sys.stderr)
+            return 2
+    json.dump({k: v for k, v in summary.items() if k != "failures"}, sys.stdout, indent=2)
+    print()
+    for f in summary["failures"]:
+        print(f"failed: {f['error']}: {f['message']}", file=sys.stderr)
+    return 0 if summary["processed"] == 0 or summary["failed"] < summary["processed"] else 1
