@@ -295,6 +295,11 @@ class GENLCA_OT_render(bpy.types.Operator):
     bl_idname = "genlca.render"
     bl_label = "Render Through Backend"
 
+    use_scene_range: bpy.props.BoolProperty(name="Scene Range", default=True,
+                                            description="Render the scene's frame range (off: the range below)")
+    frame_start: bpy.props.IntProperty(name="Start", default=1)
+    frame_end: bpy.props.IntProperty(name="End", default=250)
+
     @classmethod
     def poll(cls, context):
         item = _active_item(cls, context)
@@ -307,7 +312,8 @@ class GENLCA_OT_render(bpy.types.Operator):
 
     def execute(self, context):
         avatar = properties.active_avatar(context.scene.genlca).armature
-        return _start(self, jobs.render_frames, context.scene, avatar, preferences.output_dir(context))
+        frames = {} if self.use_scene_range else {"frame_start": self.frame_start, "frame_end": self.frame_end}
+        return _start(self, jobs.render_frames, context.scene, avatar, preferences.output_dir(context), **frames)
 
 
 class GENLCA_OT_export(bpy.types.Operator):
