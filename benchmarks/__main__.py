@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-BENCHMARKS = ("bridge", "render", "posing", "blender_import")
+BENCHMARKS = ("bridge", "render", "posing", "blender_import", "diffusion")
 
 
 def run(name: str) -> str:
