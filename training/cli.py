@@ -47,8 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     from training.data import ingest  # `genlca-train ingest`: its options and code live in that module
 
     ingest.add_subparser(sub)
+    _add_tokenizer_commands(sub)
     _add_diffusion_commands(sub)
     return parser
+
+
+def _add_tokenizer_commands(sub) -> None:
+    """tokenizer (training), fit (per-clip optimisation), tokenize (library -> token shards)."""
+    def lazy(module: str):
+        def run(args: argparse.Namespace) -> int:
+            import importlib
+            return importlib.import_module(module).main(args)
+        return run
+
+    from training import fit_clip, tokenize_library, train_tokenizer  # light: torch only, no model built
+    for name, module, helptext in (
+            ("tokenizer", train_tokenizer, "train the tokenizer (frames -> token map) on clip records"),
+            ("fit", fit_clip, "optimise one clip's token map directly (per-subject baseline)"),
+            ("tokenize", tokenize_library, "tokenize a library of clip records into token shards (torchrun-aware)")):
+        p = sub.add_parser(name, help=helptext)
+        module.add_arguments(p)
+        p.set_defaults(run=lazy(module.__name__))
 
 
 def _add_diffusion_commands(sub) -> None:
