@@ -1,0 +1,38 @@
+"""A tiny random model package for fast CPU tests of the pipelines and the service (diffusers' habit:
+fast tests on tiny random models with fixed seeds; the shipped checkpoint has slow tests of its own)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from backend.avatar.template import load_template
+from backend.avatar.tokens import TokenDecoderConfig
+from backend.avatar.uv_layout import load_layout
+from backend.config import to_dict
+from backend.models.checkpoint import Checkpoint, save_checkpoint
+from backend.models.dit import DiTConfig, TokenMapDiT, patch_geometry
+
+
+def make_tiny_package(folder: Path, resolution: int = 32, seed: int = 0, name: str = "tiny-random") -> Path:
+    """Writes folder/dit.safetensors: a random TokenMapDiT (final layer perturbed so the velocity is not
+    zero) with the hashing text encoder and the explicit decoder; returns the folder."""
+    torch.manual_seed(seed)
+    layout = load_layout(load_template("anny"), resolution)
+    cfg = DiTConfig(resolution=resolution, token_channels=12, patch_size=4, hidden_size=64, depth=2, num_heads=4,
+                    text_dim=384, image_dim=64)
+    model = TokenMapDiT(cfg, patch_geometry(layout, cfg.patch_size))
+    with torch.no_grad():
+        for p in model.final_layer.parameters():
+            p.normal_(0.0, 0.05)
+        for block in model.blocks:
+            for p in block.adaLN_modulation.parameters():
+                p.normal_(0.0, 0.02)
+    decoder = TokenDecoderConfig(token_channels=12, gaussians_per_texel=2, sh_degree=0, token_layout="explicit")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "dit.safetensors", Checkpoint(
+        kind="dit", config={"model": dataclasses.asdict(cfg), "text_encoder": "hashing", "max_text_tokens": 16,
+                            "token_source": {"kind": "test", "decoder_config": to_dict(decoder)}},
+        model=model.state_dict(), name=name, note="random weights for tests"))
+    return folder

@@ -1,0 +1,106 @@
+"""Generation and editing pipelines on a tiny random model package (fast, CPU, fixed seeds)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backend.avatar.tokens import decode
+from backend.pipelines.edit import edit_text, regenerate_region
+from backend.pipelines.generate import PhotoObservation, SamplerSettings, generate_tokens
+from backend.pipelines.model_bundle import ModelError, load_bundle
+from backend.sampling.solvers import SamplingCancelled
+from tests.model_package import make_tiny_package
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return load_bundle(make_tiny_package(tmp_path_factory.mktemp("pkg")))
+
+
+def test_bundle_reports_its_model(bundle):
+    d = bundle.describe()
+    assert d["name"] == "tiny-random" and len(d["sha256"]) == 12 and d["resolution"] == 32
+    assert d["token_channels"] == 12 and d["gaussians_per_texel"] == 2 and "text" in d["supports"]
+
+
+def test_generate_is_deterministic_and_reports_every_step(bundle):
+    events = []
+    settings = SamplerSettings(steps=4, guidance=3.0)
+    a, info = generate_tokens(bundle, "a man in a red jacket", seed=3, settings=settings,
+                              progress=lambda s, i, n: events.append((s, i, n)))
+    b, _ = generate_tokens(bundle, "a man in a red jacket", seed=3, settings=settings)
+    c, _ = generate_tokens(bundle, "a man in a red jacket", seed=4, settings=settings)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert events == [("sample", i, 4) for i in range(1, 5)]
+    assert a.shape == (12, 32, 32) and not a[:, ~bundle.layout.atlas_mask].any()
+    assert info["used"] == ["text"] and info["seed"] == 3
+
+
+def test_prompt_changes_the_sample(bundle):
+    s = SamplerSettings(steps=3, guidance=4.0)
+    a, _ = generate_tokens(bundle, "red shirt", seed=1, settings=s)
+    b, _ = generate_tokens(bundle, "blue skirt", seed=1, settings=s)
+    assert not torch.equal(a, b)
+
+
+def test_cancel_stops_between_steps(bundle):
+    calls = []
+    with pytest.raises(SamplingCancelled):
+        generate_tokens(bundle, "x", seed=0, settings=SamplerSettings(steps=10),
+                        progress=lambda s, i, n: calls.append(i), cancel=lambda: len(calls) >= 2)
+    assert calls == [1, 2]
+
+
+def test_region_edit_keeps_every_other_texel_and_gaussian_bit_identical(bundle):
+    src, _ = generate_tokens(bundle, "a woman", seed=0, settings=SamplerSettings(steps=3))
+    out, info = regenerate_region(bundle, src, "torso", "a green hoodie", seed=5, settings=SamplerSettings(steps=3))
+    torso = bundle.layout.region_mask("torso")
+    assert torch.equal(out[:, ~torso], src[:, ~torso]) and not torch.equal(out[:, torso], src[:, torso])
+    assert info["regenerated_texels"] == int(torso.sum())
+    with torch.no_grad():
+        g_src, g_out = decode(src, bundle.layout, bundle.decoder), decode(out, bundle.layout, bundle.decoder)
+    k = bundle.decoder.config.gaussians_per_texel
+    other = (~torso).reshape(-1)[bundle.layout.valid_indices].repeat_interleave(k)
+    assert torch.equal(g_src.means[other], g_out.means[other]) and torch.equal(g_src.sh[other], g_out.sh[other])
+    with pytest.raises(ValueError, match="unknown region"):
+        regenerate_region(bundle, src, "tail")
+
+
+def test_text_edit_strength(bundle):
+    src, _ = generate_tokens(bundle, "a woman", seed=0, settings=SamplerSettings(steps=4))
+    same, _ = edit_text(bundle, src, "a man", strength=0.0)
+    assert torch.equal(same, src)
+    small, info = edit_text(bundle, src, "a man", strength=0.25, seed=1, settings=SamplerSettings(steps=8))
+    large, _ = edit_text(bundle, src, "a man", strength=1.0, seed=1, settings=SamplerSettings(steps=8))
+    assert info["steps"] == 2
+    assert (small - src).abs().mean() < (large - src).abs().mean()  # less strength stays closer
+    inverted, _ = edit_text(bundle, src, "a man", strength=0.5, invert=True, settings=SamplerSettings(steps=4))
+    assert torch.isfinite(inverted).all() and not torch.equal(inverted, src)
+    with pytest.raises(ValueError, match="token map has shape"):
+        edit_text(bundle, torch.zeros(12, 64, 64), "x")
+
+
+def test_photo_observation_keeps_seen_texels_exactly(bundle):
+    import numpy as np
+
+    seen, _ = generate_tokens(bundle, "a person", seed=9, settings=SamplerSettings(steps=2))
+    visible = bundle.layout.region_mask(["torso", "head"])
+    photo = PhotoObservation(crop=np.full((64, 64, 3), 128, np.uint8), tokens=seen, visible=visible)
+    out, info = generate_tokens(bundle, "", seed=2, settings=SamplerSettings(steps=3), photo=photo)
+    assert torch.equal(out[:, visible], seen[:, visible]) and not torch.equal(out[:, ~visible], seen[:, ~visible])
+    assert info["used"] == ["image", "tokenizer"] and info["kept_texels"] == int(visible.sum())
+
+
+def test_missing_truncated_or_foreign_checkpoints_are_named(tmp_path):
+    with pytest.raises(ModelError, match="no diffusion checkpoint"):
+        load_bundle(tmp_path / "nothing")
+    pkg = make_tiny_package(tmp_path / "pkg")
+    data = (pkg / "dit.safetensors").read_bytes()
+    (pkg / "dit.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated or damaged"):
+        load_bundle(pkg)
+    from backend.models.checkpoint import Checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "tok.safetensors", Checkpoint("tokenizer", {}, {"w": torch.zeros(1)}))
+    with pytest.raises(ModelError, match="expected 'dit'"):
+        load_bundle(tmp_path / "tok.safetensors")
