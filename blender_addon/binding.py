@@ -401,7 +401,7 @@ def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> N
     if fit:  # feet on the source's floor: a sole that would sink lifts the avatar (MAX_LIFT at most)
         world[:, 2, 3] += _ground_lift(avatar, plan, world, src_world)
     tpl_names = joint_names(avatar)
-    arm = np.linalg.solve(_world(avatar), world)  # armature space
+    arm = np.array(avatar.matrix_world.inverted(), np.float64) @ world  # armature space
     location, rotation, scale = retarget.pose_basis(rest_matrices(avatar).astype(np.float64),
                                                     joint_parents(avatar), arm)
     bones = avatar.pose.bones

@@ -47,10 +47,11 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The smallest rotation (3, 3) taking direction a (3,) onto direction b (3,)."""
     a, b = _unit(np.asarray(a, np.float64)), _unit(np.asarray(b, np.float64))
-    v, c = np.cross(a, b), float(np.dot(a, b))
+    c = float(a @ b)
     if c < -1.0 + 1e-9:
         axis = _unit(np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0]))
         return 2.0 * np.outer(axis, axis) - np.eye(3)
+    v = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])  # a x b
     vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
     return np.eye(3) + vx + vx @ vx / (1.0 + c)
 
@@ -61,6 +62,20 @@ def best_rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     u, _, vt = np.linalg.svd(h)
     d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
     return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+
+
+def inverse_similarity(m: np.ndarray) -> np.ndarray:
+    """Inverse of 4x4 matrices (..., 4, 4) whose 3x3 part is a rotation times a uniform scale (bone rest
+    and pose frames), in closed form: LAPACK per small matrix costs far more (and its threads compete)."""
+    m = np.asarray(m, np.float64)
+    lin = m[..., :3, :3]
+    scale2 = np.einsum("...ij,...ij->...", lin, lin) / 3.0  # s² from the Frobenius norm of s·R
+    inv_lin = np.swapaxes(lin, -1, -2) / scale2[..., None, None]
+    out = np.zeros_like(m)
+    out[..., :3, :3] = inv_lin
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", inv_lin, m[..., :3, 3])
+    out[..., 3, 3] = 1.0
+    return out
 
 
 def _rot(m: np.ndarray) -> np.ndarray:
@@ -230,7 +245,7 @@ def solve(plan: RetargetPlan, src_pose: np.ndarray, fit: bool = True) -> np.ndar
     tpl_rot = _rot(rest)
     delta = _rot(src_pose) @ np.swapaxes(_rot(plan.src_rest), -1, -2)  # (B, 3, 3) world rotation deltas
     out = np.empty_like(rest)
-    inv_rest = np.linalg.inv(rest)
+    inv_rest = inverse_similarity(rest)
     for j, p in enumerate(plan.tpl_parents):
         s = int(plan.source_of[j])
         carried = out[p] @ inv_rest[p] @ rest[j] if p >= 0 else rest[j].copy()
@@ -271,11 +286,12 @@ def pose_basis(tpl_rest: np.ndarray, tpl_parents: Sequence[int], pose: np.ndarra
     """Pose matrices (J, 4, 4) in armature space -> Blender pose channels per joint: location (J, 3),
     rotation (J, 4) wxyz, uniform scale (J,), with pose = parent_pose · rest_parent⁻¹ · rest · basis."""
     rest = np.asarray(tpl_rest, np.float64)
-    inv_rest = np.linalg.inv(rest)
-    basis = np.empty_like(rest)
-    for j, p in enumerate(tpl_parents):
-        frame = pose[p] @ inv_rest[p] @ rest[j] if p >= 0 else rest[j]
-        basis[j] = np.linalg.inv(frame) @ pose[j]
+    parents = np.asarray(tpl_parents)
+    has = parents >= 0
+    p = np.where(has, parents, 0)
+    # each joint's frame when its basis is identity: parent pose · parent rest⁻¹ · rest (or its rest)
+    frame = np.where(has[:, None, None], pose[p] @ inverse_similarity(rest[p]) @ rest, rest)
+    basis = inverse_similarity(frame) @ pose
     scale = np.cbrt(np.linalg.det(basis[:, :3, :3]))
     rot = basis[:, :3, :3] / scale[:, None, None]
     return basis[:, :3, 3], matrix_to_quat(rot), scale
