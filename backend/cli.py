@@ -3,6 +3,7 @@
     genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 1024] [--queue-size 16]
                          [--avatar-dir DIR | --no-persist] [--config service.yaml] [--set key=value ...]
     genlca-backend keys --keys-dir DIR [--name server]
+    genlca-backend keys --keys-dir DIR --add-client NAME --public-key Z85    # allow one client key
 
 Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
 the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
@@ -11,11 +12,16 @@ resolution, Gaussians per texel, SH degree, device, limits); --set overrides sin
 
 `serve` runs backend.pipelines.default_handlers() when it exists (the avatar core), else the placeholder
 handlers. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
+With DIR/authorized_clients/ (made by `keys --add-client`), only the client public keys listed there get
+in (read when the server starts). SIGTERM/SIGINT: jobs end with `shutting_down`, exit 0 once the worker
+has stopped between frames; a second signal exits at once (status 128 + signal).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -59,16 +65,29 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"genlca-backend: cannot use the avatar folder {avatar_dir}: {exc}", file=sys.stderr)
         return 2
+    import zmq
+
     try:
         server = BackendServer(args.bind, handlers, keys_dir=args.keys_dir, queue_size=args.queue_size,
                                max_message_bytes=int(args.max_message_mb * (1 << 20)),
-                               heartbeat_s=args.heartbeat_s)
+                               heartbeat_s=args.heartbeat_s, send_hwm=config.send_hwm,
+                               max_queued_bytes=int(config.max_queued_mb * (1 << 20)),
+                               max_client_jobs=config.max_client_jobs, admission=config.check_request)
     except (PermissionError, FileNotFoundError, ValueError) as exc:
         print(f"genlca-backend: {exc}", file=sys.stderr)
         return 2
+    except zmq.ZMQError as exc:
+        print(f"genlca-backend: cannot bind {args.bind}: {exc}", file=sys.stderr)
+        return 2
+    stopping = []
 
     def on_signal(signum: int, frame: Any) -> None:
-        logging.getLogger("genlca.backend").info("signal %d: stopping", signum)
+        if stopping:      # a second signal: do not wait for the running frame
+            os.write(2, f"genlca-backend: signal {signum} again; exiting now\n".encode())
+            os._exit(128 + signum)
+        stopping.append(signum)
+        logging.getLogger("genlca.backend").info("signal %d: stopping (jobs end with shutting_down; send it "
+                                                 "again to exit at once)", signum)
         server.stop(join=False)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -78,14 +97,43 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def keys(args: argparse.Namespace) -> int:
     import zmq.auth
 
     folder = Path(args.keys_dir)
+    if args.add_client is not None or args.public_key is not None:
+        return add_client(folder, args.add_client, args.public_key)
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(folder), args.name)
     Path(secret).chmod(0o600)
     print(f"public key: {public}\nsecret key: {secret} (keep it private; give clients the public one)")
+    return 0
+
+
+def add_client(folder: Path, name: str | None, public_key: str | None) -> int:
+    """Write folder/authorized_clients/NAME.key (a zmq public certificate) for one client's Z85 key."""
+    import zmq.auth
+
+    from bridge.keys import check_z85_key, write_public_certificate
+
+    if not name or not CLIENT_NAME.fullmatch(name):
+        print(f"genlca-backend: --add-client needs a name of letters, digits, '_', '.', '-' (at most 64), "
+              f"got {name!r}", file=sys.stderr)
+        return 2
+    try:
+        key = check_z85_key(public_key or "")
+    except ValueError as exc:
+        print(f"genlca-backend: --public-key: {exc}", file=sys.stderr)
+        return 2
+    clients = folder / "authorized_clients"
+    clients.mkdir(parents=True, exist_ok=True)
+    path = clients / f"{name}.key"
+    write_public_certificate(path, key, comment=f"GenLCA client {name!r}, allowed by genlca-backend keys")
+    assert zmq.auth.load_certificate(str(path))[0] == key
+    print(f"client {name!r} may connect with public key {key.decode()} ({path}); restart the server to apply")
     return 0
 
 
@@ -107,6 +155,9 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="create a CURVE keypair (NAME.key, NAME.key_secret)")
     k.add_argument("--keys-dir", required=True)
     k.add_argument("--name", default="server")
+    k.add_argument("--add-client", metavar="NAME", default=None,
+                   help="allow a client: write KEYS_DIR/authorized_clients/NAME.key from --public-key")
+    k.add_argument("--public-key", metavar="Z85", default=None, help="the client's 40-character public key")
     return p
 
 

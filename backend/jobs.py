@@ -55,6 +55,7 @@ class Job:
     arrays: dict[str, np.ndarray]
     handler: Handler
     frames: list[Any] = dataclasses.field(default_factory=list)   # keeps the received frames alive
+    nbytes: int = 0                  # bytes of the request's frames (the server's queued-bytes budget)
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     state: str = "queued"            # queued | running | done (I/O thread's view)
     created: float = dataclasses.field(default_factory=time.monotonic)

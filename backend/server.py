@@ -13,10 +13,20 @@ job queued or running it gets a `heartbeat` every heartbeat_s listing those jobs
 (ROUTER_MANDATORY send fails with EHOSTUNREACH, or silent for client_timeout_s while it has jobs) has its
 jobs cancelled. Malformed messages get a structured `error` (the ROUTER always knows the sender's
 identity); a frame above max_message_bytes makes libzmq drop that connection instead (MAXMSGSIZE).
+
+Bounds (docs/ARCHITECTURE.md, "Threat model"): arrays an op does not declare are refused before queueing;
+`admission` (ServiceConfig.check_request) refuses jobs above the per-job cost; the queued requests' bytes
+stay under max_queued_bytes, each client under max_client_jobs; every client's pipe holds at most
+send_hwm replies, and a client that lets it fill (does not read) loses its replies and its jobs.
+Routing ids: libzmq's ROUTER aborts the process when the id it auto-assigns to a new peer is already
+taken by a peer that chose it (router.cpp identify_peer); see unpredictable_routing_ids().
+stop() (SIGTERM/SIGINT in backend.cli) drains: every queued and running job gets `shutting_down`, the
+running one stops at its next progress/cancel check, new jobs are refused, then the sockets close.
 Docs: docs/PROTOCOL.md.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import logging
@@ -24,12 +34,15 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import zmq
+import zmq.auth
+import zmq.auth.thread
 
 from bridge import protocol
-from bridge.codec import ProtocolError, decode, encode, request_from_header
+from bridge.codec import ProtocolError, check_arrays, decode, encode, request_from_header
 from bridge.protocol import PROTOCOL_VERSION, Request
 from backend.jobs import FINAL, Handler, Job, JobQueue, QueueFull, Worker, error_header, reply_header
 
@@ -72,6 +85,38 @@ def server_keys(keys_dir: str | os.PathLike | None) -> tuple[bytes, bytes] | Non
     return public, secret
 
 
+def unpredictable_routing_ids() -> bool:
+    """Seed the C library's rand() from os.urandom; call right before creating a ROUTER.
+
+    libzmq (4.3.5 and master) starts each ROUTER's auto-assigned routing ids (0x00 + a 32-bit counter) at
+    rand(), which nothing ever seeds: the first ROUTER of a process always starts at the same value
+    (0x006B8B4567 on glibc). identify_peer() checks a peer-chosen id against the ids in use (and ignores
+    a duplicate) but does not check an auto-assigned one, so a client that connected first with that id
+    makes the next ordinary connection abort the process (`Assertion failed: ok (socket_base.cpp)`).
+    libzmq has no option to refuse peer-chosen ids; ROUTER_HANDOVER takes the same path, and a ZAP
+    handler never sees the peer's id (the ZAP request carries the server socket's own id). Seeding rand()
+    makes the start unguessable (2**32 values); our own clients also pick random ids outside the auto
+    range (bridge.client), so they never take the auto-id path at all. Returns False when libc's srand
+    cannot be found (then the ids stay predictable; logged)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+        return True
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot seed rand() for libzmq's routing ids (%s); they stay predictable", exc)
+        return False
+
+
+def return_large_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
+    """glibc: allocate blocks above `threshold` with mmap, always (mallopt M_MMAP_THRESHOLD). By default
+    the threshold follows the largest block freed so far (up to 32 MiB), after which wire-sized buffers come
+    from the heap and a burst of refused requests leaves the process holding their memory."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(-3, ctypes.c_int(threshold)))   # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 class BackendServer:
     """The ROUTER service. `handlers` maps op -> Handler (see backend.jobs); `request_types` adds ops
     beyond bridge.protocol.REQUEST_TYPES (e.g. the benchmark's echo)."""
@@ -79,7 +124,9 @@ class BackendServer:
     def __init__(self, bind: str = DEFAULT_BIND, handlers: Mapping[str, Handler] | None = None, *,
                  keys_dir: str | os.PathLike | None = None, queue_size: int = 16,
                  max_message_bytes: int = 1 << 30, heartbeat_s: float = 1.0, client_timeout_s: float = 30.0,
-                 request_types: Mapping[str, type[Request]] | None = None) -> None:
+                 request_types: Mapping[str, type[Request]] | None = None, send_hwm: int = 256,
+                 max_queued_bytes: int = 2 << 30, max_client_jobs: int | None = None,
+                 admission: Callable[[Request, dict[str, np.ndarray]], None] | None = None) -> None:
         keys = server_keys(keys_dir)
         if keys is None and not is_loopback(bind):
             raise PermissionError(f"refusing to bind {bind!r} without CURVE keys: only loopback addresses "
@@ -98,7 +145,16 @@ class BackendServer:
         self.client_timeout_s = float(client_timeout_s)
         self.queue = JobQueue(queue_size)
         self.curve = keys is not None
-        self.stats = {"received": 0, "errors": 0, "accepted": 0, "finished": 0, "clients_gone": 0}
+        self.send_hwm = int(send_hwm)
+        self.max_queued_bytes = int(max_queued_bytes)
+        self.max_client_jobs = None if max_client_jobs is None else int(max_client_jobs)   # None: no share
+        if self.send_hwm < 1 or self.max_queued_bytes < 1 or (self.max_client_jobs or 1) < 1:
+            raise ValueError(f"send_hwm, max_queued_bytes and max_client_jobs must be positive, got "
+                             f"{self.send_hwm}, {self.max_queued_bytes}, {self.max_client_jobs}")
+        self.admission = admission
+        self.queued_bytes = 0            # bytes of the requests of the jobs queued or running
+        self.stats = {"received": 0, "errors": 0, "accepted": 0, "finished": 0, "clients_gone": 0,
+                      "replies_dropped": 0, "clients_stalled": 0}
 
         self._context = zmq.Context()
         self._auth = None
@@ -106,6 +162,8 @@ class BackendServer:
         self._ready = threading.Event()
         self._jobs: dict[tuple[bytes, str], Job] = {}
         self._last_seen: dict[bytes, float] = {}
+        self._stalled: set[bytes] = set()      # clients whose send pipe was full at the last try
+        self._draining = False
         try:
             if keys is not None:
                 from zmq.auth.thread import ThreadAuthenticator
@@ -115,11 +173,16 @@ class BackendServer:
                 clients = Path(keys_dir) / "authorized_clients"  # type: ignore[arg-type]
                 self._auth.configure_curve(domain="*", location=str(clients) if clients.is_dir()
                                            else zmq.auth.CURVE_ALLOW_ANY)
+            unpredictable_routing_ids()
+            return_large_buffers_to_the_os()
             self._router = self._context.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.LINGER, 0)
-            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            self._router.setsockopt(zmq.SNDHWM, 0)   # never drop a reply; a gone client's pipe is freed
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a full or gone pipe raises instead of dropping
+            self._router.setsockopt(zmq.SNDHWM, self.send_hwm)  # per client; full -> _client_stalled
+            self._router.setsockopt(zmq.RCVHWM, 16)             # per client; then TCP pushes back
             self._router.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+            if "[" in bind or bind.partition("://")[2].count(":") > 1:
+                self._router.setsockopt(zmq.IPV6, 1)
             if keys is not None:
                 self._router.curve_publickey, self._router.curve_secretkey = keys
                 self._router.curve_server = True
@@ -147,7 +210,11 @@ class BackendServer:
                  ", ".join(self.capabilities))
         self._ready.set()
         try:
-            while not self._stop.is_set():
+            while True:
+                if self._stop.is_set() and not self._draining:
+                    self._begin_shutdown()
+                if self._draining and not self._worker.is_alive():
+                    break
                 wait_ms = max(0, min(100, int((next_beat - time.monotonic()) * 1000)))
                 events = dict(poller.poll(wait_ms))
                 if self._outbox in events:
@@ -191,12 +258,32 @@ class BackendServer:
         """Ids of the jobs queued or running (a snapshot; for tests and logs)."""
         return [rid for (_, rid) in self._jobs.copy()]
 
-    def _shutdown(self) -> None:
+    def _begin_shutdown(self) -> None:
+        """Stop taking jobs: every queued and running job gets `shutting_down` now and is cancelled (the
+        running one stops at its next progress/check_cancelled); the loop goes on answering (new jobs are
+        refused with shutting_down) until the worker has finished."""
+        self._draining = True
+        jobs = [job for job in self._jobs.values() if not job.cancelled]   # before stop() cancels the running one
         self._worker.stop()
-        for job in self.queue.drain():
+        self.queue.drain()
+        log.info("stopping: %d job(s) end with shutting_down; waiting for the worker", len(jobs))
+        for job in jobs:
             job.cancel_event.set()
+            self._error(job.identity, job.request.id, protocol.E_SHUTTING_DOWN,
+                        f"the backend is shutting down; {job.request.op} {job.request.id!r} did not finish")
+        self._jobs = {key: job for key, job in self._jobs.items() if job is self._worker.current}
+        self.queued_bytes = sum(job.nbytes for job in self._jobs.values())
+
+    def _shutdown(self) -> None:
+        if not self._draining:        # the loop ended by an exception: still stop the worker
+            self._worker.stop()
+            for job in self.queue.drain():
+                job.cancel_event.set()
         if self._worker.is_alive():
             self._worker.join(5)
+        router = getattr(self, "_router", None)
+        if router is not None:
+            router.setsockopt(zmq.LINGER, 1000)   # let the last replies (shutting_down) go out
         self._close_sockets(term=not self._worker.is_alive())
         log.info("GenLCA backend on %s stopped", self.address)
 
@@ -225,13 +312,18 @@ class BackendServer:
     def _send(self, identity: bytes, frames: list[Any]) -> bool:
         try:
             self._router.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
-            return True
+        except zmq.Again:       # the client's pipe holds send_hwm replies it has not read
+            self.stats["replies_dropped"] += 1
+            self._client_stalled(identity)
+            return False
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
                 self._client_gone(identity, "it disconnected")
             else:
                 log.warning("dropped a reply to client %s: %s", identity.hex(), exc)
             return False
+        self._stalled.discard(identity)
+        return True
 
     def _reply(self, identity: bytes, header: dict[str, Any], arrays=None) -> bool:
         if header.get("kind") == "error":
@@ -247,7 +339,8 @@ class BackendServer:
         tag, identity, rid, body = frames[0].bytes, frames[1].bytes, frames[2].bytes.decode(), frames[3:]
         job = self._jobs.get((identity, rid))
         if tag == FINAL:
-            self._jobs.pop((identity, rid), None)
+            if self._jobs.pop((identity, rid), None) is not None:
+                self.queued_bytes -= job.nbytes  # type: ignore[union-attr]
             self.stats["finished"] += 1
         if job is not None and not job.cancelled:
             self._send(identity, body)
@@ -292,21 +385,60 @@ class BackendServer:
         key = (identity, rid)
         if key in self._jobs:
             raise ProtocolError(protocol.E_INVALID, f"request id {rid!r} is already in flight", rid)
-        job = Job(identity, request, arrays, handler, frames=body)
+        if self._draining:
+            raise ProtocolError(protocol.E_SHUTTING_DOWN, "the backend is shutting down; no new jobs", rid)
+        nbytes = self._admit(identity, request, arrays, body)
+        job = Job(identity, request, arrays, handler, frames=body, nbytes=nbytes)
         try:
             position = self.queue.put(job)
         except QueueFull:
             raise ProtocolError(protocol.E_QUEUE_FULL, f"the job queue is full ({self.queue.maxsize} jobs); "
                                 f"retry later", rid) from None
         self._jobs[key] = job
+        self.queued_bytes += nbytes
         self.stats["accepted"] += 1
         self._reply(identity, reply_header(rid, "accepted", queue_position=position))
+
+    def _admit(self, identity: bytes, request: Request, arrays: dict[str, np.ndarray], body: list[Any]) -> int:
+        """Refuse a job before it is queued: undeclared arrays, a cost above the per-job limit, this
+        client's share of the queue, the byte budget. Returns the bytes the job holds while queued."""
+        rid, op = request.id, request.op
+        contract = protocol.REQUEST_ARRAYS.get(op)
+        if contract is not None:
+            optional = protocol.OPTIONAL_ARRAYS.get(op, frozenset())
+            missing = [name for name in contract if name not in arrays and name not in optional]
+            extra = sorted(set(arrays) - set(contract))
+            if missing or extra:
+                takes = f"{op} takes arrays {sorted(contract)}" if contract else f"{op} takes no arrays"
+                raise ProtocolError(protocol.E_BAD_ARRAY, f"{takes}{f' ({sorted(optional)} optional)' if optional else ''}"
+                                    f"; missing {missing}, unexpected {extra}", rid)
+            try:
+                check_arrays(arrays, contract, optional=optional)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, f"{op}: {exc.message}", rid) from None
+        if self.admission is not None:
+            try:
+                self.admission(request, arrays)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, rid) from None
+        mine = sum(1 for job in self._jobs.values() if job.identity == identity and not job.cancelled)
+        if self.max_client_jobs is not None and mine >= self.max_client_jobs:
+            raise ProtocolError(protocol.E_CLIENT_QUOTA, f"this client already has {mine} jobs queued or running, "
+                                f"the limit per client is {self.max_client_jobs}; wait for one to finish", rid)
+        nbytes = sum(len(memoryview(getattr(f, "buffer", f))) for f in body)
+        if self.queued_bytes + nbytes > self.max_queued_bytes:
+            raise ProtocolError(protocol.E_OVER_BUDGET, f"{op} request of {nbytes} bytes would bring the queued "
+                                f"requests to {self.queued_bytes + nbytes} bytes, the budget is "
+                                f"{self.max_queued_bytes}; retry later", rid)
+        return nbytes
 
     def hello_fields(self) -> dict[str, Any]:
         return {"protocol": PROTOCOL_VERSION, "server": f"genlca-backend {SERVER_VERSION}",
                 "capabilities": self.capabilities, "curve": self.curve,
                 "limits": {"max_message_bytes": self.max_message_bytes, "queue_size": self.queue.maxsize,
-                           "heartbeat_s": self.heartbeat_s, "client_timeout_s": self.client_timeout_s}}
+                           "heartbeat_s": self.heartbeat_s, "client_timeout_s": self.client_timeout_s,
+                           "max_queued_bytes": self.max_queued_bytes, "max_client_jobs": self.max_client_jobs,
+                           "send_hwm": self.send_hwm}}
 
     # ------------------------------------------------------------------ cancellation and liveness
     def _cancel(self, identity: bytes, target: str, cancel_id: str) -> None:
@@ -317,7 +449,7 @@ class BackendServer:
         if found:
             job.cancel_event.set()
             if self.queue.remove(job):
-                self._jobs.pop(job.key, None)
+                self._forget(job)
             self._error(identity, target, protocol.E_CANCELLED, f"{job.request.op} {target!r} was cancelled")
         self._reply(identity, reply_header(cancel_id, "result", target=target, found=found))
 
@@ -331,7 +463,26 @@ class BackendServer:
         for job in jobs:
             job.cancel_event.set()
             if self.queue.remove(job):
-                self._jobs.pop(job.key, None)
+                self._forget(job)
+
+    def _client_stalled(self, identity: bytes) -> None:
+        """The client's pipe is full (it does not read its replies): its replies are dropped until it reads
+        again, and its jobs are cancelled (their work would only pile up more replies)."""
+        if identity in self._stalled:
+            return
+        self._stalled.add(identity)
+        self.stats["clients_stalled"] += 1
+        jobs = [j for j in self._jobs.values() if j.identity == identity and not j.cancelled]
+        log.warning("client %s does not read its replies (%d unread, the send high-water mark); dropping its "
+                    "replies and cancelling its %d job(s)", identity.hex(), self.send_hwm, len(jobs))
+        for job in jobs:
+            job.cancel_event.set()
+            if self.queue.remove(job):
+                self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        if self._jobs.pop(job.key, None) is not None:
+            self.queued_bytes -= job.nbytes
 
     def _heartbeat(self, now: float) -> None:
         by_client: dict[bytes, list[str]] = {}
@@ -347,3 +498,4 @@ class BackendServer:
         for identity in [i for i, t in self._last_seen.items() if now - t > 10 * max(self.client_timeout_s, 1)]:
             if identity not in by_client:
                 del self._last_seen[identity]
+        self._stalled &= set(self._last_seen)

@@ -14,6 +14,13 @@ server has been silent for timeout_s, the socket is closed and made anew (the Ze
 Pirate) and every pending request fails with timeout. While requests are in flight the client pings
 every heartbeat_s, so the server can tell a slow client from a vanished one.
 
+CURVE: with server_public_key the socket is a CURVE client. Its own keypair is client_public_key /
+client_secret_key when given (a persistent pair, bridge.keys.load_or_create_client_keypair, that the
+server's allow-list can name), else a fresh pair per connection (accepted only by servers without one).
+
+Routing id: every socket takes a random 16-byte routing id that does not start with a zero byte, so the
+server's ROUTER never auto-assigns one to it (see backend.server.unpredictable_routing_ids).
+
 Zero-copy sends: large arrays go out as memoryviews with `track=True`; the client keeps them referenced
 until libzmq is done with them (sending from a buffer freed too early crashes with "Bad address").
 """
@@ -28,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 import zmq
+import zmq.auth
 
 from bridge import protocol
 from bridge.codec import ProtocolError, decode, encode, request_header
@@ -115,12 +123,23 @@ class BridgeClient:
     """DEALER client. Not thread-safe: use one client per thread (Blender: the main thread)."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, server_public_key: bytes | str | os.PathLike | None = None,
+                 client_public_key: bytes | str | None = None, client_secret_key: bytes | str | None = None,
                  timeout_s: float = 10.0, heartbeat_s: float = 1.0, max_message_bytes: int = 1 << 30) -> None:
+        from bridge.keys import check_z85_key
+
         self.address = address
         self.timeout_s = float(timeout_s)
         self.heartbeat_s = float(heartbeat_s)
         self.max_message_bytes = int(max_message_bytes)
         self._server_key = load_public_key(server_public_key) if server_public_key else None
+        if (client_public_key is None) != (client_secret_key is None):
+            raise ValueError("pass both client_public_key and client_secret_key, or neither")
+        self._client_keys: tuple[bytes, bytes] | None = None
+        if client_public_key is not None and client_secret_key is not None:
+            public, secret = check_z85_key(client_public_key), check_z85_key(client_secret_key)
+            if zmq.curve_public(secret) != public:
+                raise ValueError("client_public_key does not belong to client_secret_key")
+            self._client_keys = (public, secret)
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
         self._pending: dict[str, _Pending] = {}
@@ -138,8 +157,11 @@ class BridgeClient:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
+        sock.setsockopt(zmq.ROUTING_ID, bytes([1 + os.urandom(1)[0] % 255]) + os.urandom(15))
+        if "[" in self.address:
+            sock.setsockopt(zmq.IPV6, 1)
         if self._server_key is not None:
-            public, secret = zmq.curve_keypair()
+            public, secret = self._client_keys or zmq.curve_keypair()
             sock.curve_publickey, sock.curve_secretkey = public, secret
             sock.curve_serverkey = self._server_key
         sock.connect(self.address)

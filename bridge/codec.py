@@ -42,6 +42,7 @@ MAX_ID_CHARS = 128
 MAX_NDIM = 16
 MAX_ARRAYS = 256
 MAX_NESTING = 16
+MAX_ARRAY_EXTENT = 1 << 48      # bytes a shape may describe (zero-length axes counted as 1)
 _SPEC_KEYS = frozenset(("name", "dtype", "shape"))
 RESERVED_KEYS = frozenset(("v", "id", "op", "kind", "arrays"))
 
@@ -137,14 +138,23 @@ def _frame_bytes(frame: Any) -> memoryview:
     return view if view.ndim == 1 and view.format in ("B", "b", "c") else view.cast("B")
 
 
-def peek_id(frames: Sequence[Any]) -> str:
-    """The request id of a message, best effort (for error replies to messages that fail to decode)."""
+def peek_id(frames: Sequence[Any], max_entries: int = 64) -> str:
+    """The request id of a message, best effort (for error replies to messages that fail to decode).
+    Reads the header map entry by entry and stops at "id", so a header too large (or too broken) to
+    decode whole still gives its id when "id" comes early (BridgeClient puts v, id, op first)."""
     try:
-        head = msgpack.unpackb(_frame_bytes(frames[0]), raw=False, strict_map_key=True, ext_hook=_reject_ext)
-        rid = head.get("id", "") if isinstance(head, dict) else ""
-        return rid if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS else ""
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, ext_hook=_reject_ext,
+                                    max_buffer_size=MAX_HEADER_BYTES * 64)
+        unpacker.feed(_frame_bytes(frames[0]))
+        for _ in range(min(unpacker.read_map_header(), max_entries)):
+            key = unpacker.unpack()
+            if key == "id":
+                rid = unpacker.unpack()
+                return rid if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS else ""
+            unpacker.skip()
     except Exception:
-        return ""
+        pass
+    return ""
 
 
 def decode_header(frame: Any) -> dict[str, Any]:
@@ -152,7 +162,8 @@ def decode_header(frame: Any) -> dict[str, Any]:
     "op" (request) or "kind" (reply)."""
     raw = _frame_bytes(frame)
     if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(protocol.E_TOO_LARGE, f"header is {len(raw)} bytes, the limit is {MAX_HEADER_BYTES}")
+        raise ProtocolError(protocol.E_TOO_LARGE, f"header is {len(raw)} bytes, the limit is {MAX_HEADER_BYTES}",
+                            peek_id([raw]))
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_reject_ext)
     except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
@@ -213,6 +224,11 @@ def _array_specs(header: dict[str, Any], rid: str) -> list[tuple[str, np.dtype, 
                 or any(type(d) is not int or d < 0 for d in shape)):
             raise ProtocolError(protocol.E_BAD_ARRAY, f"array {name!r}: shape must be a list of at most "
                                 f"{MAX_NDIM} non-negative ints, got {shape!r}", rid)
+        # numpy refuses shapes whose element count overflows (even when another axis is 0, as in
+        # [0, 2**62]); no real array comes near 2**48 elements, so refuse them here as bad_array
+        if math.prod(max(d, 1) for d in shape) * WIRE_DTYPES[dtype].itemsize > MAX_ARRAY_EXTENT:
+            raise ProtocolError(protocol.E_BAD_ARRAY, f"array {name!r}: shape {shape} describes more than "
+                                f"{MAX_ARRAY_EXTENT} bytes (counting zero-length axes as 1)", rid)
         out.append((name, WIRE_DTYPES[dtype], tuple(shape)))
     return out
 

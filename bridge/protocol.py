@@ -45,8 +45,14 @@ E_NOT_FOUND = "not_found"          # unknown avatar or job id
 E_CANCELLED = "cancelled"
 E_TIMEOUT = "timeout"              # client side: no reply within the timeout
 E_INTERNAL = "internal"            # a bug on the server; the message says what failed
+# Resource limits (backend ServiceConfig); each refusal happens before the job is queued.
+E_OVER_BUDGET = "over_budget"      # the queued requests' bytes would pass the server's byte budget; retry later
+E_CLIENT_QUOTA = "client_quota"    # this client already has its share of the queue in flight
+E_TOO_COSTLY = "too_costly"        # the job's cost (render: pixels x frames) is above the per-job limit
+E_SHUTTING_DOWN = "shutting_down"  # the server is stopping: queued and running jobs end with this
 ERROR_CODES = (E_BAD_MESSAGE, E_BAD_VERSION, E_UNKNOWN_OP, E_BAD_ARRAY, E_INVALID, E_TOO_LARGE,
-               E_QUEUE_FULL, E_NOT_FOUND, E_CANCELLED, E_TIMEOUT, E_INTERNAL)
+               E_QUEUE_FULL, E_NOT_FOUND, E_CANCELLED, E_TIMEOUT, E_INTERNAL, E_OVER_BUDGET, E_CLIENT_QUOTA,
+               E_TOO_COSTLY, E_SHUTTING_DOWN)
 
 # Arrays of a rigged avatar (get_avatar result). N Gaussians, S SH coefficients, k <= 8, J joints.
 AVATAR_ARRAYS: dict[str, tuple[str, str]] = {
@@ -72,6 +78,16 @@ RENDER_ARRAYS: dict[str, tuple[str, str]] = {
     "world_to_camera":   ("<f4", "F,4,4"),   # OpenCV camera convention
     "intrinsics":        ("<f4", "F,3,3"),   # pixels
 }
+# The arrays each request op may carry: (dtype, shape pattern) as in bridge.codec.check_array. The server
+# refuses, before queueing, any array an op does not declare (bad_array): a request cannot make the
+# backend hold bytes it will never use. Ops not listed here (benchmark/test ops) are not checked.
+IMAGE_ARRAY: dict[str, tuple[str, str]] = {"image": ("|u1", "H,W,3")}   # sRGB
+REQUEST_ARRAYS: dict[str, dict[str, tuple[str, str]]] = {
+    "hello": {}, "ping": {}, "cancel": {}, "edit": {}, "get_avatar": {}, "export": {},
+    "generate": IMAGE_ARRAY, "render": RENDER_ARRAYS,
+}
+OPTIONAL_ARRAYS: dict[str, frozenset[str]] = {"generate": frozenset({"image"})}
+
 # Each rendered frame streams back as a `progress` reply with stage "frame", fields "frame" (index),
 # and one array "rgba" (H, W, 4) uint8 (straight alpha, sRGB). The final `result` has "frames": F.
 

@@ -113,3 +113,73 @@ def test_default_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("GENLCA_AVATAR_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
     assert default_avatar_dir() == tmp_path / "c" / "genlca" / "avatars"
+
+
+def _generated(tmp_path, prompt: str = "v"):
+    from backend.pipelines.avatar_service import AvatarService
+
+    class Ctx:
+        def progress(self, *a, **k): pass
+        def check_cancelled(self): pass
+
+    store = PersistentAvatarStore(tmp_path, capacity=4)
+    service = AvatarService(store, CONFIG)
+    header, _ = service.generate(protocol.Generate(prompt=prompt), {}, Ctx())
+    return service, store, header["avatar_id"], Ctx()
+
+
+def _write_unchecked(path, record) -> None:
+    """An avatar file written around save_avatar's own checks (as a damaged or hostile file would be)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = record.gaussians.state_dict(prefix="gaussians.")
+    tensors.update({f"skeleton.{k}": torch.from_numpy(np.ascontiguousarray(getattr(record, k)))
+                    for k in ("joint_parents", "rest_matrices", "joint_tails")})
+    save_file(tensors, str(path), metadata={"format": "genlca-avatar", "version": "1",
+                                            "joint_names": json.dumps(record.joint_names), "meta": "{}"})
+
+
+@pytest.mark.parametrize("damage", ["skin_index_out_of_range", "nan_means", "shape_mismatch", "bad_parent"])
+def test_inconsistent_avatar_files_are_refused_on_load(tmp_path, damage):
+    from backend.avatar.avatar_file import load_avatar
+    from backend.jobs import HandlerError
+
+    service, store, avatar_id, ctx = _generated(tmp_path)
+    path = tmp_path / f"{avatar_id}.safetensors"
+    record = load_avatar(path)
+    g = record.gaussians
+    if damage == "skin_index_out_of_range":
+        g.skin_indices[0, 0] = 30000
+    elif damage == "nan_means":
+        g.means[3, 1] = float("nan")
+    elif damage == "shape_mismatch":
+        g.opacity_logits = g.opacity_logits[:-1]
+    else:
+        record.joint_parents[2] = len(record.joint_names) + 5
+    store.pop(avatar_id)
+    _write_unchecked(path, record)
+    with pytest.raises(ValueError):
+        load_avatar(path)
+    with pytest.raises(HandlerError) as e:     # the service says not_found, never internal
+        service.get_avatar(protocol.GetAvatar(avatar_id=avatar_id), {}, ctx)
+    assert e.value.code == protocol.E_NOT_FOUND
+
+
+def test_symlinks_out_of_the_folder_dangling_entries_and_leftover_temp_files(tmp_path):
+    folder = tmp_path / "avatars"
+    service, store, avatar_id, ctx = _generated(folder)
+    outside = tmp_path / "elsewhere.safetensors"
+    (folder / f"{avatar_id}.safetensors").rename(outside)
+    store.pop(avatar_id)
+    (folder / f"{avatar_id}.safetensors").symlink_to(outside)           # a valid avatar file, but outside
+    assert store.get(avatar_id) is None
+    (folder / "deadbeef00.safetensors").symlink_to(tmp_path / "missing.safetensors")   # dangling
+    header, _ = service.generate(protocol.Generate(prompt="after"), {}, ctx)           # still works
+    assert store.get(header["avatar_id"]) is not None and store.get("deadbeef00") is None
+    leftover = folder / ".0123456789ab.safetensors.123.tmp"
+    leftover.write_bytes(b"half a file")
+    PersistentAvatarStore(folder)
+    assert not leftover.exists() and (folder / f"{header['avatar_id']}.safetensors").is_file()

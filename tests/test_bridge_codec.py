@@ -208,3 +208,26 @@ def test_check_arrays_binds_dimensions_across_arrays():
     with pytest.raises(ProtocolError) as e:
         check_array({"m": np.zeros((4, 2), np.float32)}, "m", "<f4", "N,3")
     assert "axis 1 must be 3" in e.value.message
+
+
+@pytest.mark.parametrize("shape", [[0, 2**62], [0, 2**62, 2**62], [2**40, 0, 2**20]])
+def test_overflowing_shapes_with_empty_frames_are_bad_arrays(shape):
+    header = msgpack.packb({"v": 1, "id": "r1", "op": "ping",
+                            "arrays": [{"name": "x", "dtype": "<f8", "shape": shape}]})
+    with pytest.raises(ProtocolError) as e:
+        decode([header, b""])
+    assert e.value.code == protocol.E_BAD_ARRAY and e.value.request_id == "r1" and "'x'" in e.value.message
+
+
+def test_too_large_keeps_the_request_id_when_it_is_readable():
+    big_header = msgpack.packb({"v": 1, "id": "r2", "op": "ping", "pad": "x" * (2 << 20)})
+    for frames, limit in (([big_header], 1 << 30), ([msgpack.packb({"v": 1, "id": "r3", "op": "ping"}), b"x" * 64], 32)):
+        with pytest.raises(ProtocolError) as e:
+            decode(frames, max_bytes=limit)
+        assert e.value.code == protocol.E_TOO_LARGE and e.value.request_id in ("r2", "r3")
+
+
+def test_every_request_op_declares_its_arrays():
+    assert set(protocol.REQUEST_ARRAYS) == set(protocol.OPS)
+    assert set(protocol.REQUEST_ARRAYS["render"]) == set(protocol.RENDER_ARRAYS)
+    assert protocol.OPTIONAL_ARRAYS["generate"] == {"image"}

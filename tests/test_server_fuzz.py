@@ -8,7 +8,6 @@ connection before the server sees the message (tested at the end).
 """
 from __future__ import annotations
 
-import time
 
 import msgpack
 import numpy as np
@@ -104,7 +103,6 @@ def malformed(i: int, rng: np.random.Generator) -> tuple[list[bytes], str]:
 
 def test_five_thousand_malformed_messages_each_get_a_structured_error(server, dealer):
     rng = np.random.default_rng(1234)
-    start = time.monotonic()
     total, codes = 5000, {}
     expected_ids: list[str] = []
     handler_jobs = 0
@@ -140,7 +138,6 @@ def test_five_thousand_malformed_messages_each_get_a_structured_error(server, de
     assert dealer.poll(2000)
     header, _ = decode(dealer.recv_multipart())
     assert header["id"] == "after" and header["kind"] == "result"
-    assert time.monotonic() - start < 20
 
 
 @settings(max_examples=150, deadline=None)

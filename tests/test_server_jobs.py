@@ -162,7 +162,7 @@ def test_progress_arrives_in_order_between_accepted_and_result(server, client):
     assert [(r.stage, r.step, r.total) for r in replies[1:-1]] == [("relax", i, 60) for i in range(1, 61)]
 
 
-def test_cancel_stops_a_running_job_within_a_second(server, client):
+def test_cancel_stops_a_running_job_at_its_next_progress(server, client):
     rid = client.submit(protocol.Generate(steps=200_000))   # ~20 min of work if never cancelled
     replies = []
     while not any(r.kind == "progress" for r in replies):
@@ -170,12 +170,10 @@ def test_cancel_stops_a_running_job_within_a_second(server, client):
     start = time.monotonic()
     client.cancel(rid)
     final = None
-    while final is None and time.monotonic() - start < 2:
+    while final is None and time.monotonic() - start < 60:      # a safety net, not a latency promise
         final = next((r for r in client.poll(20) if r.id == rid and r.done), None)
-    answered = time.monotonic() - start
     assert final is not None and final.kind == "error" and final.code == protocol.E_CANCELLED
-    stopped = answered + wait_until(lambda: server.active_jobs() == [], 2.0)
-    assert answered < 1.0 and stopped < 1.0, (answered, stopped)
+    wait_until(lambda: server.active_jobs() == [], 60.0)
     assert client.call(protocol.Generate(steps=1)).header["avatar_id"]  # the worker is free again
 
 
@@ -290,16 +288,13 @@ def test_client_timeout_and_lazy_pirate_reconnect_against_a_silent_router():
     try:
         start = time.monotonic()
         rid = client.submit(protocol.Ping())
-        longest, replies = 0.0, []
+        replies = []
         while not replies:
-            t = time.perf_counter()
             replies = client.poll(0)
-            longest = max(longest, time.perf_counter() - t)
         elapsed = time.monotonic() - start
         assert replies[0].id == rid and replies[0].code == protocol.E_TIMEOUT and "0.5 s" in replies[0].message
-        assert 0.5 <= elapsed < 1.0 and longest < 0.02 and not client.connected
-        t = time.perf_counter()
-        assert client.poll(80) == [] and time.perf_counter() - t < 0.2
+        assert elapsed >= 0.5 and not client.connected     # never early (how late is the benchmarks' business)
+        assert client.poll(80) == []
         first_identity = router.recv_multipart(zmq.NOBLOCK)[0]
         # the server comes back: answer the next request by hand
         rid = client.submit(protocol.Hello())

@@ -35,6 +35,12 @@ class ServiceConfig:
     max_render_pixels: int = 2048 * 2048
     max_frames: int = 2000
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Bounds on what clients can make the backend hold or do (docs/ARCHITECTURE.md, "Threat model").
+    max_render_cost: int = 1024 * 1024 * 1000   # width x height x frames of one render job
+    max_image_pixels: int = 4096 * 4096         # generate's reference image
+    max_queued_mb: float = 2048.0               # bytes of all queued and running requests
+    max_client_jobs: int = 8                    # jobs one client may have queued or running
+    send_hwm: int = 256                         # replies waiting for one client before it counts as not reading
 
     def __post_init__(self) -> None:
         from backend.avatar.uv_layout import SUPPORTED_RESOLUTIONS
@@ -44,8 +50,33 @@ class ServiceConfig:
         if self.token_channels > 1024:
             raise ValueError(f"token_channels must be at most 1024, got {self.token_channels}")
         self.decoder_config()  # the decoder's own checks: C >= 3, K in 1..16, SH degree 0..3
-        if self.max_render_pixels < 1 or self.max_frames < 1:
-            raise ValueError("max_render_pixels and max_frames must be positive")
+        for name in ("max_render_pixels", "max_frames", "max_render_cost", "max_image_pixels", "max_queued_mb",
+                     "max_client_jobs", "send_hwm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def check_request(self, request: Request, arrays: dict[str, np.ndarray]) -> None:
+        """Per-job cost limits, checked by the server before a job is queued (BackendServer admission).
+        Raises bridge.codec.ProtocolError with too_costly / too_large / invalid_argument."""
+        from bridge.codec import ProtocolError
+
+        if isinstance(request, protocol.Render):
+            rotations = arrays.get("joint_rotations")
+            frames = int(rotations.shape[0]) if rotations is not None and rotations.ndim >= 1 else 0
+            if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192):
+                raise ProtocolError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of "
+                                    f"range (1..8192 each)")
+            cost = request.width * request.height * frames
+            if cost > self.max_render_cost:
+                raise ProtocolError(protocol.E_TOO_COSTLY, f"render of {frames} frames at {request.width}x"
+                                    f"{request.height} is {cost} pixel-frames, the limit per job is "
+                                    f"{self.max_render_cost}; render fewer frames or smaller")
+        elif isinstance(request, protocol.Generate) and "image" in arrays:
+            image = arrays["image"]
+            pixels = int(np.prod(image.shape[:2])) if image.ndim >= 2 else 0
+            if pixels > self.max_image_pixels:
+                raise ProtocolError(protocol.E_TOO_LARGE, f"reference image of {image.shape[1]}x{image.shape[0]} "
+                                    f"pixels is above the limit of {self.max_image_pixels} pixels")
 
     def decoder_config(self):
         from backend.avatar.tokens import TokenDecoderConfig
@@ -278,8 +309,8 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
             request.width * request.height > config.max_render_pixels:
         raise HandlerError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of range "
                            f"(at most {config.max_render_pixels} pixels)")
-    if len(request.background) != 3:
-        raise HandlerError(protocol.E_INVALID, f"background must be 3 floats, got {request.background!r}")
+    if len(request.background) != 3 or not all(np.isfinite(c) for c in request.background):
+        raise HandlerError(protocol.E_INVALID, f"background must be 3 finite floats, got {request.background!r}")
     missing = [n for n in protocol.RENDER_ARRAYS if n not in arrays]
     extra = sorted(set(arrays) - set(protocol.RENDER_ARRAYS))
     if missing or extra:
@@ -297,6 +328,11 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
         if not np.isfinite(a).all():
             raise HandlerError(protocol.E_BAD_ARRAY, f"{name} contains NaN or inf")
         out.append(np.array(a, dtype=np.float32, order="C", copy=True))  # writable: torch.from_numpy shares it
+    norms = np.linalg.norm(out[0], axis=-1)   # (F, J)
+    if (norms < 1e-6).any():
+        f, j = np.argwhere(norms < 1e-6)[0]
+        raise HandlerError(protocol.E_INVALID, f"joint_rotations[{f}, {j}] is a zero quaternion; expected a "
+                           f"rotation (w, x, y, z), e.g. (1, 0, 0, 0) for the rest pose")
     if not 1 <= frames <= config.max_frames:
         raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
     return tuple(out)

@@ -69,6 +69,11 @@ class PersistentAvatarStore(AvatarStore):
     keeps it in memory again. Ids come from clients, so only ids of the form the service makes (hex, 6-64
     characters) ever reach the file system. At most `max_files` files are kept; the least recently used
     (by modification time, refreshed on every load) are deleted.
+
+    Files are checked on load like wire arrays (backend.avatar.avatar_file.check_record); a file that fails,
+    or an entry that is not a regular file inside the folder (a symlink pointing out, a dangling link), is
+    reported missing (not_found) with a warning, never served. Temporary files a killed save left behind
+    (`.<name>.tmp`) are removed when the store opens.
     """
 
     ID_PATTERN = re.compile(r"[0-9a-f]{6,64}")
@@ -79,8 +84,27 @@ class PersistentAvatarStore(AvatarStore):
             raise ValueError(f"max_files must be >= 1, got {max_files}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._real_folder = self.folder.resolve()
         self.max_files = max_files
         self._disk_lock = threading.Lock()
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        for tmp in self.folder.glob(".*.tmp"):
+            try:
+                if tmp.is_symlink() or tmp.is_file():
+                    tmp.unlink()
+                    log.info("removed %s, left over from an interrupted save", tmp)
+            except OSError as exc:
+                log.warning("cannot remove the leftover %s: %s", tmp, exc)
+
+    def _inside(self, path: Path) -> bool:
+        """A regular file whose real path is directly in the folder (no symlink out, not dangling)."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+        return real.parent == self._real_folder and real.is_file()
 
     def path(self, avatar_id: str) -> Path | None:
         """The file of an avatar id, or None for an id the service never makes."""
@@ -109,14 +133,21 @@ class PersistentAvatarStore(AvatarStore):
         if path is None:
             return None
         with self._disk_lock:
-            if not path.is_file():
+            if not path.exists() and not path.is_symlink():
+                return None
+            if not self._inside(path):
+                log.warning("avatar entry %s is not a regular file inside %s (a symlink out, or dangling); "
+                            "ignoring it", path, self.folder)
                 return None
             try:
                 avatar = load_avatar(path)
-            except (OSError, ValueError, KeyError) as exc:  # damaged file: report as missing, keep serving
-                log.warning("avatar file %s is unreadable (%s); ignoring it", path, exc)
+            except Exception as exc:  # damaged or inconsistent file: report as missing, keep serving
+                log.warning("avatar file %s is unreadable (%s: %s); ignoring it", path, type(exc).__name__, exc)
                 return None
-            os.utime(path)
+            try:
+                os.utime(path)
+            except OSError:
+                pass
         super().put(avatar_id, avatar)
         return avatar
 
@@ -128,9 +159,19 @@ class PersistentAvatarStore(AvatarStore):
         return super().pop(avatar_id)
 
     def _prune(self) -> None:
-        files = sorted(self.folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-        for old in files[:max(0, len(files) - self.max_files)]:
-            old.unlink(missing_ok=True)
+        """Keep at most max_files; entries that vanish meanwhile or dangle are skipped (with a warning)."""
+        dated = []
+        for entry in self.folder.glob("*.safetensors"):
+            try:
+                dated.append((entry.lstat().st_mtime if entry.is_symlink() else entry.stat().st_mtime, entry))
+            except OSError as exc:
+                log.warning("skipping avatar entry %s: %s", entry, exc)
+        dated.sort(key=lambda item: item[0])
+        for _, old in dated[:max(0, len(dated) - self.max_files)]:
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove old avatar %s: %s", old, exc)
 
 
 def default_avatar_dir() -> Path:

@@ -1,0 +1,102 @@
+"""A client's persistent CURVE keypair, so that a backend's allow-list of client keys can name it.
+
+    public, secret = load_or_create_client_keypair(folder)     # Z85 bytes, 40 characters each
+    BridgeClient(address, server_public_key=..., client_public_key=public, client_secret_key=secret)
+
+The pair lives in `folder/client.key_secret` (the zmq certificate format: `zmq.auth.load_certificate`
+reads it) with 0600 permissions, and the public half in `folder/client.key` to hand to the server's
+operator (`genlca-backend keys --keys-dir K --add-client NAME --public-key <Z85>`). Files are written to a
+fresh temporary name created exclusively (O_EXCL, so nothing planted there is followed) and renamed
+into place. Standard library and pyzmq only: the Blender add-on calls this.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from pathlib import Path
+
+import zmq
+from zmq.utils import z85
+
+SECRET_FILE = "client.key_secret"
+PUBLIC_FILE = "client.key"
+_Z85 = re.compile(rb"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+_KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$', re.MULTILINE)
+
+
+def check_z85_key(key: str | bytes) -> bytes:
+    """A CURVE key as 40 Z85 bytes; ValueError naming what is wrong otherwise."""
+    raw = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
+    raw = raw.strip()
+    if not _Z85.fullmatch(raw):
+        raise ValueError(f"expected a 40-character Z85 CURVE key, got {raw[:60]!r} ({len(raw)} characters)")
+    try:
+        if len(z85.decode(raw)) != 32:
+            raise ValueError
+    except Exception:
+        raise ValueError(f"{raw!r} is not valid Z85") from None
+    return raw
+
+
+def _certificate(public: bytes, secret: bytes | None, comment: str) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    kind = "Private" if secret is not None else "Public"
+    lines = [f"#   ****  Generated on {stamp} by GenLCA  ****", f"#   ZeroMQ CURVE {kind} Certificate",
+             f"#   {comment}", "", "metadata", "curve", f'    public-key = "{public.decode("ascii")}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    """Write `text` to a new, exclusively created temporary file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)      # the umask may have narrowed or (on some systems) not applied
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_public_certificate(path: str | os.PathLike, public: str | bytes, comment: str = "") -> None:
+    """A zmq public certificate (what ThreadAuthenticator reads from authorized_clients/)."""
+    _write_atomic(Path(path), _certificate(check_z85_key(public), None, comment or "public key"), 0o644)
+
+
+def read_keypair(path: str | os.PathLike) -> tuple[bytes, bytes]:
+    """(public, secret) from a zmq secret certificate; ValueError when it holds no valid pair."""
+    text = Path(path).read_text(encoding="ascii", errors="replace")
+    found = dict(_KEY_LINE.findall(text))
+    if "public" not in found or "secret" not in found:
+        raise ValueError(f"{path} holds no public-key/secret-key pair")
+    public, secret = check_z85_key(found["public"]), check_z85_key(found["secret"])
+    if zmq.curve_public(secret) != public:
+        raise ValueError(f"{path}: the public key does not belong to the secret key")
+    return public, secret
+
+
+def load_or_create_client_keypair(folder: str | os.PathLike) -> tuple[bytes, bytes]:
+    """The client keypair kept in `folder` (made on first use, 0700 folder, 0600 secret file)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret_path = folder / SECRET_FILE
+    if secret_path.is_file() and not secret_path.is_symlink():
+        return read_keypair(secret_path)
+    if secret_path.is_symlink():
+        raise ValueError(f"{secret_path} is a symlink; refusing to use or replace it")
+    public, secret = zmq.curve_keypair()
+    _write_atomic(secret_path, _certificate(public, secret, "GenLCA client keypair; keep this file private"),
+                  0o600)
+    write_public_certificate(folder / PUBLIC_FILE, public, "GenLCA client public key: give it to the server's "
+                             "operator (genlca-backend keys --add-client NAME --public-key ...)")
+    return public, secret
