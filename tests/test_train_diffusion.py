@@ -187,8 +187,8 @@ def test_torchrun_two_ranks_same_gradients_as_one_process(shards, tmp_path):
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(script), str(tmp_path / "two.pt")], env=env,
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tmp_path / "two.pt")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     g1, g2 = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
