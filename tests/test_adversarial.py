@@ -324,8 +324,8 @@ LONG_FRAMES = ["--set", "gaussians_per_texel=8", "--set", "sh_degree=3"]
 def test_sigterm_during_a_long_render_ends_every_job_with_shutting_down_and_exits_0(backend_factory):
     backend = backend_factory("--no-persist", *LONG_FRAMES)
     with BridgeClient(backend.address, timeout_s=120) as client:
-        avatar_id, arrays = _long_render(client, frames=20, size=2048)
-        running = client.submit(protocol.Render(avatar_id=avatar_id, width=2048, height=2048), arrays)
+        avatar_id, arrays = _long_render(client, frames=20, size=1024)
+        running = client.submit(protocol.Render(avatar_id=avatar_id, width=1024, height=1024), arrays)
         queued = [client.submit(protocol.Render(avatar_id=avatar_id, width=64, height=64), arrays) for _ in range(2)]
         deadline = time.monotonic() + 300
         seen: dict[str, list] = {rid: [] for rid in [running, *queued]}

@@ -117,3 +117,30 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_persistent_client_keypair_is_private_reused_and_never_written_through_a_symlink(tmp_path):
+    from bridge.keys import check_z85_key, load_or_create_client_keypair
+
+    folder = tmp_path / "client"
+    public, secret = load_or_create_client_keypair(folder)
+    assert zmq.curve_public(secret) == public and check_z85_key(public) == public
+    assert oct((folder / "client.key_secret").stat().st_mode)[-3:] == "600"
+    assert zmq.auth.load_certificate(str(folder / "client.key_secret")) == (public, secret)
+    assert zmq.auth.load_certificate(str(folder / "client.key"))[0] == public
+    assert load_or_create_client_keypair(folder) == (public, secret)        # the same pair next time
+    assert not list(folder.glob(".*.tmp"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "client.key_secret").symlink_to(tmp_path / "planted")
+    with pytest.raises(ValueError, match="symlink"):
+        load_or_create_client_keypair(other)
+    assert not (tmp_path / "planted").exists()
+    for bad in ("short", "x" * 41, public.decode()[:-1] + "~"):
+        with pytest.raises(ValueError):
+            check_z85_key(bad)
+    with pytest.raises(ValueError, match="both"):
+        BridgeClient("tcp://127.0.0.1:1", server_public_key=public, client_public_key=public)
+    with pytest.raises(ValueError, match="belong"):
+        BridgeClient("tcp://127.0.0.1:1", server_public_key=public, client_public_key=zmq.curve_keypair()[0],
+                     client_secret_key=secret)
