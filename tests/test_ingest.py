@@ -20,7 +20,7 @@ pytest.importorskip("av", reason="PyAV is not installed")
 from backend.avatar.skinning import skinning_matrices  # noqa: E402
 from backend.avatar.template import load_template  # noqa: E402
 from training.data.fit_eval import ground_truth_clip, score_fit  # noqa: E402
-from training.data.fitting import BodyFitter, FitConfig, landmark_anchors  # noqa: E402
+from training.data.fitting import FIT_JOINTS, BodyFitter, FitConfig, landmark_anchors  # noqa: E402
 from training.data.ingest import (CorruptFileError, IngestConfig, NoPersonError, TooFewFramesError,  # noqa: E402
                                   ingest_file, ingest_library, ingest_photo)
 from training.data.records import load_record  # noqa: E402
@@ -79,7 +79,7 @@ def test_reduced_kinematics_equal_full_skinning(fitter):
     """The fitter's 13-joint forward kinematics gives the same 104 skinning matrices as skinning.py."""
     g = torch.Generator().manual_seed(0)
     orient = torch.randn(3, 3, generator=g) * 0.5
-    pose = torch.randn(3, 12, 3, generator=g) * 0.4
+    pose = torch.randn(3, len(FIT_JOINTS), 3, generator=g) * 0.4
     trans = torch.randn(3, 3, generator=g)
     ours = fitter._skinning(orient, pose, trans)
     full = skinning_matrices(fitter.skeleton, fitter._quats(orient, pose), trans)
@@ -212,6 +212,18 @@ def test_library_run_records_failures_and_resumes(tmp_path, ingest_data):
     second = ingest_library(lib, out, FAST, progress=False)  # the finished photo is skipped, failures retried
     assert (second["skipped"], second["processed"], second["failed"]) == (1, 2, 2)
     assert {c: c.stat().st_mtime_ns for c in clips} == mtimes
+
+
+def test_library_run_with_workers_records_failures(tmp_path):
+    """--workers 2: files go to spawned worker processes; their failures come back into failures.json."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "a.avi").write_bytes(b"RIFF" + b"\0" * 200)
+    (lib / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\1" * 64)
+    summary = ingest_library(lib, tmp_path / "out", FAST, workers=2, progress=False)
+    assert (summary["processed"], summary["failed"]) == (2, 2)
+    errors = {Path(f["file"]).name: f["error"] for f in json.loads((tmp_path / "out" / "failures.json").read_text())}
+    assert errors == {"a.avi": "CorruptFileError", "b.png": "CorruptFileError"}
 
 
 def test_cli_ingest_one_file(tmp_path, ingest_data, capsys):

@@ -30,7 +30,7 @@ SCORED_JOINTS = ("spine02", "neck01", "head", "upperarm01.L", "upperarm01.R", "l
 class GroundTruthClip:
     joint_rotations: np.ndarray   # (F, J, 4)
     root_translation: np.ndarray  # (F, 3)
-    viewmat: np.ndarray           # (4, 4)
+    viewmat: np.ndarray           # (4, 4), or (F, 4, 4) for a moving camera
     intrinsics: np.ndarray        # (3, 3)
     keypoints: np.ndarray         # (F, 33, 3)
     masks: np.ndarray             # (F, H, W) uint8 0/255
@@ -75,13 +75,34 @@ def ground_truth_clip(template, n_frames: int = 4, seed: int = 0, width: int = 3
 
 
 def camera_joints(skeleton: Skeleton, joint_rotations, root_translation, viewmat, names) -> np.ndarray:
-    """(F, len(names), 3) joint heads in camera coordinates, metres."""
+    """(F, len(names), 3) joint heads in camera coordinates, metres; viewmat (4, 4) or per frame (F, 4, 4)."""
     a = skinning_matrices(skeleton, torch.as_tensor(joint_rotations), torch.as_tensor(root_translation)).double()
     heads = skeleton.rest_matrices[:, :3, 3].double()
     world = (a[..., :3, :3] @ heads[:, :, None]).squeeze(-1) + a[..., :3, 3]  # (F, J, 3)
-    vm = torch.as_tensor(np.asarray(viewmat, np.float64))
-    cam = world @ vm[:3, :3].T + vm[:3, 3]
+    vm = torch.as_tensor(np.asarray(viewmat, np.float64)).expand(world.shape[0], 4, 4)
+    cam = world @ vm[:, :3, :3].transpose(1, 2) + vm[:, None, :3, 3]
     return cam[:, [skeleton.index(n) for n in names]].numpy()
+
+
+def truth_from_record(template, record) -> GroundTruthClip:
+    """A synthetic clip record (exact pose, cameras, masks) as fitting truth: its 33 landmarks projected with
+    its own cameras (confidence 0 outside the frame or behind the camera; no self-occlusion test)."""
+    from backend.avatar.skinning import skinning_matrices as _skin
+    from training.data.fitting import landmark_anchors
+
+    bones, points, _ = landmark_anchors(template)
+    a = _skin(Skeleton.from_template(template), torch.from_numpy(record.joint_rotations),
+              torch.from_numpy(record.root_translation)).numpy().astype(np.float64)[:, bones]
+    world = np.einsum("fnij,nj->fni", a[..., :3, :3], points) + a[..., :3, 3]
+    vm, k = record.viewmats.astype(np.float64), record.intrinsics.astype(np.float64)
+    pc = np.einsum("fij,fnj->fni", vm[:, :3, :3], world) + vm[:, None, :3, 3]
+    z = pc[..., 2:3]
+    uv = pc[..., :2] / np.maximum(z, 1e-6) * np.stack([k[:, 0, 0], k[:, 1, 1]], -1)[:, None] + k[:, None, :2, 2]
+    w, h = record.image_size
+    conf = ((z[..., 0] > 0.01) & (uv[..., 0] >= 0) & (uv[..., 0] < w) & (uv[..., 1] >= 0) & (uv[..., 1] < h))
+    kp = np.concatenate([uv, conf[..., None].astype(np.float64)], -1).astype(np.float32)
+    return GroundTruthClip(record.joint_rotations, record.root_translation, record.viewmats, record.intrinsics[0],
+                           kp, record.masks, w, h)
 
 
 def score_fit(template, truth: GroundTruthClip, fit: FitResult) -> dict[str, float]:

@@ -15,7 +15,7 @@ estimated depth, so weights do not depend on the image size):
     keypoints    confidence-weighted Huber on the reprojection of the 33 MediaPipe landmarks, each mapped
                  to a point that rides rigidly on one template bone (`landmark_anchors`, the map below)
     silhouette   (a) projected template vertices that fall outside the person mask pay the mask's outside
-                 distance transform; (b) mask pixels pay their distance to the nearest projected vertex
+                 distance transform, truncated at 5 cm (occluded limbs follow their keypoints); (b) mask pixels pay their distance to the nearest projected vertex
                  (a one-sided chamfer, so the body fills the mask). Vertices outside the image pay nothing:
                  a head-and-shoulders photo says nothing about the legs.
     pose prior   small rotations, little twist about the bone axis, elbows and knees as one-way hinges
@@ -48,7 +48,7 @@ import math
 import numpy as np
 import torch
 
-from backend.avatar.skinning import Skeleton, matrix_to_quat, quat_multiply, skinning_matrices
+from backend.avatar.skinning import Skeleton, matrix_to_quat, quat_multiply, quat_to_matrix, skinning_matrices
 
 MEDIAPIPE_POSE_33 = (
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
@@ -60,7 +60,7 @@ MEDIAPIPE_POSE_33 = (
 KEYPOINT_FORMAT = "mediapipe-pose-33"
 
 # The reduced set of joints that the fit moves (the rest of the 104 stay at rest).
-FIT_JOINTS = ("spine04", "spine02", "neck01", "head",
+FIT_JOINTS = ("spine05", "spine04", "spine02", "neck01", "head", "pelvis.L", "pelvis.R",
               "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
               "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R")
 HINGES = {  # joint -> (child whose head the bend moves, direction it moves at the start of a bend, world)
@@ -76,8 +76,8 @@ _TORSO = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_should
 class FitConfig:
     fov_deg: float = 55.0            # horizontal field of view guessed when no intrinsics are given
     iters_global: int = 60
-    iters_pose: int = 250
-    lr: float = 0.03
+    iters_pose: int = 400
+    lr: float = 0.05
     huber_m: float = 0.05            # keypoint Huber threshold, metres at the body
     min_confidence: float = 0.3      # keypoints below this confidence are ignored
     w_keypoints: float = 1.0
@@ -86,6 +86,7 @@ class FitConfig:
     w_twist: float = 0.05
     w_hinge: float = 1.0
     w_temporal: float = 0.5
+    silhouette_cap_m: float = 0.05   # outside-the-mask distance stops growing here (occluders, loose masks)
     vertex_samples: int = 700        # template vertices projected for the silhouette terms
     mask_samples: int = 256          # mask pixels per frame for the coverage term
     seed: int = 0
@@ -246,8 +247,6 @@ class BodyFitter:
 
     def _skinning(self, orient: torch.Tensor, pose: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
         """-> (B, J, 4, 4) skinning matrices, equal to skinning.skinning_matrices(skeleton, _quats(...), trans)."""
-        from backend.avatar.skinning import quat_to_matrix
-
         q = self._quats(orient, pose)[:, self.moving]  # (B, M, 4)
         rot = quat_to_matrix(q)  # (B, M, 3, 3)
         b = rot.shape[0]
@@ -432,6 +431,8 @@ class BodyFitter:
         for f in range(n_frames):
             fg = m[f] >= 0.5
             outside = cv2.distanceTransform((~fg).astype(np.uint8), cv2.DIST_L2, 5) / ppm  # metres
+            # truncated: a limb hidden by an occluder lies deep outside the mask, and its keypoint should win
+            outside = np.minimum(outside, self.config.silhouette_cap_m)
             dist.append(outside)
             ys, xs = np.nonzero(fg)
             has.append(len(xs) > 0)
@@ -464,10 +465,13 @@ class BodyFitter:
         is_hinge = hinge.abs().sum(1) > 0
         bend = (pose * hinge).sum(-1)  # (F, K) rotation about the hinge axis
         off_axis = pose - bend[..., None] * hinge
-        loss = loss + cfg.w_hinge * ((torch.relu(-bend) ** 2 + (off_axis ** 2).sum(-1)) * is_hinge).sum(1).mean()
+        # mocap and real elbows/knees leave the ideal hinge axis by some degrees: off-axis is cheaper than reverse
+        loss = loss + cfg.w_hinge * ((torch.relu(-bend) ** 2 + 0.1 * (off_axis ** 2).sum(-1)) * is_hinge).sum(1).mean()
         if temporal:
+            # orientation compared as rotation matrices: axis-angle jumps by 2 pi between equal turns
+            rot = quat_to_matrix(axis_angle_to_quat(orient))  # (F, 3, 3)
             loss = loss + cfg.w_temporal * (((pose[1:] - pose[:-1]) ** 2).sum((1, 2)).mean()
-                                             + ((orient[1:] - orient[:-1]) ** 2).sum(1).mean()
+                                             + 0.5 * ((rot[1:] - rot[:-1]) ** 2).sum((1, 2)).mean()
                                              + ((trans[1:] - trans[:-1]) ** 2).sum(1).mean())
         return loss
 

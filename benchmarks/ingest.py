@@ -1,0 +1,142 @@
+"""Video/photo ingest and body fitting: `python -m benchmarks ingest` (or `python -m benchmarks.ingest [...]`).
+
+Prints, as markdown tables:
+1. fitting where the truth is known: MPJPE (cm, pelvis-aligned, 15 joints) and 2D reprojection error (px) of
+   the fitted pose, (a) on posed-template clips rendered with a known camera (`fit_eval.ground_truth_clip`)
+   and (b) on the synthetic-people generator's clips (`training/data/synthetic.py`: CMU/walk-cycle motion,
+   moving cameras, clothes and hair in the silhouettes), keypoints projected from their true pose;
+2. the real Debian videos (g1.avi, g2.avi): per clip (= tracked person), frames, keypoint reprojection error
+   and silhouette IoU of the fitted template against the MediaPipe mask on every frame;
+3. the real Debian photos (libdlib19.1 examples): people found, reprojection, IoU, named failures;
+4. ingest throughput, frames/s (decode + detect/track + fit; the IoU measurement is not timed).
+With --figure PATH it also saves frame | mask | fitted-template overlays of a real video.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data() -> Path | None:
+    out = subprocess.run([str(ROOT / "scripts" / "fetch_test_data.sh"), "ingest"], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"real data unavailable: {out.stderr.strip()}")
+        return None
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _measure(template, record) -> list[float]:
+    from training.data.fitting import render_silhouette, silhouette_iou
+
+    w, h = record.image_size
+    return [silhouette_iou(render_silhouette(template, record.joint_rotations[f], record.root_translation[f],
+                                             record.viewmats[f], record.intrinsics[f], w, h), record.masks[f] >= 128)
+            for f in range(record.num_frames)]
+
+
+def fit_accuracy(template, clips: int, synth_people: int) -> None:
+    from training.data.fit_eval import ground_truth_clip, score_fit, truth_from_record
+    from training.data.fitting import BodyFitter
+
+    fitter = BodyFitter(template)
+    print("\n| truth | clip | frames | MPJPE cm | abs. joint error cm | reprojection px | fit s |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for seed in range(clips):
+        truth = ground_truth_clip(template, n_frames=4, seed=seed)
+        t0 = time.perf_counter()
+        fit = fitter.fit(truth.keypoints, (truth.width, truth.height), masks=truth.masks, intrinsics=truth.intrinsics)
+        s = score_fit(template, truth, fit)
+        rows.append(s)
+        print(f"| posed template | seed {seed} | 4 | {s['mpjpe_cm']} | {s['absolute_joint_error_cm']} | "
+              f"{s['reprojection_px']} | {time.perf_counter() - t0:.1f} |")
+    if synth_people:
+        try:
+            from training.data import synthetic
+        except ImportError as exc:
+            print(f"| synthetic people | skipped ({exc}) | | | | | |")
+            return
+        from training.data.records import iter_record_paths, load_record
+
+        with tempfile.TemporaryDirectory() as tmp:
+            synthetic.generate(synthetic.SynthConfig(seed=0, frames=8, width=256, height=256), synth_people, tmp,
+                               workers=1, progress=False)
+            for path in iter_record_paths(tmp):
+                record = load_record(path)
+                truth = truth_from_record(template, record)
+                t0 = time.perf_counter()
+                fit = fitter.fit(truth.keypoints, (truth.width, truth.height), masks=truth.masks,
+                                 intrinsics=truth.intrinsics)
+                s = score_fit(template, truth, fit)
+                rows.append(s)
+                print(f"| synthetic people | {record.clip_id} ({record.meta.get('camera', {}).get('view', '')}) | {record.num_frames} | "
+                      f"{s['mpjpe_cm']} | {s['absolute_joint_error_cm']} | {s['reprojection_px']} | "
+                      f"{time.perf_counter() - t0:.1f} |")
+
+
+def real_media(template, data: Path, figure: str | None) -> None:
+    from training.data.ingest import IngestConfig, IngestError, ingest_file
+    from training.data.ingest_figure import save_overlay_figure
+
+    config = IngestConfig(measure=False)
+    total_frames, total_seconds = 0, 0.0
+    print("\n| file | clip | frames | reprojection px (mean / max) | silhouette IoU (mean / min) | s |")
+    print("|---|---|---|---|---|---|")
+    for name in ("g1.avi", "g2.avi", *sorted(p.name for p in data.glob("*.jpg"))):
+        t0 = time.perf_counter()
+        try:
+            records = ingest_file(data / name, config)
+        except IngestError as exc:
+            print(f"| {name} | {type(exc).__name__}: {str(exc).split(': ', 1)[-1]} | | | | {time.perf_counter() - t0:.1f} |")
+            continue
+        seconds = time.perf_counter() - t0
+        total_seconds += seconds
+        total_frames += sum(r.num_frames for r in records)
+        for r in records:
+            rep = np.asarray(r.meta["fit"]["reprojection_px"])
+            iou = np.asarray(_measure(template, r))
+            print(f"| {name} | {r.clip_id} | {r.num_frames} | {np.nanmean(rep):.1f} / {np.nanmax(rep):.1f} | "
+                  f"{iou.mean():.3f} / {iou.min():.3f} | {seconds:.1f} |")
+        if figure and name == "g1.avi":
+            # the cyclist: the clip whose person moves farthest across the frame
+            best = max(records, key=lambda r: np.ptp(r.keypoints[:, 0, 0]) if r.num_frames > 1 else 0)
+            print(f"\nfigure: {save_overlay_figure(template, best, figure)} ({best.clip_id})\n")
+    if total_seconds:
+        print(f"\ningest throughput: {total_frames} frames in {total_seconds:.1f} s = "
+              f"{total_frames / total_seconds:.2f} frames/s (one process)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=3, help="posed-template truth clips")
+    parser.add_argument("--synth-people", type=int, default=4, help="synthetic-generator clips (0: none)")
+    parser.add_argument("--no-real", action="store_true", help="skip the Debian videos and photos")
+    parser.add_argument("--figure", default=None, help="save the overlay figure of g1.avi here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from backend.avatar.template import load_template
+
+    torch.set_num_threads(1)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    template = load_template("anny")
+    fit_accuracy(template, args.clips, args.synth_people)
+    if not args.no_real:
+        data = _data()
+        if data is not None:
+            real_media(template, data, args.figure)
+
+
+if __name__ == "__main__":
+    main()
