@@ -183,27 +183,38 @@ def mask_iou(alpha: torch.Tensor, mask: torch.Tensor, threshold: float = 0.5) ->
     return float((a & b).sum()) / union if union else 1.0
 
 
-def seen_pixel_masks(record: ClipRecord, layout: TexelLayout, decoder: TokenDecoder, skeleton: Skeleton,
-                     seen: torch.Tensor, views) -> torch.Tensor | None:
-    """(V, h, w) float: 1 where the ground-truth render shows texels that the inputs saw, 0 where it shows
-    unseen ones, -1 on background; None without gt_tokens at this resolution."""
+def seen_pixel_masks(record: ClipRecord, template: BodyTemplate, skeleton: Skeleton, idx_in: list[int],
+                     views) -> torch.Tensor | None:
+    """(V, h, w) float: 1 where the ground-truth render shows texels that the input frames saw, 0 where it
+    shows texels they never saw, -1 on background; None without gt_tokens. Computed at the ground truth's
+    own resolution (its layout, a fresh explicit decoder, the same depth-tested visibility)."""
+    from backend.avatar.gaussians import SH_C0
+    from backend.avatar.uv_layout import load_layout
+
     gt = record.extras.get("gt_tokens")
-    if gt is None or gt.shape[-1] != layout.resolution:
+    if gt is None:
         return None
     tokens = torch.from_numpy(np.asarray(gt, np.float32)).clone()
-    from backend.avatar.gaussians import SH_C0
-
-    seen_map = torch.zeros(layout.resolution ** 2)
-    seen_map[layout.valid_indices] = seen.float()
-    indicator = seen_map.reshape(layout.resolution, -1)
-    tokens[:3] = ((indicator - 0.5) / SH_C0)[None].expand(3, -1, -1)
-    rgb, alpha = render_gt(tokens, layout, decoder, skeleton, views.joint_rotations, views.root_translation, views.cameras)
-    out = torch.where(alpha > 0.5, (rgb[..., 0] / alpha.clamp_min(1e-4) > 0.5).float(), torch.full_like(alpha, -1.0))
-    return out
+    r = tokens.shape[-1]
+    layout = load_layout(template, r)
+    k = int(record.meta.get("decoder_config", {}).get("gaussians_per_texel", 4 if r >= 64 else 2))
+    cfg = TokenDecoderConfig(token_channels=tokens.shape[0], gaussians_per_texel=k, sh_degree=0,
+                             token_layout="explicit")
+    w, h = record.image_size
+    view = TexelVisibility(template, layout)(record.joint_rotations[idx_in], record.root_translation[idx_in],
+                                             record.viewmats[idx_in], record.intrinsics[idx_in], w, h,
+                                             torch.from_numpy(record.masks[idx_in]).float() / 255.0)
+    seen_map = torch.zeros(r * r)
+    seen_map[layout.valid_indices] = seen_texels(view).float()
+    tokens[:3] = ((seen_map.reshape(r, r) - 0.5) / SH_C0)[None].expand(3, -1, -1)
+    rgb, alpha = render_gt(tokens, layout, TokenDecoder(cfg), skeleton, views.joint_rotations,
+                           views.root_translation, views.cameras)
+    return torch.where(alpha > 0.5, (rgb[..., 0] / alpha.clamp_min(1e-4) > 0.5).float(), torch.full_like(alpha, -1.0))
 
 
 def evaluate_clip(record: ClipRecord, model, method: str, fit_steps: int = 150, render_size: int = 96) -> dict:
     """Metrics of one method on one clip: inputs = the front frames, targets = the rest."""
+    from backend.avatar.template import load_template
     from training.fit_clip import fit_clip, mean_colour_tokens
     from training.train_tokenizer import clip_inputs, clip_views, render_tokens, ssim
 
@@ -224,14 +235,16 @@ def evaluate_clip(record: ClipRecord, model, method: str, fit_steps: int = 150, 
     views = clip_views(record, idx_out, render_size)
     with torch.no_grad():
         rgb, alpha = render_tokens(tokens, model, skeleton, views)
-        inputs = clip_inputs(model, record, idx_in)
-        seen = (inputs.weight[0] > 0.5).any(0)
-        region = seen_pixel_masks(record, model.layout, model.decoder, skeleton, seen, views)
-    out = {"clip_id": record.clip_id, "method": method, "seconds": seconds, "psnr": psnr(rgb, views.rgb),
-           "ssim": float(ssim(rgb, views.rgb)), "mask_iou": mask_iou(alpha, views.mask)}
+        template = model.template or load_template(model.config.template)
+        region = seen_pixel_masks(record, template, skeleton, idx_in, views)
+    valid = views.valid > 0.5  # (V, h, w) pixels not under an occluder
+    v3 = valid[..., None].float()
+    out = {"clip_id": record.clip_id, "method": method, "seconds": seconds, "psnr": psnr(rgb, views.rgb, valid),
+           "psnr_person": psnr(rgb, views.rgb, valid & (views.mask > 0.5)),
+           "ssim": float(ssim(rgb * v3, views.rgb * v3)), "mask_iou": mask_iou(alpha * valid, views.mask)}
     if region is not None:
-        out["psnr_seen"] = psnr(rgb, views.rgb, region > 0.5)
-        out["psnr_unseen"] = psnr(rgb, views.rgb, (region >= 0) & (region < 0.5))
+        out["psnr_seen"] = psnr(rgb, views.rgb, (region > 0.5) & valid)
+        out["psnr_unseen"] = psnr(rgb, views.rgb, (region >= 0) & (region < 0.5) & valid)
     return out
 
 
@@ -247,10 +260,10 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 def markdown_table(table: dict[str, dict[str, float]]) -> str:
     names = {"mean": "(a) mean-colour avatar", "fit": "(b) per-clip optimisation", "tokenizer": "(c) tokenizer"}
-    lines = ["| method | PSNR held-out | PSNR seen regions | PSNR unseen regions | SSIM | mask IoU | s / clip |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | PSNR image | PSNR person | PSNR seen regions | PSNR unseen regions | SSIM | mask IoU | s / clip |",
+             "|---|---|---|---|---|---|---|---|"]
     for m, v in table.items():
-        lines.append(f"| {names.get(m, m)} | {v['psnr']:.2f} | {v.get('psnr_seen', float('nan')):.2f} | "
+        lines.append(f"| {names.get(m, m)} | {v['psnr']:.2f} | {v['psnr_person']:.2f} | {v.get('psnr_seen', float('nan')):.2f} | "
                      f"{v.get('psnr_unseen', float('nan')):.2f} | {v['ssim']:.3f} | {v['mask_iou']:.3f} | "
                      f"{v['seconds']:.2f} |")
     return "\n".join(lines)
@@ -274,6 +287,33 @@ def write_toy_library(out: str | Path, count: int, split: str, resolution: int =
     return paths
 
 
+def plot_curve(metrics: str | Path, out: str | Path, title: str = "tokenizer training") -> Path:
+    """Losses vs steps from a run's metrics.jsonl into a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])  # a resumed run may repeat steps
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for key in ("loss", "l1", "ssim", "mask", "token"):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label=key, lw=1.4 if key == "loss" else 1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (per clip, held-out frames)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.eval_tokenizer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     toy.add_argument("--size", type=int, default=96)
     toy.add_argument("--frames", type=int, default=8)
     ev = sub.add_parser("eval", help="evaluate mean-colour / per-clip fit / tokenizer on held-out clips")
-    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--checkpoint", help="tokenizer checkpoint (EMA weights)")
+    ev.add_argument("--preset", help="instead of --checkpoint: fresh weights of this preset (the exact explicit "
+                                     "decoder; for the mean-colour and per-clip baselines)")
     ev.add_argument("--records", required=True)
     ev.add_argument("--split", default="test")
     ev.add_argument("--max-clips", type=int, default=4)
@@ -294,7 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--render-size", type=int, default=96)
     ev.add_argument("--methods", nargs="+", default=["mean", "fit", "tokenizer"])
     ev.add_argument("--out", help="write the rows and summary as JSON here")
+    ev.add_argument("--threads", type=int, default=1)
+    cv = sub.add_parser("curve", help="plot a run's metrics.jsonl (losses vs steps) into a PNG")
+    cv.add_argument("--metrics", required=True)
+    cv.add_argument("--out", required=True)
+    cv.add_argument("--title", default="tokenizer training")
     args = parser.parse_args(argv)
+    if args.command == "curve":
+        print(plot_curve(args.metrics, args.out, args.title))
+        return 0
     if args.command == "toy":
         paths = write_toy_library(args.out, args.count, args.split, args.resolution, args.frames, size=args.size,
                                   seed0=args.seed)
@@ -303,10 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.records import iter_record_paths, load_record
     from training.train_tokenizer import load_tokenizer
 
-    model = load_tokenizer(args.checkpoint)
+    if args.checkpoint:
+        model = load_tokenizer(args.checkpoint)
+    else:
+        from backend.models.tokenizer import Tokenizer, tokenizer_models
+        torch.manual_seed(0)
+        model = Tokenizer.build(tokenizer_models[args.preset]()).eval()
+    torch.set_num_threads(args.threads)
     rows = []
     paths = [p for p in iter_record_paths(args.records)
-             if not args.split or load_record(p, frames=False).meta.get("split") == args.split][:args.max_clips]
+             if not args.split or load_record(p, frames=False).meta.get("split") in args.split.split(",")][:args.max_clips]
     for p in paths:
         rec = load_record(p)
         for method in args.methods:

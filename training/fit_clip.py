@@ -76,7 +76,8 @@ def _subset(views, pick):
     from training.train_tokenizer import Views
 
     return Views(rgb=views.rgb[pick], mask=views.mask[pick], cameras=[views.cameras[i] for i in pick],
-                 joint_rotations=views.joint_rotations[pick], root_translation=views.root_translation[pick])
+                 joint_rotations=views.joint_rotations[pick], root_translation=views.root_translation[pick],
+                 valid=None if views.valid is None else views.valid[pick])
 
 
 def main(args: argparse.Namespace) -> int:

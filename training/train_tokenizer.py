@@ -104,6 +104,18 @@ class Views:
     cameras: list[Camera]
     joint_rotations: torch.Tensor  # (V, J, 4)
     root_translation: torch.Tensor  # (V, 3)
+    valid: torch.Tensor | None = None  # (V, h, w) 1 where the frame shows the scene, 0 under an occluder
+
+
+def occluder_mask(record: ClipRecord) -> torch.Tensor:
+    """(H, W) float: 0 inside the record's occluder rectangles (meta["occluders"], [x0, y0, x1, y1] pixels,
+    drawn over the person by the synthetic generator, the same in every frame), 1 elsewhere. The losses
+    and metrics ignore occluded pixels: the mask says "no person" there, but the person may be behind."""
+    w, h = record.image_size
+    valid = torch.ones(h, w)
+    for x0, y0, x1, y1 in record.meta.get("occluders", []) or []:
+        valid[max(0, int(y0)):max(0, int(y1)), max(0, int(x0)):max(0, int(x1))] = 0.0
+    return valid
 
 
 def clip_views(record: ClipRecord, indices, size: int | None) -> Views:
@@ -114,9 +126,11 @@ def clip_views(record: ClipRecord, indices, size: int | None) -> Views:
     rw, rh = max(1, round(w * s)), max(1, round(h * s))
     rgb = torch.from_numpy(record.frames[idx]).float().permute(0, 3, 1, 2) / 255.0  # (V, 3, H, W)
     mask = torch.from_numpy(record.masks[idx]).float()[:, None] / 255.0  # (V, 1, H, W)
+    valid = occluder_mask(record)[None, None].expand(len(idx), 1, h, w)  # (V, 1, H, W)
     if (rw, rh) != (w, h):
         rgb = F.interpolate(rgb, size=(rh, rw), mode="area")  # (V, 3, h, w)
         mask = F.interpolate(mask, size=(rh, rw), mode="area")  # (V, 1, h, w)
+        valid = (F.interpolate(valid, size=(rh, rw), mode="area") > 0.999).float()  # (V, 1, h, w)
     cams = []
     for i in idx:
         k = record.intrinsics[i].astype(np.float64).copy()
@@ -125,7 +139,7 @@ def clip_views(record: ClipRecord, indices, size: int | None) -> Views:
         cams.append(Camera(record.viewmats[i], k, rw, rh))
     return Views(rgb=(rgb * mask).permute(0, 2, 3, 1), mask=mask[:, 0], cameras=cams,
                  joint_rotations=torch.from_numpy(record.joint_rotations[idx]),
-                 root_translation=torch.from_numpy(record.root_translation[idx]))
+                 root_translation=torch.from_numpy(record.root_translation[idx]), valid=valid[:, 0].contiguous())
 
 
 def render_tokens(tokens: torch.Tensor, model: Tokenizer, skeleton: Skeleton, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,8 +179,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, reduce: bool = True) -> torch.Tensor:
 
 
 def photometric_losses(rgb: torch.Tensor, alpha: torch.Tensor, views: Views) -> dict[str, torch.Tensor]:
-    return {"l1": (rgb - views.rgb).abs().mean(), "ssim": 1.0 - ssim(rgb, views.rgb),
-            "mask": (alpha - views.mask).abs().mean()}
+    """L1, 1 - SSIM and |alpha - mask| over the pixels not under an occluder."""
+    valid = views.valid if views.valid is not None else torch.ones_like(views.mask)  # (V, h, w)
+    n = valid.sum().clamp_min(1.0)
+    v3 = valid[..., None]
+    return {"l1": ((rgb - views.rgb).abs() * v3).sum() / (3 * n), "ssim": 1.0 - ssim(rgb * v3, views.rgb * v3),
+            "mask": ((alpha - views.mask).abs() * valid).sum() / n}
 
 
 def token_loss(tokens: torch.Tensor, record: ClipRecord, seen_map: torch.Tensor) -> torch.Tensor | None:
