@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-BENCHMARKS = ("bridge", "render", "posing", "blender_import", "ingest", "synth", "diffusion")
+BENCHMARKS = ("bridge", "render", "posing", "blender_import", "ingest", "synth", "tokenizer", "diffusion")
 
 
 def run(name: str) -> str:
