@@ -274,7 +274,7 @@ def main() -> None:
                           f"pose, splat orientations, depsgraph): median {statistics.median(frames) * 1000:.1f} ms; "
                           f"apply_binding alone median {statistics.median(solve) * 1000:.1f} ms")
                     rows.append((f"bind a {n // 1000}k avatar to CMU 01_01 (proportion fitting, floor estimate)",
-                                 bind_s, "binding.bind, incl. sampling 40 frames for the floor"))
+                                 bind_s, "binding.bind, incl. sampling frames of the action for the floor"))
                     rows.append((f"same, one frame change with the binding", statistics.median(frames),
                                  f"median of {len(frames)}: retarget + pose + splat orientations + depsgraph "
                                  f"(the splats' Geometry Nodes included); binding.apply_binding alone "

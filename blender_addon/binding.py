@@ -1,13 +1,15 @@
-"""Bind an avatar armature to an armature already in the scene (Mixamo, Rigify, CMU BVH, GenLCA names),
-and read an armature's pose as the wire's joint rotations.
+"""Bind an avatar armature to an armature already in the scene (any humanoid naming, or matched by its
+shape), and read an armature's pose as the wire's joint rotations.
 
-Binding stores, on the avatar armature object (`Object.genlca`), the source armature, the detected rig
-and an editable bone map (source bone -> avatar joint). The avatar follows its source through
-`apply_binding`, called from a frame-change handler: it takes the source's evaluated world rotations,
-turns them into avatar-local rotations with `bridge.rigmaps.retarget_pose` (rest-pose alignment on, so
-a T-pose mocap drives an A-pose template) and writes them to the avatar's pose bones in bulk. The root
-goes where the source's root is (relative to each object's origin), scaled by the ratio of the two
-skeletons' hip heights.
+Binding stores, on the avatar armature object (`Object.genlca`), the source armature, how the map was
+found (`rig`), an editable bone map (source bone -> avatar joint; `map_armature`: the armature it names)
+and `fit_proportions`; on the object itself the source's floor height (FLOOR_KEY). `propose_map` asks
+`bridge.rigmaps.propose_map` (tables, names, shape); `bind` checks a given map and refuses it with the
+names it gets wrong. The avatar follows its source through `apply_binding`, called from a frame-change
+handler: `bridge.retarget.solve` turns the source's evaluated world matrices into world matrices of the
+avatar's joints (aimed by positions; with fitting also placed and uniformly scaled), `pose_basis` into
+pose channels (location, quaternion, scale), written in bulk. The avatar's rest data are never touched:
+`unbind` resets the channels and the avatar is exactly at rest.
 
 The splats follow the bones' rotations through `scene_import.update_splat_rotations` ("posed_rotation"),
 called by three handlers: frame changes (after `apply_binding` for bound avatars, from the pose just
@@ -215,7 +217,7 @@ def action_range(source: bpy.types.Object) -> tuple[int, int] | None:
 
 
 FLOOR_KEY = "genlca_floor"  # on a bound avatar: the world height of its source's floor
-FLOOR_SAMPLES = 40
+FLOOR_SAMPLES = 24
 MAX_LIFT = 0.025  # metres: how far the ground contact may lift the avatar off the source's joints
 OFF_FLOOR = 0.25  # metres: a source whose lowest bone is this far from its floor is not standing on it
 
