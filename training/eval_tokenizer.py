@@ -287,6 +287,33 @@ def write_toy_library(out: str | Path, count: int, split: str, resolution: int =
     return paths
 
 
+def comparison_figure(record: ClipRecord, model, out: str | Path, fit_steps: int = 100, render_size: int = 128) -> Path:
+    """PNG rows: ground truth, tokenizer, per-clip fit, mean colour; columns: the first input frame, then
+    the held-out frames (inputs = the front/first half, as in the evaluation)."""
+    from PIL import Image
+
+    from training.fit_clip import fit_clip, mean_colour_tokens
+    from training.train_tokenizer import clip_inputs, clip_views, render_tokens
+
+    front = int(record.meta.get("front_frames", max(1, record.num_frames // 2)))
+    idx_in, idx_out = list(range(front)), list(range(front, record.num_frames))
+    skeleton = model.visibility.skeleton
+    with torch.no_grad():
+        tok = model(clip_inputs(model, record, idx_in))[0]
+    fitted, _ = fit_clip(model, skeleton, record, idx_in, steps=fit_steps, render_size=96)
+    cols = [idx_in[0]] + idx_out[:4]
+    views = clip_views(record, cols, render_size)
+    rows = [views.rgb]
+    with torch.no_grad():
+        for tokens in (tok, fitted, mean_colour_tokens(model, record, idx_in)):
+            rows.append(render_tokens(tokens, model, skeleton, views)[0])
+    grid = torch.cat([torch.cat(list(r), 1) for r in rows], 0)  # (rows * h, cols * w, 3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.clamp(0, 1) * 255 + 0.5).byte().numpy()).save(out)
+    return out
+
+
 def plot_curve(metrics: str | Path, out: str | Path, title: str = "tokenizer training") -> Path:
     """Losses vs steps from a run's metrics.jsonl into a PNG."""
     import matplotlib
@@ -341,7 +368,19 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("--metrics", required=True)
     cv.add_argument("--out", required=True)
     cv.add_argument("--title", default="tokenizer training")
+    fg = sub.add_parser("figure", help="ground truth / tokenizer / per-clip fit / mean colour, input and held-out views")
+    fg.add_argument("--checkpoint", required=True)
+    fg.add_argument("--record", required=True)
+    fg.add_argument("--out", required=True)
+    fg.add_argument("--fit-steps", type=int, default=100)
     args = parser.parse_args(argv)
+    if args.command == "figure":
+        from training.data.records import load_record
+        from training.train_tokenizer import load_tokenizer
+
+        torch.set_num_threads(1)
+        print(comparison_figure(load_record(args.record), load_tokenizer(args.checkpoint), args.out, args.fit_steps))
+        return 0
     if args.command == "curve":
         print(plot_curve(args.metrics, args.out, args.title))
         return 0
