@@ -117,10 +117,18 @@ def fit_to_reach(basis: ShapeBasis, shape: np.ndarray, limits: dict[str, tuple[n
     the decoder's per-region reach allow. The returned values are the person's real macro values.
     """
     shape = np.asarray(shape, dtype=np.float64)
+    # only the limited texels matter: evaluate the basis there (a few hundred texels, not R * R)
+    union = np.zeros(basis.basis.shape[1:3], dtype=bool)
+    for mask, _ in limits.values():
+        union |= mask
+    sub = basis.basis[:, union]  # (T, U, 3)
+    sub_default = np.tensordot(target_weights(DEFAULT_SHAPE), sub, axes=1)
+    parts = [(mask[union], limit) for mask, limit in limits.values()]
 
     def fits(s: float) -> bool:
-        norm = np.linalg.norm(basis.displacement(0.5 + s * (shape - 0.5)), axis=-1)
-        return all(float(norm[mask].max(initial=0.0)) <= limit for mask, limit in limits.values())
+        d = np.tensordot(target_weights(0.5 + s * (shape - 0.5)), sub, axes=1) - sub_default
+        norm = np.linalg.norm(d.astype(np.float32), axis=-1)
+        return all(float(norm[m].max(initial=0.0)) <= limit for m, limit in parts)
 
     if fits(1.0):
         return shape.astype(np.float32)
