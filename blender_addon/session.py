@@ -146,7 +146,8 @@ class Session:
         while self._inbox and stats.replies < MAX_REPLIES_PER_PUMP:
             reply = self._inbox.popleft()
             stats.replies += 1
-            stats.reply_bytes += sum(int(getattr(a, "nbytes", 0)) for a in (getattr(reply, "arrays", None) or {}).values())
+            arrays = getattr(reply, "arrays", None) or {}
+            stats.reply_bytes += sum(int(getattr(a, "nbytes", 0)) for a in arrays.values())
             self._dispatch(reply)
             if time.monotonic() - start > budget_s:
                 break

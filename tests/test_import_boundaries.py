@@ -139,6 +139,7 @@ def test_backend_render_does_not_load_gsplat_on_cpu():
 def test_discovery_finds_the_packages_modules():
     """The walk is what makes new modules checked: it must see nested packages and plain modules."""
     backend = modules_of("backend")
-    assert {"backend.render", "backend.render.cpu_rasterizer", "backend.server", "backend.avatar.gaussians"} <= set(backend)
+    assert {"backend.render", "backend.render.cpu_rasterizer", "backend.server",
+            "backend.avatar.gaussians"} <= set(backend)
     assert "training.data" in modules_of("training")
     assert {"blender_addon.session", "blender_addon.panels"} <= set(modules_of("blender_addon"))

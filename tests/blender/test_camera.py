@@ -14,7 +14,7 @@ from bpy_extras.object_utils import world_to_camera_view
 
 from .conftest import addon_module
 
-CASES = [  # (sensor_fit, width, height, percentage, pixel_aspect_x, pixel_aspect_y, shift_x, shift_y, lens, sensor w, h)
+CASES = [  # (sensor_fit, width, height, percentage, pixel aspect x, y, shift_x, shift_y, lens, sensor w, h)
     ("AUTO", 640, 480, 100, 1, 1, 0.0, 0.0, 50.0, 36.0, 24.0),
     ("AUTO", 480, 640, 100, 1, 1, 0.1, -0.05, 35.0, 36.0, 24.0),
     ("HORIZONTAL", 320, 200, 100, 1, 1, -0.2, 0.1, 24.0, 36.0, 24.0),
