@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -373,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
         losses = train(cfg, resume=not args.no_resume)
     finally:
         runtime.shutdown_distributed()
-    if losses:
+    if losses and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"steps": len(losses), "final_loss": losses[-1], "out_dir": cfg.train.out_dir}))
     return 0
 
