@@ -342,7 +342,35 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", default=None, help="JSON results")
     parser.add_argument("--markdown", default=None, help="write the table here too")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--loss-png", default=None,
+                        help="also plot the training loss of each checkpoint (metrics.jsonl beside it) into this PNG")
     return parser
+
+
+def plot_loss_curves(checkpoints: list[str], out: str | Path, smooth: int = 20) -> None:
+    """Training loss per step (running mean over `smooth` steps) of each run, log scale (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for path in checkpoints:
+        metrics = Path(path).parent / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        steps = np.array([r["step"] for r in rows])
+        loss = np.array([r["loss"] for r in rows])
+        k = max(1, min(smooth, len(loss)))
+        ax.plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), label=Path(path).parent.name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"training loss (mean of {smooth} steps)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -381,6 +409,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(results, indent=1))
     if args.markdown:
         Path(args.markdown).write_text(table)
+    if args.loss_png:
+        plot_loss_curves(args.checkpoints, args.loss_png)
     return 0
 
 
