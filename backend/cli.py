@@ -7,11 +7,12 @@
 
 Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
 the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
-memory only. --config reads a YAML file of backend.pipelines.avatar_service.ServiceConfig fields (token map
-resolution, Gaussians per texel, SH degree, device, limits); --set overrides single fields.
+memory only. --config reads a YAML file of backend.pipelines.avatar_service.ServiceConfig fields (the model:
+a package under checkpoints/, a folder or a dit .safetensors, default the shipped genlca-small; device,
+limits); --set overrides single fields (e.g. --set model=/models/studio-v2).
 
-`serve` runs backend.pipelines.default_handlers() when it exists (the avatar core), else the placeholder
-handlers. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
+`serve` loads the model before it binds: a missing, truncated or foreign checkpoint exits with status 2 and
+a message naming the file and the problem. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
 With DIR/authorized_clients/ (made by `keys --add-client`), only the client public keys listed there get
 in (read when the server starts). SIGTERM/SIGINT: jobs end with `shutting_down`, exit 0 once the worker
 has stopped between frames; a second signal exits at once (status 128 + signal).
@@ -28,23 +29,17 @@ from pathlib import Path
 from typing import Any
 
 
-def build_handlers(avatar_dir: str | None = None, config: Any = None) -> tuple[dict[str, Any], str]:
-    """(handlers, description): default_handlers() if backend.pipelines has it, else the placeholders.
-    With avatar_dir, avatars are also kept as files there (PersistentAvatarStore)."""
-    import backend.pipelines as pipelines
+def build_service(avatar_dir: str | None = None, config: Any = None):
+    """(AvatarService, description of where avatars are kept). With avatar_dir, avatars are also kept as
+    files there (PersistentAvatarStore)."""
+    from backend.pipelines import default_service
 
-    factory = getattr(pipelines, "default_handlers", None)
-    if factory is not None:
-        if avatar_dir is None:
-            return factory(config=config), "backend.pipelines.default_handlers (avatars in memory only)"
-        from backend.pipelines.store import PersistentAvatarStore
+    if avatar_dir is None:
+        return default_service(config=config), "avatars in memory only"
+    from backend.pipelines.store import PersistentAvatarStore
 
-        store = PersistentAvatarStore(avatar_dir)
-        return factory(store=store, config=config), \
-            f"backend.pipelines.default_handlers (avatars kept in {store.folder})"
-    from backend.pipelines.placeholder import placeholder_handlers
-
-    return placeholder_handlers(), "placeholder handlers (no avatar core wired in)"
+    store = PersistentAvatarStore(avatar_dir)
+    return default_service(store=store, config=config), f"avatars kept in {store.folder}"
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -60,11 +55,20 @@ def serve(args: argparse.Namespace) -> int:
         print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
         return 2
     avatar_dir = None if args.no_persist else (args.avatar_dir or str(default_avatar_dir()))
+    from backend.pipelines.model_bundle import ModelError
+
     try:
-        handlers, source = build_handlers(avatar_dir, config)
+        service, source = build_service(avatar_dir, config)
     except OSError as exc:
         print(f"genlca-backend: cannot use the avatar folder {avatar_dir}: {exc}", file=sys.stderr)
         return 2
+    try:
+        model = service.bundle().describe()  # load now: a bad checkpoint is refused before serving
+    except ModelError as exc:
+        print(f"genlca-backend: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    source = f"model {model['name']} (sha256 {model['sha256']}, R={model['resolution']}), {source}"
+    handlers = service.handlers()
     import zmq
 
     try:
@@ -72,7 +76,8 @@ def serve(args: argparse.Namespace) -> int:
                                max_message_bytes=int(args.max_message_mb * (1 << 20)),
                                heartbeat_s=args.heartbeat_s, send_hwm=config.send_hwm,
                                max_queued_bytes=int(config.max_queued_mb * (1 << 20)),
-                               max_client_jobs=config.max_client_jobs, admission=config.check_request)
+                               max_client_jobs=config.max_client_jobs, admission=config.check_request,
+                               hello_extra=service.hello_fields)
     except (PermissionError, FileNotFoundError, ValueError) as exc:
         print(f"genlca-backend: {exc}", file=sys.stderr)
         return 2

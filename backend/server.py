@@ -126,7 +126,8 @@ class BackendServer:
                  max_message_bytes: int = 1 << 30, heartbeat_s: float = 1.0, client_timeout_s: float = 30.0,
                  request_types: Mapping[str, type[Request]] | None = None, send_hwm: int = 256,
                  max_queued_bytes: int = 2 << 30, max_client_jobs: int | None = None,
-                 admission: Callable[[Request, dict[str, np.ndarray]], None] | None = None) -> None:
+                 admission: Callable[[Request, dict[str, np.ndarray]], None] | None = None,
+                 hello_extra: Callable[[], dict[str, Any]] | None = None) -> None:
         keys = server_keys(keys_dir)
         if keys is None and not is_loopback(bind):
             raise PermissionError(f"refusing to bind {bind!r} without CURVE keys: only loopback addresses "
@@ -152,6 +153,7 @@ class BackendServer:
             raise ValueError(f"send_hwm, max_queued_bytes and max_client_jobs must be positive, got "
                              f"{self.send_hwm}, {self.max_queued_bytes}, {self.max_client_jobs}")
         self.admission = admission
+        self.hello_extra = hello_extra  # fields the service adds to hello (its model: name, supports)
         self.queued_bytes = 0            # bytes of the requests of the jobs queued or running
         self.stats = {"received": 0, "errors": 0, "accepted": 0, "finished": 0, "clients_gone": 0,
                       "replies_dropped": 0, "clients_stalled": 0}
@@ -433,7 +435,8 @@ class BackendServer:
         return nbytes
 
     def hello_fields(self) -> dict[str, Any]:
-        return {"protocol": PROTOCOL_VERSION, "server": f"genlca-backend {SERVER_VERSION}",
+        extra = self.hello_extra() if self.hello_extra is not None else {}
+        return {**extra, "protocol": PROTOCOL_VERSION, "server": f"genlca-backend {SERVER_VERSION}",
                 "capabilities": self.capabilities, "curve": self.curve,
                 "limits": {"max_message_bytes": self.max_message_bytes, "queue_size": self.queue.maxsize,
                            "heartbeat_s": self.heartbeat_s, "client_timeout_s": self.client_timeout_s,

@@ -17,7 +17,8 @@ from backend.models.dit import DiTConfig, TokenMapDiT, patch_geometry
 
 def make_tiny_package(folder: Path, resolution: int = 32, seed: int = 0, name: str = "tiny-random") -> Path:
     """Writes folder/dit.safetensors: a random TokenMapDiT (final layer perturbed so the velocity is not
-    zero) with the hashing text encoder and the explicit decoder; returns the folder."""
+    zero; token statistics that keep the decoded Gaussians near the body, as a trained model's do) with
+    the hashing text encoder and the explicit decoder; returns the folder."""
     torch.manual_seed(seed)
     layout = load_layout(load_template("anny"), resolution)
     cfg = DiTConfig(resolution=resolution, token_channels=12, patch_size=4, hidden_size=64, depth=2, num_heads=4,
@@ -29,6 +30,8 @@ def make_tiny_package(folder: Path, resolution: int = 32, seed: int = 0, name: s
         for block in model.blocks:
             for p in block.adaLN_modulation.parameters():
                 p.normal_(0.0, 0.02)
+        # token statistics like a trained model's: colours spread, geometry close to the body surface
+        model.token_std.copy_(torch.tensor([0.5] * 3 + [0.03] * 3 + [0.1] * 4 + [0.1] * 2))
     decoder = TokenDecoderConfig(token_channels=12, gaussians_per_texel=2, sh_degree=0, token_layout="explicit")
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "dit.safetensors", Checkpoint(

@@ -16,7 +16,7 @@ from backend.server import BackendServer
 from bridge import protocol
 from bridge.client import BridgeClient, BridgeError
 
-CONFIG = ServiceConfig(resolution=32, token_channels=8, gaussians_per_texel=1, sh_degree=0)
+CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 
 
 def _serve(folder, capacity: int = 4):

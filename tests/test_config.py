@@ -90,15 +90,18 @@ def test_overrides_are_parsed_as_yaml_and_checked():
 
 
 def test_the_service_config_checks_its_own_values():
-    with pytest.raises(ConfigError, match="ServiceConfig: resolution must be one of"):
-        from_dict({"resolution": 48}, ServiceConfig)
+    with pytest.raises(ConfigError, match="ServiceConfig: max_steps must be positive"):
+        from_dict({"max_steps": 0}, ServiceConfig)
     with pytest.raises(ConfigError, match="device: expected one of"):
         from_dict({"device": "tpu"}, ServiceConfig)
-    assert from_dict({"resolution": 64, "device": "cpu"}, ServiceConfig).resolution == 64
+    # dimensions are the checkpoint's, not the service's: naming one is an unknown key
+    with pytest.raises(ConfigError, match="resolution: unknown key for ServiceConfig"):
+        from_dict({"resolution": 64}, ServiceConfig)
+    assert from_dict({"model": "/models/x", "device": "cpu"}, ServiceConfig).model == "/models/x"
 
 
 def test_serve_refuses_a_bad_config_with_a_named_error(tmp_path):
-    path = _write(tmp_path, "resolution: 64\nsh_degre: 2\n")
+    path = _write(tmp_path, "device: cpu\nsh_degre: 2\n")
     done = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--no-persist", "--config", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "sh_degre: unknown key for ServiceConfig" in done.stderr

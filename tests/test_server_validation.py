@@ -18,7 +18,7 @@ from bridge import protocol
 from bridge.client import BridgeClient, BridgeError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ServiceConfig(resolution=32, token_channels=8, gaussians_per_texel=1, sh_degree=0)
+CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,15 @@
-"""The avatar operations the backend serves: generate, edit, get_avatar, render, export.
+"""The avatar operations the backend serves, as a thin protocol adapter over the pipelines.
 
-Everything here is token-space work on the real avatar core: a token map on the template's UV atlas
-is decoded into rigged Gaussians, posed by LBS and rendered. Until the diffusion model lands (next
-round), `generate` draws a seeded token map (`placeholder_tokens`) instead of sampling the model, and
-`edit` mixes or inpaints token maps without a model; every result says so in `meta["generator"]`.
+`AvatarService` checks each request, calls a pipeline (`generate.py`, `edit.py`; posing and rendering
+here) with the job's progress callback and cancel check, decodes token maps into rigged Gaussians and
+keeps the avatar in the store. The model comes from a checkpoint (`ServiceConfig.model`, resolved by
+`model_bundle.load_bundle`): resolution, channels, Gaussians per texel, SH degree and template are the
+checkpoint's, never the service's. Every generate/edit reply's `meta` names the model (name, version,
+sha256 prefix) and what the request used.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tempfile
 import threading
 import uuid
@@ -21,19 +22,16 @@ import torch
 from bridge import protocol
 from bridge.protocol import Request
 
-PLACEHOLDER_GENERATOR = "placeholder-seeded-tokens (no diffusion model yet)"
-
 
 @dataclasses.dataclass
 class ServiceConfig:
     """What `genlca-backend serve --config FILE.yaml` (or `--set key=value`) sets (backend/config.py)."""
 
-    resolution: int = 128          # token map R
-    token_channels: int = 32       # C
-    gaussians_per_texel: int = 2   # K
-    sh_degree: int = 1
+    model: str = "default"         # a model package under checkpoints/, a folder, or a dit .safetensors
+    text_encoder: str = ""         # "" = the checkpoint's own; else "minilm", "hashing" or a folder
     max_render_pixels: int = 2048 * 2048
     max_frames: int = 2000
+    max_steps: int = 200            # sampler steps one generate/edit may ask for
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Bounds on what clients can make the backend hold or do (docs/ARCHITECTURE.md, "Threat model").
     max_render_cost: int = 1024 * 1024 * 1000   # width x height x frames of one render job
@@ -43,15 +41,8 @@ class ServiceConfig:
     send_hwm: int = 256                         # replies waiting for one client before it counts as not reading
 
     def __post_init__(self) -> None:
-        from backend.avatar.uv_layout import SUPPORTED_RESOLUTIONS
-
-        if self.resolution not in SUPPORTED_RESOLUTIONS:
-            raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, got {self.resolution}")
-        if self.token_channels > 1024:
-            raise ValueError(f"token_channels must be at most 1024, got {self.token_channels}")
-        self.decoder_config()  # the decoder's own checks: C >= 3, K in 1..16, SH degree 0..3
-        for name in ("max_render_pixels", "max_frames", "max_render_cost", "max_image_pixels", "max_queued_mb",
-                     "max_client_jobs", "send_hwm"):
+        for name in ("max_render_pixels", "max_frames", "max_steps", "max_render_cost", "max_image_pixels",
+                     "max_queued_mb", "max_client_jobs", "send_hwm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -78,24 +69,18 @@ class ServiceConfig:
                 raise ProtocolError(protocol.E_TOO_LARGE, f"reference image of {image.shape[1]}x{image.shape[0]} "
                                     f"pixels is above the limit of {self.max_image_pixels} pixels")
 
-    def decoder_config(self):
-        from backend.avatar.tokens import TokenDecoderConfig
-
-        return TokenDecoderConfig(token_channels=self.token_channels, gaussians_per_texel=self.gaussians_per_texel,
-                                  sh_degree=self.sh_degree)
-
 
 class AvatarService:
-    """Holds the template, texel layout and decoder (built once, lazily) and implements the handlers.
+    """The model bundle (loaded once) and the handlers over it.
 
     Handlers follow backend.jobs' signature: (request, arrays, ctx) -> (header fields, arrays).
     """
 
-    def __init__(self, store, config: ServiceConfig | None = None) -> None:
+    def __init__(self, store, config: ServiceConfig | None = None, bundle=None) -> None:
         self.store = store
         self.config = config or ServiceConfig()
         self._lock = threading.Lock()
-        self._core: dict[str, Any] | None = None
+        self._bundle = bundle
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -105,49 +90,44 @@ class AvatarService:
             want = "cuda" if torch.cuda.is_available() else "cpu"
         return torch.device(want)
 
-    def core(self) -> dict[str, Any]:
-        """Template, layout, skeleton and decoder; built on first use (cached on disk by the avatar core)."""
+    def bundle(self):
+        """The model package (backend.pipelines.model_bundle); loaded on first use. Raises ModelError."""
         with self._lock:
-            if self._core is None:
-                from backend.avatar.skinning import Skeleton
-                from backend.avatar.template import load_template
-                from backend.avatar.tokens import TokenDecoder
-                from backend.avatar.uv_layout import load_layout
+            if self._bundle is None:
+                from backend.pipelines.model_bundle import load_bundle
 
-                template = load_template("anny")
-                layout = load_layout(template, self.config.resolution)
-                decoder = TokenDecoder(self.config.decoder_config()).eval()
-                self._core = {"template": template, "layout": layout, "decoder": decoder,
-                              "skeleton": Skeleton.from_template(template)}
-            return self._core
+                self._bundle = load_bundle(self.config.model, str(self.device), self.config.text_encoder or None)
+            return self._bundle
+
+    def hello_fields(self) -> dict[str, Any]:
+        """What `hello` says about the model: the add-on shows the name and enables what it supports."""
+        model = self.bundle().describe()
+        return {"generator": f"genlca-dit {model['name']}", "supports": model["supports"], "model": model}
 
     def handlers(self) -> dict[str, Any]:
         return {"generate": self.generate, "edit": self.edit, "get_avatar": self.get_avatar,
                 "render": self.render, "export": self.export}
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _prompt_seed(prompt: str, seed: int) -> int:
-        digest = hashlib.sha256(f"{prompt.strip().lower()}\0{seed}".encode()).digest()
-        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
     def _decode_and_store(self, tokens: torch.Tensor, meta: dict[str, Any], ctx) -> dict[str, Any]:
         from backend.avatar.avatar_file import AvatarRecord
         from backend.avatar.tokens import decode
 
-        core = self.core()
+        bundle = self.bundle()
         ctx.progress("decode", 0, 1)
         with torch.no_grad():
-            gaussians = decode(tokens, core["layout"], core["decoder"])
+            gaussians = decode(tokens.to(self.device), bundle.layout, bundle.decoder).to("cpu")
         ctx.check_cancelled()
-        template = core["template"]
+        template = bundle.template
+        model = bundle.describe()
         record = AvatarRecord(
-            gaussians=gaussians.detach(), tokens=tokens.detach(), joint_names=list(template.joint_names),
+            gaussians=gaussians.detach(), tokens=tokens.detach().cpu(), joint_names=list(template.joint_names),
             joint_parents=np.asarray(template.joint_parents, dtype=np.int32),
             rest_matrices=np.asarray(template.rest_matrices, dtype=np.float32),
             joint_tails=np.asarray(template.joint_tails, dtype=np.float32),
-            meta={**meta, "template": template.name, "resolution": self.config.resolution,
-                  "gaussians": len(gaussians)})
+            meta={**meta, "generator": f"genlca-dit {model['name']}",
+                  "model": {k: model[k] for k in ("name", "version", "sha256")}, "template": template.name,
+                  "resolution": bundle.resolution, "gaussians": len(gaussians)})
         avatar_id = uuid.uuid4().hex[:12]
         self.store.put(avatar_id, record)
         ctx.progress("decode", 1, 1)
@@ -164,33 +144,69 @@ class AvatarService:
             raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} {where}; generate it again")
         return record
 
+    def _settings(self, request):
+        from backend.jobs import HandlerError
+        from backend.pipelines.generate import SamplerSettings
+
+        if not 1 <= request.steps <= self.config.max_steps:
+            raise HandlerError(protocol.E_INVALID, f"steps must be in 1..{self.config.max_steps}, got {request.steps}")
+        try:
+            return SamplerSettings(steps=int(request.steps), guidance=float(request.guidance))
+        except ValueError as exc:
+            raise HandlerError(protocol.E_INVALID, str(exc)) from None
+
+    @staticmethod
+    def _run(fn, ctx):
+        """Run a pipeline with the job's progress and cancel; a cancel between steps ends the job."""
+        from backend.jobs import HandlerError
+        from backend.sampling.solvers import SamplingCancelled
+
+        try:
+            return fn(lambda stage, i, n: ctx.progress(stage, i, n), lambda: bool(getattr(ctx, "cancelled", False)))
+        except SamplingCancelled:
+            ctx.check_cancelled()  # raises the job's own cancellation
+            raise
+        except ValueError as exc:  # a pipeline's named refusal (shapes, regions, strengths)
+            raise HandlerError(protocol.E_INVALID, str(exc)) from None
+
     # ------------------------------------------------------------------ generate / edit
     def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.avatar.tokens import placeholder_tokens
         from backend.jobs import HandlerError
+        from backend.pipelines.generate import generate_tokens
 
         assert isinstance(request, protocol.Generate)
         image = arrays.get("image")
-        if image is not None and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
-            raise HandlerError(protocol.E_BAD_ARRAY,
-                               f"expected image of dtype uint8 and shape (H, W, 3), got {image.dtype} {image.shape}")
+        if image is not None and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3
+                                  or min(image.shape[:2]) < 16):
+            raise HandlerError(protocol.E_BAD_ARRAY, f"expected image of dtype uint8 and shape (H, W, 3) with "
+                               f"H, W >= 16, got {image.dtype} {image.shape}")
         unknown = sorted(set(arrays) - {"image"})
         if unknown:
             raise HandlerError(protocol.E_BAD_ARRAY, f"generate takes only an 'image' array, got {unknown}")
+        if image is None and not request.prompt.strip():
+            raise HandlerError(protocol.E_INVALID, "generate needs a prompt, a reference image, or both")
+        settings = self._settings(request)
         ctx.progress("load", 0, 1)
-        core = self.core()
+        bundle = self.bundle()
         ctx.progress("load", 1, 1)
-        seed = self._prompt_seed(request.prompt, request.seed)
-        ctx.progress("sample", 0, 1)
-        tokens = placeholder_tokens(core["layout"], self.config.token_channels, seed)
-        ctx.progress("sample", 1, 1)
-        meta = {"generator": PLACEHOLDER_GENERATOR, "prompt": request.prompt, "seed": request.seed,
-                "image_used": False}
+        photo = None
+        if image is not None:
+            if "image" not in bundle.supports:
+                raise HandlerError(protocol.E_INVALID, f"the model {bundle.name!r} takes no image condition")
+            ctx.progress("photo", 0, 1)
+            photo = observe_photo(bundle, np.ascontiguousarray(image))
+            ctx.progress("photo", 1, 1)
+        tokens, info = self._run(lambda progress, cancel: generate_tokens(
+            bundle, request.prompt, seed=int(request.seed), settings=settings, photo=photo, progress=progress,
+            cancel=cancel), ctx)
+        meta = {"prompt": request.prompt, "seed": request.seed, "image_used": photo is not None, "sampler": info}
+        if photo is not None:
+            meta["photo"] = photo.info
         return self._decode_and_store(tokens, meta, ctx), {}
 
     def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.avatar.tokens import placeholder_tokens
         from backend.jobs import HandlerError
+        from backend.pipelines.edit import edit_text, regenerate_region
 
         assert isinstance(request, protocol.Edit)
         if arrays:
@@ -203,20 +219,20 @@ class AvatarService:
                                f"unknown region {request.region!r}; expected one of {protocol.BODY_REGIONS}")
         if not 0.0 < request.strength <= 1.0:
             raise HandlerError(protocol.E_INVALID, f"strength must be in (0, 1], got {request.strength}")
-        core = self.core()
-        src = source.tokens
-        proposal = placeholder_tokens(core["layout"], src.shape[0], self._prompt_seed(request.prompt, request.seed))
-        ctx.progress("edit", 0, 1)
+        if not request.region and not request.prompt.strip():
+            raise HandlerError(protocol.E_INVALID, "a text edit needs a prompt (or name a region to regenerate)")
+        settings = self._settings(request)
+        bundle = self.bundle()
         if request.region:
-            # Region regenerate: inpaint in token space; the kept region is the source, untouched.
-            mask = torch.as_tensor(core["layout"].region_mask(request.region))[None]  # (1, R, R)
-            tokens = torch.where(mask, proposal, src)
+            tokens, info = self._run(lambda progress, cancel: regenerate_region(
+                bundle, source.tokens, request.region, request.prompt, seed=int(request.seed), settings=settings,
+                progress=progress, cancel=cancel), ctx)
         else:
-            # Text edit: move the source towards the new prompt's tokens by `strength`.
-            tokens = (1.0 - request.strength) * src + request.strength * proposal
-        ctx.progress("edit", 1, 1)
-        meta = {"generator": PLACEHOLDER_GENERATOR, "edited_from": request.avatar_id, "prompt": request.prompt,
-                "region": request.region, "strength": request.strength, "seed": request.seed}
+            tokens, info = self._run(lambda progress, cancel: edit_text(
+                bundle, source.tokens, request.prompt, strength=float(request.strength), seed=int(request.seed),
+                settings=settings, progress=progress, cancel=cancel), ctx)
+        meta = {"edited_from": request.avatar_id, "prompt": request.prompt, "region": request.region,
+                "strength": request.strength, "seed": request.seed, "sampler": info}
         return self._decode_and_store(tokens, meta, ctx), {}
 
     # ------------------------------------------------------------------ get / render / export
@@ -235,7 +251,7 @@ class AvatarService:
         assert isinstance(request, protocol.Render)
         record = self._record(request.avatar_id)
         poses, roots, w2c, intr = check_render_request(request, arrays, len(record.joint_names), self.config)
-        skeleton = self.core()["skeleton"] if record.meta.get("template") == "anny" else record_skeleton(record)
+        skeleton = record_skeleton(record)
         device = self.device
         gaussians = record.gaussians.to(device)
         options = RenderOptions(background=tuple(float(c) for c in request.background))
@@ -336,3 +352,30 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
     if not 1 <= frames <= config.max_frames:
         raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
     return tuple(out)
+
+
+def observe_photo(bundle, image: np.ndarray):
+    """A photo -> PhotoObservation: the person found and fitted (training/data/ingest: MediaPipe mask and
+    landmarks, template fit), a reference crop around them, and with a tokenizer the tokens of the texels
+    the photo shows. A photo with no person is refused by name."""
+    from backend.jobs import HandlerError
+    from backend.pipelines.generate import CROP_SIZE, PhotoObservation
+
+    try:  # the perception and fitting code is shared with the training stack's video ingest
+        from training.data.ingest import IngestError, ingest_photo
+        from training.tokenize_library import reference_crop, tokenize_clip
+    except ImportError as exc:
+        raise HandlerError(protocol.E_INVALID, f"photo -> avatar needs the ingest dependencies ({exc})") from None
+    try:
+        record = ingest_photo(image)
+    except IngestError as exc:
+        raise HandlerError(protocol.E_INVALID, f"the reference image cannot be used: {exc}") from None
+    crop = reference_crop(record, CROP_SIZE)
+    info = {"fitted_keypoints": int((record.keypoints[..., 2] > 0.5).sum()),
+            "person_pixels": int((record.masks > 127).sum())}
+    if bundle.tokenizer is None:
+        return PhotoObservation(crop=crop, info=info)
+    tokens, visible = tokenize_clip(bundle.tokenizer, record)
+    info["visible_texels"] = int(np.asarray(visible).astype(bool).sum())
+    return PhotoObservation(crop=crop, tokens=torch.as_tensor(np.asarray(tokens, dtype=np.float32)),
+                            visible=torch.as_tensor(np.asarray(visible)).bool(), info=info)

@@ -8,7 +8,7 @@ time (`config["token_source"]["decoder_config"]`), the decoder's weights from th
 when there is one (it fine-tunes them), else the decoder's exact routing (ground-truth token maps need
 nothing more); the text encoder from the DiT's config.
 
-    bundle = load_bundle("default")            # checkpoints/genlca-small in the repository
+    bundle = load_bundle("default")            # $GENLCA_MODEL, else checkpoints/genlca-small in the repository
     bundle = load_bundle("/models/my-studio")  # a folder, or a dit .safetensors file
     bundle.describe()                          # name, version, sha256 prefix: for hello and every reply
 """
@@ -32,10 +32,11 @@ class ModelError(RuntimeError):
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:
-    """"default" or a package name under checkpoints/, a package folder, or a dit .safetensors file."""
+    """"default" ($GENLCA_MODEL if set, else the shipped package), a package name under checkpoints/,
+    a package folder, or a dit .safetensors file."""
     text = str(name)
     if text in ("", "default"):
-        text = DEFAULT_MODEL
+        text = os.environ.get("GENLCA_MODEL") or DEFAULT_MODEL
     path = Path(text).expanduser()
     if not path.exists() and (CHECKPOINTS / text).exists():
         path = CHECKPOINTS / text
