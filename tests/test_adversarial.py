@@ -26,8 +26,6 @@ from bridge.keys import load_or_create_client_keypair
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
-SMALL = ["--set", "resolution=32", "--set", "token_channels=8", "--set", "gaussians_per_texel=1",
-         "--set", "sh_degree=0"]
 
 
 def free_port() -> int:
@@ -238,14 +236,14 @@ def test_a_client_that_never_reads_for_60_s_keeps_memory_bounded(backend_factory
 
 
 def test_oversized_requests_are_refused_or_bounded_by_the_byte_budget(backend_factory):
-    backend = backend_factory("--no-persist", "--queue-size", "32", *LONG_FRAMES, "--set", "max_queued_mb=64",
+    backend = backend_factory("--no-persist", "--queue-size", "32", "--set", "max_queued_mb=64",
                               "--set", "max_client_jobs=32")
     huge = np.zeros((200 * MB // (3 * 4096), 4096, 3), np.uint8)      # 200 MiB, 17M pixels: above the image limit
     big = np.zeros((2048, 2048, 3), np.uint8)                         # 12 MiB each, 16 of them: 192 MiB > 64
     with BridgeClient(backend.address, timeout_s=120) as client:
         # keep the worker busy with many small frames (little memory of its own), so the requests below queue
-        avatar_id, arrays = _long_render(client, frames=2000, size=96)
-        busy = client.submit(protocol.Render(avatar_id=avatar_id, width=96, height=96), arrays)
+        avatar_id, arrays = _long_render(client, frames=2000, size=256)
+        busy = client.submit(protocol.Render(avatar_id=avatar_id, width=256, height=256), arrays)
         while not any(r.id == busy and r.stage == "frame" for r in client.poll(100)):
             assert backend.proc.poll() is None
         base = backend.rss()
@@ -258,7 +256,8 @@ def test_oversized_requests_are_refused_or_bounded_by_the_byte_budget(backend_fa
         firsts = {}
         while len(firsts) < len(ids):
             for reply in client.poll(100):
-                firsts.setdefault(reply.id, reply)
+                if reply.id in ids:
+                    firsts.setdefault(reply.id, reply)
         accepted = [rid for rid in ids if firsts[rid].kind == "accepted"]
         refused = [firsts[rid] for rid in ids if firsts[rid].kind != "accepted"]
         assert 0 < len(accepted) <= 64 // 12 and len(refused) == 16 - len(accepted)
@@ -266,7 +265,9 @@ def test_oversized_requests_are_refused_or_bounded_by_the_byte_budget(backend_fa
         growth, peak = backend.rss() - base, backend.rss("VmHWM") - base
         client.cancel(busy)
         replies = collect(client, accepted)
-        assert all(rs[-1].kind == "result" for rs in replies.values())
+        # each queued job ends (a blank image may be refused by the model: not our business here)
+        assert all(rs[-1].done and rs[-1].code != protocol.E_INTERNAL for rs in replies.values()), \
+            [rs[-1].header for rs in replies.values()]
         unused = client.submit(protocol.Edit(avatar_id="00ff00ff"), {"image": big})
         (reply,) = collect(client, [unused])[unused]
         assert reply.code == protocol.E_BAD_ARRAY and "image" in reply.message
@@ -276,7 +277,7 @@ def test_oversized_requests_are_refused_or_bounded_by_the_byte_budget(backend_fa
 
 
 def test_a_render_over_the_cost_limit_or_the_client_share_is_refused_up_front(backend_factory):
-    backend = backend_factory("--no-persist", *SMALL, "--set", "max_client_jobs=2")
+    backend = backend_factory("--no-persist", "--set", "max_client_jobs=2")
     frames, joints = 2000, 4
     rotations = np.zeros((frames, joints, 4), np.float32)
     rotations[..., 0] = 1
@@ -316,16 +317,11 @@ def _long_render(client: BridgeClient, frames: int, size: int) -> tuple[str, dic
                                            "world_to_camera": w2c, "intrinsics": intrinsics}
 
 
-# large Gaussians per texel and SH: a 2048^2 frame takes seconds on a CPU, longer than the old 5 s join
-# on a loaded machine; the worker must still stop only between frames
-LONG_FRAMES = ["--set", "gaussians_per_texel=8", "--set", "sh_degree=3"]
-
-
 def test_sigterm_during_a_long_render_ends_every_job_with_shutting_down_and_exits_0(backend_factory):
-    backend = backend_factory("--no-persist", *LONG_FRAMES)
+    backend = backend_factory("--no-persist")
     with BridgeClient(backend.address, timeout_s=120) as client:
-        avatar_id, arrays = _long_render(client, frames=20, size=1024)
-        running = client.submit(protocol.Render(avatar_id=avatar_id, width=1024, height=1024), arrays)
+        avatar_id, arrays = _long_render(client, frames=200, size=2048)
+        running = client.submit(protocol.Render(avatar_id=avatar_id, width=2048, height=2048), arrays)
         queued = [client.submit(protocol.Render(avatar_id=avatar_id, width=64, height=64), arrays) for _ in range(2)]
         deadline = time.monotonic() + 300
         seen: dict[str, list] = {rid: [] for rid in [running, *queued]}
@@ -345,9 +341,9 @@ def test_sigterm_during_a_long_render_ends_every_job_with_shutting_down_and_exit
 
 
 def test_a_second_signal_exits_at_once(backend_factory):
-    backend = backend_factory("--no-persist", *LONG_FRAMES)
+    backend = backend_factory("--no-persist")
     with BridgeClient(backend.address, timeout_s=120) as client:
-        avatar_id, arrays = _long_render(client, frames=20, size=2048)
+        avatar_id, arrays = _long_render(client, frames=200, size=2048)   # the largest frames allowed
         running = client.submit(protocol.Render(avatar_id=avatar_id, width=2048, height=2048), arrays)
         while True:   # the worker is inside a frame of several seconds once the first one has arrived
             replies = [r for r in client.poll(100) if r.id == running]
