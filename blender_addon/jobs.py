@@ -22,7 +22,11 @@ AvatarCallback = Callable[[bpy.types.Object, bpy.types.Object], None]
 
 
 GENERATOR_INPUTS = ("text", "image", "steps", "guidance")  # what the panel offers to a generator
-INPUT_LABELS = {"text": "prompt", "image": "reference image", "steps": "steps", "guidance": "guidance"}
+EDIT_INPUTS = ("text_edit", "region_edit")                 # what the Edit panel offers
+INPUT_LABELS = {"text": "prompt", "image": "reference image", "steps": "steps", "guidance": "guidance",
+                "text_edit": "text edit", "region_edit": "region edit"}
+WHOLE_BODY = "whole_body"  # the region enum's "no region": a text edit of the whole avatar
+MAX_REFERENCE_SIDE = 1024  # larger Blender images are scaled down (a copy) before their pixels are read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +35,8 @@ class GeneratorStatus:
 
     name: str                 # "" when the backend has not said (not connected, no generate yet)
     placeholder: bool         # no model: results are seeded token maps, not generated from the inputs
-    inputs: frozenset         # of GENERATOR_INPUTS: the controls to enable
+    inputs: frozenset         # of GENERATOR_INPUTS + EDIT_INPUTS: the controls to enable
+    model: str = ""           # the model hello reported: "name version (sha256 prefix)"; "" when none
 
     @property
     def unused(self) -> list[str]:
@@ -46,10 +51,22 @@ def note_generator(session: Session, fields: dict) -> None:
     caps = caps if isinstance(caps, dict) else {}
     name = fields.get("generator") or caps.get("generator")
     supports = fields.get("supports", caps.get("supports"))
+    model = fields.get("model", caps.get("model"))
     if isinstance(name, str) and name:
         session.generator = name
     if isinstance(supports, (list, tuple)):
         session.generator_inputs = tuple(str(x) for x in supports)
+    if isinstance(model, dict) and model.get("name"):
+        session.model = dict(model)
+
+
+def model_label(model: dict | None) -> str:
+    """"name version (sha256 prefix)" of a hello's `model`, for the panel; "" for none."""
+    if not model or not model.get("name"):
+        return ""
+    version = f" {model['version']}" if model.get("version") not in (None, "") else ""
+    sha = str(model.get("sha256", ""))[:8]
+    return f"{model['name']}{version}" + (f" ({sha})" if sha else "")
 
 
 def generator_status(session: Session | None) -> GeneratorStatus:
@@ -59,10 +76,11 @@ def generator_status(session: Session | None) -> GeneratorStatus:
     listed = session.generator_inputs if session is not None else None
     placeholder = "placeholder" in name.lower()
     if listed is not None:
-        inputs = frozenset(i for i in listed if i in GENERATOR_INPUTS)
+        inputs = frozenset(i for i in listed if i in GENERATOR_INPUTS + EDIT_INPUTS)
     else:
-        inputs = frozenset(("text",) if placeholder else GENERATOR_INPUTS)
-    return GeneratorStatus(name, placeholder, inputs)
+        inputs = frozenset((("text",) if placeholder else GENERATOR_INPUTS) + EDIT_INPUTS)
+    model = model_label(getattr(session, "model", None)) if session is not None else ""
+    return GeneratorStatus(name, placeholder, inputs, model)
 
 
 def _props(scene_name: str):
@@ -99,7 +117,8 @@ def hello(session: Session, scene: bpy.types.Scene, on_done: Callable[[dict], No
             props.connection = f"connected to {session.address} ({server})"
         status = generator_status(session)
         _set_message(name, f"connected to {session.address}"
-                     + (f"; generation is a placeholder ({status.name})" if status.placeholder else ""), False)
+                     + (f"; generation is a placeholder ({status.name})" if status.placeholder else "")
+                     + (f"; model {status.model}" if status.model else ""), False)
         if on_done:
             on_done(info)
 
@@ -121,22 +140,61 @@ def _chain(*callbacks):
     return call
 
 
-def load_reference_image(path: str) -> np.ndarray:
-    """A reference photo as (H, W, 3) uint8 sRGB, top row first (the wire's image layout)."""
+def image_rgb(image: bpy.types.Image, max_side: int = MAX_REFERENCE_SIDE) -> np.ndarray:
+    """A Blender image's pixels as (H, W, 3) uint8 sRGB, top row first (the wire's image layout).
+
+    Blender keeps pixels bottom row first as float RGBA: in the image's colour space for byte images (sRGB
+    for photos), scene-linear for float images (converted to sRGB here). One bulk `foreach_get`; an image
+    larger than max_side is read from a scaled-down copy (the original is untouched), which bounds the
+    time on the main thread (a 1024 x 1024 read is ~20 ms)."""
+    w, h = image.size
+    if w == 0 or h == 0:
+        raise ValueError(f"cannot read the image {image.name!r} ({image.filepath or 'no file'}): no pixels")
+    copy = None
+    if max(w, h) > max_side:
+        f = max_side / max(w, h)
+        copy = image.copy()
+        copy.scale(max(1, round(w * f)), max(1, round(h * f)))
+        w, h = copy.size
+    try:
+        pixels = np.empty(w * h * 4, np.float32)
+        (copy or image).pixels.foreach_get(pixels)  # bottom row first, RGBA float
+        rgb = pixels.reshape(h, w, 4)[::-1, :, :3]
+        if image.is_float:
+            rgb = np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.maximum(rgb, 0) ** (1 / 2.4) - 0.055)
+        return np.ascontiguousarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    finally:
+        if copy is not None:
+            bpy.data.images.remove(copy)
+
+
+def load_reference_image(path: str, max_side: int = MAX_REFERENCE_SIDE) -> np.ndarray:
+    """A reference photo file as (H, W, 3) uint8 sRGB, top row first (not left in the .blend)."""
     image = bpy.data.images.load(bpy.path.abspath(path), check_existing=False)
     try:
-        w, h = image.size
-        if w == 0 or h == 0:
-            raise ValueError(f"cannot read the image {path!r}")
-        pixels = np.empty(w * h * 4, np.float32)
-        image.pixels.foreach_get(pixels)  # bottom row first, RGBA float in the image's colour space
-        rgb = pixels.reshape(h, w, 4)[::-1, :, :3]
-        if not image.is_float:
-            return np.ascontiguousarray(np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        srgb = np.where(rgb <= 0.0031308, rgb * 12.92, 1.055 * np.maximum(rgb, 0) ** (1 / 2.4) - 0.055)
-        return np.ascontiguousarray(np.clip(srgb * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        return image_rgb(image, max_side)
+    except ValueError:
+        raise ValueError(f"cannot read the image {path!r}") from None
     finally:
         bpy.data.images.remove(image)
+
+
+def reference_image(props) -> np.ndarray | None:
+    """The panel's reference: the picked Blender image, else the image file, else None."""
+    if props.image is not None:
+        return image_rgb(props.image)
+    if props.image_path:
+        return load_reference_image(props.image_path)
+    return None
+
+
+def add_to_avatar_list(scene: bpy.types.Scene, avatar_id: str, label: str, armature: bpy.types.Object):
+    """The avatar joins (or updates) the scene's list and becomes the selected one."""
+    props = scene.genlca
+    item = next((a for a in props.avatars if avatar_id and a.avatar_id == avatar_id), None) or props.avatars.add()
+    item.avatar_id, item.label, item.armature = avatar_id, label, armature
+    props.avatar_index = list(props.avatars).index(item)
+    return item
 
 
 def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, label: str = "",
@@ -155,10 +213,7 @@ def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, l
             target = bpy.data.scenes[name]
             yield from scene_import.import_steps(bpy.context, header, arrays, target.collection, out=out,
                                                  bake_chunk=IMPORT_BAKE_CHUNK)
-            props = target.genlca
-            item = next((a for a in props.avatars if a.avatar_id == avatar_id), None) or props.avatars.add()
-            item.avatar_id, item.label, item.armature = avatar_id, label or avatar_id[:8], out["armature"]
-            props.avatar_index = list(props.avatars).index(item)
+            item = add_to_avatar_list(target, avatar_id, label or avatar_id[:8], out["armature"])
             if "placeholder" in generator.lower():  # say what it is: not an avatar generated from the prompt
                 text = f"imported placeholder avatar {item.label} ({generator})"
             else:
@@ -190,11 +245,13 @@ def _then_import(session: Session, scene_name: str, label: str, on_done: AvatarC
 def generate(session: Session, scene: bpy.types.Scene, on_done: AvatarCallback | None = None,
              on_error: Callable[[str, str], None] | None = None) -> str:
     props = scene.genlca
-    if not props.prompt.strip() and not props.image_path:
+    if not props.prompt.strip() and not props.image_path and props.image is None:
         raise ValueError("write a prompt or choose a reference image")
-    arrays = {"image": load_reference_image(props.image_path)} if props.image_path else None
+    image = reference_image(props)
+    arrays = {"image": image} if image is not None else None
     request = protocol.Generate(prompt=props.prompt, seed=props.seed, steps=props.steps, guidance=props.guidance)
-    label = (props.prompt.strip() or Path(props.image_path).stem)[:40]
+    source = props.image.name if props.image is not None else Path(props.image_path).stem
+    label = (props.prompt.strip() or source)[:40]
     return session.submit(request, arrays, label="generate", scene_name=scene.name,
                           on_result=_then_import(session, scene.name, label, on_done, on_error),
                           on_error=error_handler(scene.name, on_error))
@@ -202,8 +259,10 @@ def generate(session: Session, scene: bpy.types.Scene, on_done: AvatarCallback |
 
 def edit(session: Session, scene: bpy.types.Scene, region: str = "", on_done: AvatarCallback | None = None,
          on_error: Callable[[str, str], None] | None = None) -> str:
-    """Edit the active avatar: a new prompt at the scene's strength, or regenerate `region`."""
+    """Edit the active avatar: a new prompt at the scene's strength, or regenerate `region` ("" or
+    WHOLE_BODY: a text edit)."""
     props = scene.genlca
+    region = "" if region == WHOLE_BODY else region
     item = properties.active_avatar(props)
     if item is None:
         raise ValueError("no avatar selected in the GenLCA panel")

@@ -1,8 +1,9 @@
 """Thin operators: check, start a job through `jobs`, report. Work happens in the session's timer."""
 
 import bpy
+from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import binding, jobs, preferences, properties, session
+from . import binding, file_io, jobs, preferences, properties, session
 
 
 def _session(op: bpy.types.Operator) -> session.Session | None:
@@ -64,7 +65,7 @@ class GENLCA_OT_generate(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         props = context.scene.genlca
-        if not props.prompt.strip() and not props.image_path:
+        if not props.prompt.strip() and not props.image_path and props.image is None:
             cls.poll_message_set("Write a prompt or choose a reference image")
             return False
         return _idle(cls, context)
@@ -74,7 +75,8 @@ class GENLCA_OT_generate(bpy.types.Operator):
 
 
 class GENLCA_OT_edit(bpy.types.Operator):
-    """Edit the selected avatar with the edit prompt (strength: how far it may move)"""
+    """Edit the selected avatar: the whole body with the edit prompt (strength: how far it may move), or
+    regenerate the chosen region (the rest stays bit-identical)"""
 
     bl_idname = "genlca.edit"
     bl_label = "Edit"
@@ -83,13 +85,14 @@ class GENLCA_OT_edit(bpy.types.Operator):
     def poll(cls, context):
         if _active_item(cls, context) is None:
             return False
-        if not context.scene.genlca.edit_prompt.strip():
-            cls.poll_message_set("Write an edit prompt")
+        props = context.scene.genlca
+        if props.region == jobs.WHOLE_BODY and not props.edit_prompt.strip():
+            cls.poll_message_set("Write an edit prompt (or pick a body region to regenerate)")
             return False
         return _idle(cls, context)
 
     def execute(self, context):
-        return _start(self, jobs.edit, context.scene)
+        return _start(self, jobs.edit, context.scene, region=context.scene.genlca.region)
 
 
 class GENLCA_OT_regenerate_region(bpy.types.Operator):
@@ -100,7 +103,12 @@ class GENLCA_OT_regenerate_region(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _active_item(cls, context) is not None and _idle(cls, context)
+        if _active_item(cls, context) is None:
+            return False
+        if context.scene.genlca.region == jobs.WHOLE_BODY:
+            cls.poll_message_set("Pick the body region to regenerate")
+            return False
+        return _idle(cls, context)
 
     def execute(self, context):
         return _start(self, jobs.edit, context.scene, region=context.scene.genlca.region)
@@ -347,8 +355,103 @@ class GENLCA_OT_notify(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_FILE_FILTER = "*.safetensors;*.ply"
+
+
+class GENLCA_OT_import_file(bpy.types.Operator, ImportHelper):
+    """Import a GenLCA avatar (.safetensors, rigged) or a 3D Gaussian splat PLY (splats, unrigged) from disk;
+    no backend needed"""
+
+    bl_idname = "genlca.import_file"
+    bl_label = "Import GenLCA Avatar / Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".safetensors"
+    filter_glob: bpy.props.StringProperty(default=_FILE_FILTER, options={"HIDDEN"})
+
+    def execute(self, context):
+        try:
+            armature, mesh = file_io.import_file(context, self.filepath)
+        except (file_io.AvatarFileError, ValueError, OSError) as exc:  # named file and problem, no traceback
+            self.report({"ERROR"}, f"GenLCA cannot import: {exc}")
+            return {"CANCELLED"}
+        if armature is not None:  # a rigged avatar joins the list: bind, render and export work on it
+            jobs.add_to_avatar_list(context.scene, armature.get("genlca_avatar_id", ""),
+                                    bpy.path.display_name_from_filepath(self.filepath)[:40], armature)
+        what = f"avatar {armature.name}" if armature is not None else f"splats {mesh.name} (unrigged)"
+        self.report({"INFO"}, f"GenLCA imported {what}: {len(mesh.data.vertices)} Gaussians")
+        return {"FINISHED"}
+
+
+class GENLCA_OT_export_file(bpy.types.Operator, ExportHelper):
+    """Export the active avatar or splats to a file: 3DGS .ply (any splat viewer) or GenLCA .safetensors
+    (rigged; opens in the add-on and the backend); no backend needed"""
+
+    bl_idname = "genlca.export_file"
+    bl_label = "Export GenLCA Avatar / Splats"
+
+    filename_ext = ".ply"
+    filter_glob: bpy.props.StringProperty(default=_FILE_FILTER, options={"HIDDEN"})
+    y_up: bpy.props.BoolProperty(name="Y Up (PLY)", default=False,
+                                 description="Rotate the splats into Y-up for viewers that expect it (the PLY "
+                                             "header states the axes; GenLCA and Blender are Z-up)")
+
+    @classmethod
+    def poll(cls, context):
+        try:
+            file_io.splat_objects(_export_object(context))
+        except ValueError as exc:
+            cls.poll_message_set(str(exc))
+            return False
+        return True
+
+    def check(self, context):
+        if self.filepath.lower().endswith(file_io.FILE_SUFFIXES):  # either format's name is kept as given
+            return False
+        return super().check(context)
+
+    def execute(self, context):
+        path = self.filepath if self.filepath.lower().endswith(file_io.FILE_SUFFIXES) else self.filepath + ".ply"
+        try:
+            written = file_io.export_file(_export_object(context), path, y_up=self.y_up)
+        except (file_io.AvatarFileError, ValueError, OSError) as exc:
+            self.report({"ERROR"}, f"GenLCA cannot export: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"GenLCA exported {written}")
+        return {"FINISHED"}
+
+
+def _export_object(context):
+    """The active object when it is an avatar or splats, else the avatar selected in the panel."""
+    obj = context.active_object
+    if obj is not None and (obj.type == "ARMATURE" or "rotation" in getattr(obj.data, "attributes", ())):
+        return obj
+    item = properties.active_avatar(context.scene.genlca)
+    return item.armature if item is not None else obj
+
+
+def _import_menu(self, context):
+    self.layout.operator(GENLCA_OT_import_file.bl_idname, text="GenLCA Avatar / Splats (.safetensors, .ply)")
+
+
+def _export_menu(self, context):
+    self.layout.operator(GENLCA_OT_export_file.bl_idname, text="GenLCA Avatar / Splats (.safetensors, .ply)")
+
+
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
            GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
            GENLCA_OT_unbind_armature, GENLCA_OT_render,
-           GENLCA_OT_export, GENLCA_OT_notify)
-register, unregister = bpy.utils.register_classes_factory(classes)
+           GENLCA_OT_export, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)
+_register, _unregister = bpy.utils.register_classes_factory(classes)
+
+
+def register() -> None:
+    _register()
+    bpy.types.TOPBAR_MT_file_import.append(_import_menu)
+    bpy.types.TOPBAR_MT_file_export.append(_export_menu)
+
+
+def unregister() -> None:
+    bpy.types.TOPBAR_MT_file_export.remove(_export_menu)
+    bpy.types.TOPBAR_MT_file_import.remove(_import_menu)
+    _unregister()

@@ -68,10 +68,14 @@ class GENLCA_PT_generate(_GenLCAPanel, bpy.types.Panel):
             box = layout.box()
             box.label(text="Placeholder generator: no diffusion model yet", icon="INFO")
             box.label(text=f"Not used: {', '.join(status.unused)}" if status.unused else status.name)
+        elif status.model:
+            layout.label(text=f"Model: {status.model}", icon="OUTLINER_DATA_ARMATURE")
         layout.prop(props, "prompt", text="")
-        row = layout.row()
-        row.enabled = "image" in status.inputs
-        row.prop(props, "image_path")
+        col = layout.column(align=True)
+        col.enabled = "image" in status.inputs
+        col.template_ID(props, "image", open="image.open")
+        if props.image is None:
+            col.prop(props, "image_path", text="")
         col = layout.column(align=True)
         col.prop(props, "seed")
         sub = col.column(align=True)
@@ -95,6 +99,9 @@ class GENLCA_PT_avatars(_GenLCAPanel, bpy.types.Panel):
         row.operator("genlca.import_avatar", icon="IMPORT")
         row.prop(props, "export_format", text="")
         row.operator("genlca.export", text="", icon="EXPORT")
+        row = layout.row(align=True)  # files on disk, no backend needed
+        row.operator("genlca.import_file", text="Open File", icon="FILEBROWSER")
+        row.operator("genlca.export_file", text="Save File", icon="FILE_TICK")
 
 
 class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
@@ -105,12 +112,19 @@ class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         props = context.scene.genlca
-        layout.prop(props, "edit_prompt", text="")
-        layout.prop(props, "strength")
-        layout.operator("genlca.edit", icon="GREASEPENCIL")
-        row = layout.row(align=True)
-        row.prop(props, "region", text="")
-        row.operator("genlca.regenerate_region", text="Regenerate", icon="FILE_REFRESH")
+        inputs = jobs.generator_status(session.current_session()).inputs  # greyed: what the model lacks
+        row = layout.row()
+        row.enabled = "region_edit" in inputs
+        row.prop(props, "region")
+        whole = props.region == jobs.WHOLE_BODY
+        col = layout.column(align=True)
+        col.enabled = "text_edit" in inputs if whole else True
+        col.prop(props, "edit_prompt", text="")
+        sub = col.row()
+        sub.enabled = whole  # a region is regenerated from noise: strength is a text edit's
+        sub.prop(props, "strength")
+        layout.operator("genlca.edit", text="Edit" if whole else f"Regenerate {props.region.title()}",
+                        icon="GREASEPENCIL" if whole else "FILE_REFRESH")
 
 
 class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):

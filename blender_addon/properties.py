@@ -46,14 +46,19 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
     prompt: bpy.props.StringProperty(name="Prompt", description="Describe the person to generate")
     image_path: bpy.props.StringProperty(name="Reference image", subtype="FILE_PATH",
                                          description="Optional photo of the person (with or without a prompt)")
+    image: bpy.props.PointerProperty(name="Reference image", type=bpy.types.Image,
+                                     description="Optional photo of the person as a Blender image (used before "
+                                                 "the file path)")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
     steps: bpy.props.IntProperty(name="Steps", default=32, min=1, max=1000)
     guidance: bpy.props.FloatProperty(name="Guidance", default=4.0, min=0.0, max=30.0)
     # editing
     edit_prompt: bpy.props.StringProperty(name="Edit prompt", description="What to change in the active avatar")
     strength: bpy.props.FloatProperty(name="Strength", default=0.6, min=0.01, max=1.0, subtype="FACTOR")
-    region: bpy.props.EnumProperty(name="Region", items=[(r, r.title(), f"Regenerate the {r}")
-                                                         for r in protocol.BODY_REGIONS])
+    region: bpy.props.EnumProperty(
+        name="Region", items=[("whole_body", "Whole Body", "Text edit of the whole avatar at the strength")]
+        + [(r, r.title(), f"Regenerate the {r}; every other region stays bit-identical")
+           for r in protocol.BODY_REGIONS])
     export_format: bpy.props.EnumProperty(name="Format", items=[(f, f.upper() if f == "ply" else ".safetensors", "")
                                                                 for f in protocol.EXPORT_FORMATS])
     # connection and the job in flight (written by the session's timer)

@@ -31,11 +31,22 @@ from .splat_pose import (AUTO_UPDATE_MAX_SPLATS, POSE_KEY, POSE_TOLERANCE, POSED
                          splat_skin, update_splat_rotations)
 
 SH_C0 = 0.28209479177387814
+SPLAT_KEYS = ("means", "rotations", "log_scales", "opacity_logits", "sh")  # what an unrigged splat file has
+RAW_SH_ATTRIBUTE = "genlca_sh_{}"  # FLOAT_VECTOR per SH coefficient as stored (re-export keeps every band)
+RAW_OPACITY_ATTRIBUTE = "genlca_opacity_logit"
+SKELETON_KEY = "genlca_skeleton"  # on an avatar armature: the skeleton arrays as received (re-export)
+
+
+def is_rigged(arrays: Mapping[str, np.ndarray]) -> bool:
+    return "skin_indices" in arrays and "rest_matrices" in arrays
 
 
 def check_avatar_arrays(arrays: Mapping[str, np.ndarray], joint_names: list[str]) -> tuple[int, int, int]:
     """Check every array of AVATAR_ARRAYS (`bridge.contract.check_arrays`) and the skeleton's and skin's
-    values; returns (N, J, k)."""
+    values; returns (N, J, k). Splats without skin and skeleton (a third-party PLY): (N, 0, 0)."""
+    if not is_rigged(arrays):
+        dims = contract.check_arrays(arrays, {k: protocol.AVATAR_ARRAYS[k] for k in SPLAT_KEYS})
+        return dims["N"], 0, 0
     dims = contract.check_arrays(arrays, protocol.AVATAR_ARRAYS, {"J": len(joint_names)})
     if not 1 <= dims["k"] <= 8:
         raise ValueError(f"expected 1 to 8 skin weights per Gaussian, got {dims['k']}")
@@ -79,7 +90,14 @@ def _splat_attributes(mesh: bpy.types.Mesh, arrays: Mapping[str, np.ndarray]) ->
     rgba[:, 3] = 1.0
     rgba[:, :3] = _srgb_to_linear_flat(srgb).reshape(n, 3)
     mesh.attributes.new("color", "FLOAT_COLOR", "POINT").data.foreach_set("color", rgba.ravel())
-    _skin_attributes(mesh, arrays["skin_indices"], arrays["skin_weights"])
+    # the stored values too: "color" is clipped DC and "opacity" saturates, re-export needs them as they were
+    mesh.attributes.new(RAW_OPACITY_ATTRIBUTE, "FLOAT", "POINT").data.foreach_set(
+        "value", np.ascontiguousarray(arrays["opacity_logits"], np.float32))
+    for i in range(arrays["sh"].shape[1]):
+        mesh.attributes.new(RAW_SH_ATTRIBUTE.format(i), "FLOAT_VECTOR", "POINT").data.foreach_set(
+            "vector", np.ascontiguousarray(arrays["sh"][:, i, :], np.float32).ravel())
+    if "skin_indices" in arrays:
+        _skin_attributes(mesh, arrays["skin_indices"], arrays["skin_weights"])
 
 
 
@@ -94,16 +112,21 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     (the session's timer runs one step per tick); None writes them all in one step. (The name is from
     the Geometry Nodes bake this replaced.)"""
     out = {} if out is None else out
-    joint_names = [str(n) for n in header["joint_names"]]
+    joint_names = [str(n) for n in header.get("joint_names", [])]
     n, j_count, k = check_avatar_arrays(arrays, joint_names)
+    rigged = is_rigged(arrays)  # unrigged splats (a PLY): the mesh alone, no armature, skin or modifiers
     avatar_id = str(header.get("avatar_id", ""))
     name = name or f"GenLCA {avatar_id[:8] or 'avatar'}"
     total = 5
 
-    armature = build_armature(context, name, joint_names, arrays["joint_parents"], arrays["rest_matrices"],
-                              arrays["joint_tails"], collection)
-    armature["genlca_avatar_id"] = avatar_id
-    armature["genlca_meta"] = json.dumps(header.get("meta", {}), default=str)
+    armature = None
+    if rigged:
+        armature = build_armature(context, name, joint_names, arrays["joint_parents"], arrays["rest_matrices"],
+                                  arrays["joint_tails"], collection)
+        armature["genlca_avatar_id"] = avatar_id
+        armature["genlca_meta"] = json.dumps(header.get("meta", {}), default=str)
+        armature[SKELETON_KEY] = {key: np.asarray(arrays[key]).ravel().tolist()
+                                  for key in ("joint_parents", "rest_matrices", "joint_tails")}
     out["armature"] = armature
     yield 1, total
 
@@ -112,19 +135,21 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     _splat_attributes(mesh, arrays)
     obj = bpy.data.objects.new(name + " splats", mesh)  # linked at the end: vertex groups go faster
     obj["genlca_avatar_id"] = avatar_id
+    if not rigged:
+        obj["genlca_meta"] = json.dumps(header.get("meta", {}), default=str)
     out["mesh"] = obj
     yield 2, total
 
-    stage = 3
-    for _ in skin_vertex_group_steps(obj, joint_names, arrays["skin_indices"], arrays["skin_weights"],
-                                     step_joints=bake_chunk):
-        yield stage, total
-        stage = 4
-
-    obj.parent = armature
-    deform = obj.modifiers.new("Armature", "ARMATURE")
-    deform.object = armature
-    deform.use_vertex_groups = True
+    if rigged:
+        stage = 3
+        for _ in skin_vertex_group_steps(obj, joint_names, arrays["skin_indices"], arrays["skin_weights"],
+                                         step_joints=bake_chunk):
+            yield stage, total
+            stage = 4
+        obj.parent = armature
+        deform = obj.modifiers.new("Armature", "ARMATURE")
+        deform.object = armature
+        deform.use_vertex_groups = True
     splats = obj.modifiers.new("GenLCA splats", "NODES")
     splats.node_group = splat_nodes.splat_tree()
     mesh.materials.append(splat_nodes.splat_material())

@@ -94,6 +94,7 @@ class Session:
         # what the backend says it generates with (hello, or a result's meta.generator); "" until it says
         self.generator = ""
         self.generator_inputs: tuple[str, ...] | None = None  # the inputs it uses, when it lists them
+        self.model: dict = {}  # hello's `model` (name, version, sha256, resolution, ...); {} until it says
         self.max_pump_s = 0.0   # longest pump so far (the status line and benchmarks read it)
         self.last_pump = PumpStats()
 
@@ -301,7 +302,8 @@ def _show_progress(session: Session) -> None:
         if props is None:
             continue
         job = by_scene.get(scene.name)
-        values = ({"job_running": True, "job_label": job.label, "job_stage": job.stage, "job_progress": job.fraction}
+        stage = job.stage + (f" {job.step}/{job.total}" if job.total else "") if job is not None else ""  # "sample 3/25"
+        values = ({"job_running": True, "job_label": job.label, "job_stage": stage, "job_progress": job.fraction}
                   if job is not None else {"job_running": False, "job_progress": 0.0})
         for name, value in values.items():
             if getattr(props, name) != value:  # write only changes: each write tags the scene for an update

@@ -85,6 +85,7 @@ def scene(addon):
     props = s.genlca
     props.avatars.clear()
     props.message = props.prompt = props.image_path = props.edit_prompt = ""
+    props.image, props.region = None, "whole_body"
     return s
 
 
@@ -118,14 +119,33 @@ def backend_python() -> str:
     return python
 
 
+TINY_MODEL_NAME = "tiny-random"
+_TINY_MODEL: list[str] = []
+
+
+def tiny_model() -> str:
+    """A tiny random model package (tests/model_package.py), made once per session by the backend's Python:
+    the backends of these tests serve it, so they need neither the shipped checkpoint nor minutes of sampling."""
+    if not _TINY_MODEL:
+        folder = os.path.join(_USER_DIR, "tiny-model")
+        made = subprocess.run([backend_python(), "-c", "import sys; from pathlib import Path; "
+                               "from tests.model_package import make_tiny_package; "
+                               f"make_tiny_package(Path(sys.argv[1]), name={TINY_MODEL_NAME!r})", folder],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if made.returncode != 0:
+            pytest.fail(f"cannot make the tiny model package:\n{made.stderr[-3000:]}")
+        _TINY_MODEL.append(folder)
+    return _TINY_MODEL[0]
+
+
 def start_backend(port: int, *extra: str) -> subprocess.Popen:
-    """`python -m backend.cli serve` on 127.0.0.1:port (plus extra arguments), run by GENLCA_BACKEND_PYTHON;
-    waits for the port."""
+    """`python -m backend.cli serve` on 127.0.0.1:port (plus extra arguments) with the tiny random model, run by
+    GENLCA_BACKEND_PYTHON; waits for the port."""
     python = backend_python()
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
-                             "--avatar-dir", os.path.join(_USER_DIR, "avatars"), *extra], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+                             "--avatar-dir", os.path.join(_USER_DIR, "avatars"), "--set", f"model={tiny_model()}",
+                             *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     proc.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
