@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -289,6 +289,3 @@ def cosine_warmup_lr(step: int, base_lr: float, warmup: int, total: int, min_rat
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
-
-def iter_steps(start: int, total: int) -> Iterator[int]:
-    yield from range(start, total)
