@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # package -> top-level modules it must never import (statically, anywhere in its source)
 FORBIDDEN = {
     "bridge": ("torch", "bpy", "gsplat", "backend", "training", "blender_addon"),
-    "backend": ("bpy", "blender_addon", "training"),
+    "backend": ("bpy", "blender_addon"),
     "training": ("bpy", "blender_addon"),
     "blender_addon": ("torch", "gsplat", "backend", "training"),
 }
