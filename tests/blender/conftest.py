@@ -86,6 +86,7 @@ def scene(addon):
     props.avatars.clear()
     props.message = props.prompt = props.image_path = props.edit_prompt = ""
     props.image, props.region = None, "whole_body"
+    props.connected, props.connection = False, "not connected"
     return s
 
 
