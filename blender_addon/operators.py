@@ -424,8 +424,11 @@ class GENLCA_OT_export_file(bpy.types.Operator, ExportHelper):
 def _export_object(context):
     """The active object when it is an avatar or splats, else the avatar selected in the panel."""
     obj = context.active_object
-    if obj is not None and (obj.type == "ARMATURE" or "rotation" in getattr(obj.data, "attributes", ())):
+    try:
+        file_io.splat_objects(obj)
         return obj
+    except ValueError:  # e.g. a mocap armature is active: fall back to the panel's avatar
+        pass
     item = properties.active_avatar(context.scene.genlca)
     return item.armature if item is not None else obj
 

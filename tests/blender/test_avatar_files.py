@@ -68,7 +68,15 @@ def test_safetensors_avatar_imports_rigged_and_exports_again_without_a_backend(s
     for key in ("joint_parents", "rest_matrices", "joint_tails"):
         np.testing.assert_array_equal(back.arrays[key], avatar.arrays[key])
     assert back.joint_names == avatar.joint_names and back.meta["prompt"] == "a test"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.safetensors", "colleague.safetensors"]
+
+    # another armature active (a mocap rig): export takes the avatar selected in the panel's list
+    other = bpy.data.objects.new("mocap", bpy.data.armatures.new("mocap"))
+    scene.collection.objects.link(other)
+    bpy.context.view_layer.objects.active = other
+    assert bpy.ops.genlca.export_file(filepath=str(tmp_path / "listed.ply")) == {"FINISHED"}
+    np.testing.assert_array_equal(files.read_avatar_file(tmp_path / "listed.ply").arrays["means"],
+                                  avatar.arrays["means"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.safetensors", "colleague.safetensors", "listed.ply"]
 
 
 def test_ply_imports_as_splats_and_round_trips_through_y_up(scene, tmp_path):
