@@ -302,7 +302,9 @@ def _show_progress(session: Session) -> None:
         if props is None:
             continue
         job = by_scene.get(scene.name)
-        stage = job.stage + (f" {job.step}/{job.total}" if job.total else "") if job is not None else ""  # "sample 3/25"
+        stage = ""  # the stage and the sampler's step as it streams: "sample 3/25"
+        if job is not None:
+            stage = job.stage + (f" {job.step}/{job.total}" if job.total else "")
         values = ({"job_running": True, "job_label": job.label, "job_stage": stage, "job_progress": job.fraction}
                   if job is not None else {"job_running": False, "job_progress": 0.0})
         for name, value in values.items():
