@@ -319,7 +319,7 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
     losses: list[float] = []
     end = tr.steps if stop_at is None else min(tr.steps, stop_at)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = open(out / "metrics.jsonl", "a") if ctx.is_main else None
+    metrics = open(out / "metrics.jsonl", "a", buffering=1) if ctx.is_main else None  # line-buffered: readable live
     model.train()
     step = start
     try:
