@@ -365,13 +365,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.steps=500 (repeatable)")
     parser.add_argument("--no-resume", action="store_true", help="ignore train.out_dir/last.safetensors")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop after this step (checkpoint written; the schedule still follows train.steps)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(load_config(args.config, DiffusionConfig), args.set)
     try:
-        losses = train(cfg, resume=not args.no_resume)
+        losses = train(cfg, resume=not args.no_resume, stop_at=args.stop_at)
     finally:
         runtime.shutdown_distributed()
     if losses and int(os.environ.get("RANK", "0")) == 0:
