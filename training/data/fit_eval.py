@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from backend.avatar.skinning import Skeleton, skinning_matrices
-from training.data.fitting import FIT_JOINTS, BodyFitter, FitResult, axis_angle_to_quat, render_silhouette
+from training.data.fitting import FIT_JOINTS, BodyFitter, FitResult, render_silhouette
 
 # joints scored by MPJPE: what the fit moves and what hangs off it
 SCORED_JOINTS = ("spine02", "neck01", "head", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",

@@ -59,7 +59,8 @@ MEDIAPIPE_POSE_33 = (
 )
 KEYPOINT_FORMAT = "mediapipe-pose-33"
 
-# The reduced set of joints that the fit moves (the rest of the 104 stay at rest).
+# The reduced set of joints that the fit moves (the rest of the 104 stay at rest). spine05 and the pelvis
+# bones are in because motion retargeted from mocap (CMU hips) moves the hip joints through them.
 FIT_JOINTS = ("spine05", "spine04", "spine02", "neck01", "head", "pelvis.L", "pelvis.R",
               "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
               "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R")
@@ -101,14 +102,8 @@ class FitResult:
     viewmat: np.ndarray              # (4, 4) world-to-camera (OpenCV), the same for every frame
     intrinsics: np.ndarray           # (3, 3) pixels
     projected_keypoints: np.ndarray  # (F, 33, 2) where the fitted landmarks land, pixels
-    reprojection_px: np.ndarray      # (F,) confidence-weighted mean keypoint error, pixels (NaN: none seen)
+    reprojection_px: np.ndarray      # (F,) mean keypoint error over landmarks above min_confidence, pixels
     loss: float
-
-    def joint_positions(self, skeleton: Skeleton) -> np.ndarray:  # (F, J, 3) world
-        g = skinning_matrices(skeleton, torch.from_numpy(self.joint_rotations),
-                              torch.from_numpy(self.root_translation))
-        heads = torch.as_tensor(skeleton.rest_matrices[:, :3, 3])
-        return ((g[..., :3, :3] @ heads[:, :, None]).squeeze(-1) + g[..., :3, 3]).numpy()
 
 
 # ------------------------------------------------------------------ the landmark map
@@ -153,13 +148,6 @@ def landmark_anchors(template) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (..., 4) wxyz, smooth at 0
     theta = torch.sqrt((v * v).sum(-1, keepdim=True) + 1e-12)
     return torch.cat([torch.cos(theta / 2), v * (torch.sin(theta / 2) / theta)], dim=-1)
-
-
-def quat_to_axis_angle(q: np.ndarray) -> np.ndarray:  # (..., 4) -> (..., 3)
-    q = np.where(q[..., :1] < 0, -q, q)
-    s = np.linalg.norm(q[..., 1:], axis=-1, keepdims=True)
-    angle = 2 * np.arctan2(s, q[..., :1])
-    return q[..., 1:] * np.where(s > 1e-9, angle / np.maximum(s, 1e-12), 2.0)
 
 
 def front_camera(distance: float, height: float = 1.0) -> np.ndarray:
@@ -227,7 +215,7 @@ class BodyFitter:
 
         A joint whose own rotation and those of its ancestors up to the nearest moving ancestor a are the
         identity has the skinning matrix of a: G_j = G_a (R_a^-1 R_j), so A_j = G_j R_j^-1 = G_a R_a^-1 = A_a.
-        So 13 chained 4x4 products give all 104 skinning matrices; `test_ingest` holds this against
+        So 16 chained 4x4 products (root + FIT_JOINTS) give all 104 skinning matrices; `test_ingest` holds this against
         `skinning.skinning_matrices`."""
         parents = [int(p) for p in np.asarray(template.joint_parents)]
         moving = sorted({0, *self.fit_idx.tolist()})
@@ -298,7 +286,18 @@ class BodyFitter:
     def fit(self, keypoints: np.ndarray, image_size: tuple[int, int], masks: np.ndarray | None = None,
             intrinsics: np.ndarray | None = None, temporal: bool = True) -> FitResult:
         """keypoints (F, 33, 3) x, y pixels + confidence; image_size (width, height); masks (F, H, W) in
-        [0, 1] or uint8 0..255, optional; intrinsics (3, 3) optional (else from `FitConfig.fov_deg`)."""
+        [0, 1] or uint8 0..255, optional; intrinsics (3, 3) optional (else from `FitConfig.fov_deg`).
+
+        Runs on one torch thread: the tensors are tiny (a few frames x 16 joints), and intra-op threads only
+        add synchronisation (a 3-frame fit took 58 CPU-s on 2 threads of a busy machine, 7 on one)."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._fit(keypoints, image_size, masks, intrinsics, temporal)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, keypoints, image_size, masks, intrinsics, temporal) -> FitResult:
         cfg = self.config
         kp = np.asarray(keypoints, np.float32)
         if kp.ndim != 3 or kp.shape[1:] != (33, 3):
