@@ -314,8 +314,8 @@ def comparison_figure(record: ClipRecord, model, out: str | Path, fit_steps: int
     return out
 
 
-def plot_curve(metrics: str | Path, out: str | Path, title: str = "tokenizer training") -> Path:
-    """Losses vs steps from a run's metrics.jsonl into a PNG."""
+def plot_curve(metrics: str | Path, out: str | Path, title: str = "tokenizer training", smooth: int = 8) -> Path:
+    """Losses vs steps from a run's metrics.jsonl into a PNG: each logged step faint, a running mean bold."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -323,10 +323,16 @@ def plot_curve(metrics: str | Path, out: str | Path, title: str = "tokenizer tra
     rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
     rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])  # a resumed run may repeat steps
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for key in ("loss", "l1", "ssim", "mask", "token"):
+    for i, key in enumerate(("loss", "l1", "ssim", "mask", "token")):
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label=key, lw=1.4 if key == "loss" else 1.0)
+        if not pts:
+            continue
+        steps, values = np.array(pts).T
+        colour = f"C{i}"
+        ax.plot(steps, values, color=colour, lw=0.6, alpha=0.3)  # each point: one step's 2 clips
+        k = min(smooth, len(values))
+        mean = np.convolve(values, np.ones(k) / k, mode="valid")  # running mean over k logged steps
+        ax.plot(steps[k - 1:], mean, color=colour, lw=1.8 if key == "loss" else 1.2, label=f"{key} (mean of {k})")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (per clip, held-out frames)")
