@@ -232,9 +232,9 @@ class ConditionBank:
     """Text encodings of every caption of the dataset, computed once (the encoder caches repeats)."""
 
     def __init__(self, encoder: Any, captions: list[list[str]]) -> None:
-        unique = sorted({c for caps in captions for c in caps})
+        unique = sorted({c for caps in captions for c in caps} | {""})  # "": clips without a caption
         self.index = {c: i for i, c in enumerate(unique)}
-        tokens, mask, pooled = encoder.encode(unique) if unique else (None, None, None)
+        tokens, mask, pooled = encoder.encode(unique)
         self.tokens, self.mask, self.pooled = tokens, mask, pooled
         self.dim = encoder.dim
 
