@@ -11,7 +11,9 @@ that one person from frame to frame. How several people are handled:
   the people of earlier passes erased). When the tracker loses its person it re-detects, possibly someone
   else: a detection that jumps by more than `max_jump` box heights from the track's last position starts
   a new track. Afterwards tracks that follow each other in time and meet in space are joined. Each track
-  becomes one clip; frames where its person is missing are simply absent from the clip.
+  becomes one clip; frames where its person is missing are simply absent from the clip. Known limit: the
+  jump test cannot tell two people apart while they overlap (in g1.avi the cyclist starts next to the person
+  at the left edge), so a track's first frames may hold the other person there.
 - **Small people.** MediaPipe's detector sees a 224-pixel letterbox of the whole frame, so small frames
   are upscaled to `work_side` pixels on the longer side first (400x300 video: 2x); coordinates and masks
   come back in the input's pixels.
