@@ -188,3 +188,26 @@ def test_shape_stays_within_reach(ctx):
         for mask, limit in ctx.shape_limits.values():
             assert norm[mask].max() <= limit + 1e-6
         assert np.all(np.abs(fitted - 0.5) <= np.abs(shape - 0.5) + 1e-6)
+
+
+def test_missing_bvh_falls_back_to_the_walk_cycle_and_says_so(tmp_path):
+    ctx = synthetic.Context(synthetic.SynthConfig(seed=2, frames=2, width=48, height=48,
+                                                  bvh=str(tmp_path / "absent.bvh")))
+    rec = synthetic.generate_one(ctx, 0)
+    assert rec.meta["motion"].startswith("walkcycle:") and "absent.bvh" in rec.meta["motion_note"]
+
+
+def test_bvh_parser_and_retarget():
+    from training.data import motion
+
+    path = synthetic.default_bvh_path()
+    if not path.exists():
+        pytest.skip(f"{path} missing (make testdata)")
+    from backend.avatar.template import load_template
+
+    src = motion.BvhSource(path, load_template("anny"))
+    assert len(src.bvh.names) == 31 and src.num_frames == 2752
+    m = src.window(0, 3, 100)
+    assert m.joint_rotations.shape == (3, 104, 4)
+    np.testing.assert_allclose(np.linalg.norm(m.joint_rotations, axis=-1), 1.0, atol=1e-5)
+    assert 0.05 < src.scale < 0.07  # template leg / CMU leg length in BVH units

@@ -154,9 +154,10 @@ def bvh_rest_frames(bvh: Bvh, root_direction: np.ndarray) -> np.ndarray:
         vec = sum((bvh.offsets[c] for c in kids), np.zeros(3))
         if not kids and b in bvh.end_offsets:
             vec = bvh.end_offsets[b]
-        if bvh.parents[b] < 0 or np.linalg.norm(vec) < 1e-6:
-            d = root_direction if bvh.parents[b] < 0 else _BVH_TO_ZUP.T @ np.array([0.0, 0.0, 1.0])
-            dirs[b] = d / np.linalg.norm(d) if bvh.parents[b] < 0 else dirs[bvh.parents[b]]
+        if bvh.parents[b] < 0:  # the root's own direction is meaningless: take the template root's
+            dirs[b] = root_direction / np.linalg.norm(root_direction)
+        elif np.linalg.norm(vec) < 1e-6:  # zero-length bone: follow its parent
+            dirs[b] = dirs[bvh.parents[b]]
         else:
             v = _BVH_TO_ZUP @ vec
             dirs[b] = v / np.linalg.norm(v)
