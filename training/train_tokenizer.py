@@ -26,9 +26,7 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
