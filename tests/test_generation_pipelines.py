@@ -104,3 +104,32 @@ def test_missing_truncated_or_foreign_checkpoints_are_named(tmp_path):
     save_checkpoint(tmp_path / "tok.safetensors", Checkpoint("tokenizer", {}, {"w": torch.zeros(1)}))
     with pytest.raises(ModelError, match="expected 'dit'"):
         load_bundle(tmp_path / "tok.safetensors")
+
+
+def test_package_command_makes_a_servable_model_from_a_training_checkpoint(tmp_path):
+    """genlca-train package: EMA weights become the model, optimizer state and RNG are dropped."""
+    import dataclasses
+
+    from backend.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from training.cli import main
+
+    pkg = make_tiny_package(tmp_path / "src")
+    tiny = load_checkpoint(pkg / "dit.safetensors")
+    ema = {k: v + 0.5 if v.is_floating_point() and k.startswith("final_layer") else v for k, v in tiny.model.items()}
+    opt_model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(opt_model.parameters())
+    opt_model(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "train.safetensors", dataclasses.replace(
+        tiny, model={k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in tiny.model.items()},
+        ema=ema, optimizer=opt.state_dict(), train={"step": 123}))
+    assert main(["package", "--dit", str(tmp_path / "train.safetensors"), "--out", str(tmp_path / "pkg"),
+                 "--name", "studio-v1", "--note", "made by a test"]) == 0
+    out = load_checkpoint(tmp_path / "pkg" / "dit.safetensors", "dit")
+    assert out.optimizer is None and not out.rng and out.ema is None and out.train == {"step": 123}
+    assert torch.equal(out.model["final_layer.linear.weight"], ema["final_layer.linear.weight"])
+    assert out.name == "studio-v1" and out.note == "made by a test"
+    assert out.config["source_checkpoint"]["weights"] == "ema"
+    bundle = load_bundle(tmp_path / "pkg")
+    assert bundle.describe()["name"] == "studio-v1"
+    assert main(["package", "--dit", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path / "x")]) == 2

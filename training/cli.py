@@ -80,6 +80,11 @@ def _add_diffusion_commands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate DiT checkpoints on held-out synthetic people")
     evaluate.build_parser(p)
     p.set_defaults(run=evaluate.run)
+    from training import package_model
+
+    p = sub.add_parser("package", help="make a model package the backend serves from training checkpoints")
+    package_model.add_arguments(p)
+    p.set_defaults(run=package_model.main)
 
 
 def main(argv: list[str] | None = None) -> int:

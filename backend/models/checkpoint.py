@@ -117,6 +117,11 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> str:
     tensors.update({f"rng.{k}": v for k, v in ckpt.rng.items()})
     tensors.update({f"extra.{k}": v for k, v in ckpt.extra.items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    seen: set[int] = set()
+    for k, v in tensors.items():  # safetensors refuses shared storage (e.g. EMA buffers that are the model's)
+        if v.numel() and v.untyped_storage().data_ptr() in seen:
+            tensors[k] = v.clone()
+        seen.add(tensors[k].untyped_storage().data_ptr())
     try:
         metadata = {"format": FORMAT, "version": str(VERSION), "kind": ckpt.kind, "config": json.dumps(ckpt.config),
                     "train": json.dumps(train), "name": ckpt.name, "note": ckpt.note}
