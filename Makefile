@@ -3,12 +3,20 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 BPY := .venv-blender/bin/python
 
-.PHONY: setup demo test test-main test-blender test-slow blender-suites suites bench bench-blender testdata addon addon-current clean
+.PHONY: setup demo demo-backend test test-main test-blender test-slow blender-suites suites bench bench-blender testdata addon addon-current clean
 
 setup:
 	@scripts/setup_env.sh all
 
+# The artist's workflow in headless Blender through the add-on (scripts/demo_blender.py): set-up, backend,
+# generate, edit, bind to CMU mocap, render, export. MODEL=FOLDER (or $$GENLCA_MODEL) picks another model
+# package; DEMO_ARGS passes more options (e.g. DEMO_ARGS="--size 480x640 --frames 12").
 demo:
+	@scripts/setup_env.sh demo
+	$(BPY) scripts/demo_blender.py $(if $(MODEL),--model $(MODEL)) $(DEMO_ARGS)
+
+# The backend alone over ZeroMQ, no Blender (backend/demo.py).
+demo-backend:
 	@scripts/setup_env.sh main
 	$(PY) -m backend.demo
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
-WANT=${1:-all}   # all | main | blender
+WANT=${1:-all}   # all | main | blender | demo (main + .venv-blender only: what `make demo` needs)
 
 stamp_ok() { [ -f "$1/.genlca-stamp" ] && [ "$(cat "$1/.genlca-stamp")" = "$2" ]; }
 
@@ -64,5 +64,6 @@ case "$WANT" in
   all) setup_main; setup_blender ;;
   main) setup_main ;;
   blender) setup_blender ;;
-  *) echo "usage: $0 [all|main|blender]" >&2; exit 2 ;;
+  demo) setup_main; setup_bpy_env .venv-blender "$PY" "${BPY_SPEC:-bpy==5.0.1}" ;;
+  *) echo "usage: $0 [all|main|blender|demo]" >&2; exit 2 ;;
 esac
