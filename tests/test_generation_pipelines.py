@@ -132,4 +132,8 @@ def test_package_command_makes_a_servable_model_from_a_training_checkpoint(tmp_p
     assert out.config["source_checkpoint"]["weights"] == "ema"
     bundle = load_bundle(tmp_path / "pkg")
     assert bundle.describe()["name"] == "studio-v1"
+    assert main(["package", "--dit", str(tmp_path / "train.safetensors"), "--out", str(tmp_path / "live"),
+                 "--weights", "live"]) == 0
+    live = load_checkpoint(tmp_path / "live" / "dit.safetensors", "dit")
+    assert live.config["source_checkpoint"]["weights"] == "live" and not live.model["final_layer.linear.weight"].any()
     assert main(["package", "--dit", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path / "x")]) == 2

@@ -6,7 +6,7 @@
 A package is a folder with `dit.safetensors` (and optionally `tokenizer.safetensors`): the EMA weights as
 the model weights, the training config in the metadata, no optimizer state or RNG (a fraction of the
 size), the name and a note that carries the commands that made it. `genlca-backend serve --set
-model=checkpoints/my-model` then serves it; the shipped default is `checkpoints/genlca-small` (README).
+model=checkpoints/my-model` then serves it; the shipped default is `checkpoints/genlca-tiny` (README).
 Written atomically; the package is checked by loading it the way the service does.
 """
 from __future__ import annotations
@@ -17,15 +17,21 @@ import sys
 from pathlib import Path
 
 
-def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, note: str) -> str:
-    """Copy a training checkpoint as an inference one (EMA weights if any); returns the new sha256."""
+def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, note: str,
+                       weights_from: str = "ema") -> str:
+    """Copy a training checkpoint as an inference one; returns the new sha256. `weights_from`: "ema" (the
+    EMA weights when the checkpoint has them) or "live" (the optimised weights: better for a short run,
+    where an EMA of decay d still holds d**steps of the initial weights)."""
     from backend.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
+    if weights_from not in ("ema", "live"):
+        raise ValueError(f"weights must be 'ema' or 'live', got {weights_from!r}")
     ckpt = load_checkpoint(src, kind, training_state=False)
-    weights = ckpt.ema if ckpt.ema is not None else ckpt.model
+    use_ema = weights_from == "ema" and ckpt.ema is not None
+    weights = ckpt.ema if use_ema else ckpt.model
     train = {k: v for k, v in ckpt.train.items() if k in ("step",)}
     config = {**ckpt.config, "source_checkpoint": {"file": Path(src).name, "sha256": ckpt.sha256,
-                                                   "weights": "ema" if ckpt.ema is not None else "live"}}
+                                                   "weights": "ema" if use_ema else "live"}}
     return save_checkpoint(dst, Checkpoint(kind=kind, config=config, model=weights, train=train, name=name,
                                            note=note))
 
@@ -37,10 +43,11 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     name = args.name or out.name
     try:
-        report = {"dit": package_checkpoint(args.dit, out / "dit.safetensors", "dit", name, args.note)}
+        report = {"dit": package_checkpoint(args.dit, out / "dit.safetensors", "dit", name, args.note,
+                                            args.weights)}
         if args.tokenizer:
             report["tokenizer"] = package_checkpoint(args.tokenizer, out / "tokenizer.safetensors", "tokenizer",
-                                                     name, args.note)
+                                                     name, args.note, args.weights)
         bundle = load_bundle(out, text_encoder=args.text_encoder or None)
     except (CheckpointError, ModelError) as exc:
         print(f"genlca-train package: {exc}", file=sys.stderr)
@@ -57,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="a `tokenizer` training checkpoint (optional)")
     parser.add_argument("--out", required=True, help="the package folder to write")
     parser.add_argument("--name", default="", help="the model's name (default: the folder's name)")
+    parser.add_argument("--weights", choices=("ema", "live"), default="ema",
+                        help="the EMA weights (default) or the live ones (short runs: see package_checkpoint)")
     parser.add_argument("--note", default="", help="free text kept in the checkpoint, e.g. the commands that made it")
     parser.add_argument("--text-encoder", default="", help="check the package with this text encoder instead "
                                                           "of the checkpoint's own (tests)")
