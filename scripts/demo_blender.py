@@ -235,6 +235,8 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             prompted = generate_avatar("prompt", bpy.ops.genlca.generate)
             prompted_id = prompted.avatar_id
 
+        if args.photo is not None and not args.photo.is_file():
+            raise StageError(f"stage 'generate photo' failed: --photo {args.photo} is not a file")
         photo = args.photo or ((fetch("ingest") or Path("/nonexistent")) / PHOTO)
         if photo.is_file():
             with stages.stage("generate photo"):
@@ -320,10 +322,10 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             spread = float(np.ptp(hips[:, :2], 0).max()) if len(hips) > 1 else 0.0
             anim_cam = bpy.data.objects.new("GenLCA camera", bpy.data.cameras.new("camera"))
             scene.collection.objects.link(anim_cam)
-            anim_cam.data.lens = 40.0
+            anim_cam.data.lens = 50.0
             distance = 3.6 + 1.2 * spread
-            anim_cam.location = (centre[0], centre[1] - distance, 1.0)
-            anim_cam.rotation_euler = (math.radians(90 - math.degrees(math.atan2(1.0 - 0.9, distance))), 0.0, 0.0)
+            anim_cam.location = (centre[0], centre[1] - distance, centre[2] - 0.12)  # level with mid-body
+            anim_cam.rotation_euler = (math.radians(90), 0.0, 0.0)
             scene.camera = anim_cam
             select(prompted_id)
             prefs.output_dir = str(out / "frames")
@@ -356,6 +358,8 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             contact_sheet(mod("_bridge").png, [Path(p) for p in summary["frames"]],
                           [Path(a["portrait"]) for a in summary["avatars"].values()], sheet)
             summary["contact_sheet"] = str(sheet)
+            summary["contact_sheet_layout"] = {"top row": "rendered animation frames",
+                                             "bottom row": list(summary["avatars"])}
             print(f"  {sheet}", flush=True)
         session_mod.close_session()
     finally:
