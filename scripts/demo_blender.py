@@ -157,8 +157,9 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
         with stages.stage("backend"):
             port = free_port()
             backend = start_backend(args.backend_python, port, work / "avatars", args.model, out / "backend.log")
-            served = [ln for ln in (out / "backend.log").read_text().splitlines() if "serving" in ln]
-            print(f"  {served[-1].split('genlca-backend: ')[-1] if served else f'port {port}'}", flush=True)
+            served = [ln for ln in (out / "backend.log").read_text().splitlines()
+                      if ln.startswith("genlca-backend: serving")]
+            print(f"  {served[-1][len('genlca-backend: '):] if served else f'serving on port {port}'}", flush=True)
 
         import bpy  # noqa: E402  (after the user folders are set)
         import numpy as np
@@ -401,7 +402,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "demo")
     p.add_argument("--model", default=os.environ.get("GENLCA_MODEL", ""),
-                   help="model package folder or name (default: $GENLCA_MODEL, else the shipped genlca-small)")
+                   help="model package folder or name (default: $GENLCA_MODEL, else the shipped package under checkpoints/)")
     p.add_argument("--backend-python", default=str(ROOT / ".venv" / "bin" / "python"))
     p.add_argument("--prompt", default="a woman in a red shirt and blue jeans")
     p.add_argument("--edit-prompt", default="a woman in a green shirt and blue jeans")
