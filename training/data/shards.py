@@ -18,7 +18,6 @@ rerun skips the clips the manifest already holds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from backend.models.checkpoint import file_sha256  # one sha256 of a file for checkpoints and shards
 
 FORMAT = "genlca-tokens"
 VERSION = 1
@@ -113,14 +114,6 @@ def load_shard(path: str | os.PathLike) -> TokenShard:
         raise
     except Exception as exc:
         raise ShardError(f"{path}: cannot read the token shard ({exc})") from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
