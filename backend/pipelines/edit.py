@@ -16,14 +16,16 @@ import torch
 from backend.pipelines.generate import Cancel, Progress, SamplerSettings, _stepper, condition, guided_velocity
 
 
-def _check_source(bundle, tokens: torch.Tensor) -> torch.Tensor:
+def _source(bundle, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked source token map on the model's device and the atlas mask there: (C, R, R), (R, R)."""
     c, r = bundle.dit.config.token_channels, bundle.dit.config.resolution
     if tuple(tokens.shape) != (c, r, r):
         raise ValueError(f"the avatar's token map has shape {tuple(tokens.shape)}; this model edits ({c}, {r}, {r}) "
                          f"token maps (an avatar made by another model cannot be edited by this one)")
     if not bool(torch.isfinite(tokens).all()):
         raise ValueError("the avatar's token map contains NaN or inf")
-    return tokens
+    device = next(bundle.dit.parameters()).device
+    return tokens.to(device), bundle.layout.atlas_mask.to(device)
 
 
 def edit_text(bundle, tokens: torch.Tensor, prompt: str, *, strength: float = 0.6, seed: int = 0,
@@ -38,9 +40,7 @@ def edit_text(bundle, tokens: torch.Tensor, prompt: str, *, strength: float = 0.
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     settings = settings or SamplerSettings()
     dit = bundle.dit
-    device = next(dit.parameters()).device
-    atlas = bundle.layout.atlas_mask.to(device)
-    src = _check_source(bundle, tokens).to(device)
+    src, atlas = _source(bundle, tokens)
     steps = max(1, round(settings.steps * strength)) if strength > 0 else 0
     info: dict[str, Any] = {"strength": strength, "steps": steps, "guidance": settings.guidance, "seed": seed,
                             "inverted": invert, "used": ["text"]}
@@ -77,10 +77,8 @@ def regenerate_region(bundle, tokens: torch.Tensor, regions: str | list[str], pr
         raise ValueError(f"unknown region(s) {unknown or names}; expected some of {list(REGION_NAMES)}")
     settings = settings or SamplerSettings()
     dit = bundle.dit
-    device = next(dit.parameters()).device
-    atlas = bundle.layout.atlas_mask.to(device)
-    src = _check_source(bundle, tokens).to(device)
-    region = bundle.layout.region_mask(names).to(device)  # (R, R)
+    src, atlas = _source(bundle, tokens)
+    region = bundle.layout.region_mask(names).to(src.device)  # (R, R)
     with bundle.lock, torch.no_grad():
         x_src = dit.normalize(src[None]) * atlas
         velocity = guided_velocity(bundle, condition(bundle, prompt, None), settings)
