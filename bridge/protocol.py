@@ -115,18 +115,24 @@ class Ping(Request):
 
 
 @dataclasses.dataclass
-class Generate(Request):
-    """Text and/or image to avatar. Optional array "image": (H, W, 3) uint8 sRGB."""
+class Sampled(Request):
+    """Base of the requests that run the flow sampler (generate, edit): one set of sampler defaults."""
 
-    op: ClassVar[str] = "generate"
-    prompt: str = ""
     seed: int = 0
     steps: int = 32
     guidance: float = 4.0
 
 
 @dataclasses.dataclass
-class Edit(Request):
+class Generate(Sampled):
+    """Text and/or image to avatar. Optional array "image": (H, W, 3) uint8 sRGB."""
+
+    op: ClassVar[str] = "generate"
+    prompt: str = ""
+
+
+@dataclasses.dataclass
+class Edit(Sampled):
     """Edit an existing avatar: a new prompt at `strength` in (0, 1], or regenerate `region`."""
 
     op: ClassVar[str] = "edit"
@@ -134,9 +140,6 @@ class Edit(Request):
     prompt: str = ""
     strength: float = 0.6
     region: str = ""           # "" (whole body) or one of BODY_REGIONS
-    seed: int = 0
-    steps: int = 32
-    guidance: float = 4.0
 
 
 @dataclasses.dataclass
