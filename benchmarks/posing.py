@@ -7,23 +7,12 @@ forward kinematics alone, the UV layout build for R = 64/128/256 (no cache), and
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import tempfile
 import time
 
 import torch
 
-
-def _median_seconds(fn, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from benchmarks.timing import machine_line, median_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, placeholder_tokens
     from backend.avatar.uv_layout import build_layout
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine_line())
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
         template = load_template("anny", cache_dir=cache)
@@ -50,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
           f"(V={len(template.vertices)}, F={len(template.faces)}, J={template.num_joints})")
 
     for r in (64, 128, 256):
-        secs = _median_seconds(lambda: build_layout(template, r), 3)
+        secs = median_seconds(lambda: build_layout(template, r), 3)
         print(f"layout build R={r}: {secs * 1e3:.0f} ms")
 
     layout = build_layout(template, 256)
@@ -64,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     rot = torch.randn(skeleton.num_joints, 4, generator=gen)
     trans = torch.tensor([0.1, 0.0, 0.0])
     with torch.no_grad():
-        fk = _median_seconds(lambda: forward_kinematics(skeleton, rot, trans), args.runs)
-        lbs = _median_seconds(lambda: pose(g, skeleton, rot, trans), args.runs)
-        dqs = _median_seconds(lambda: pose(g, skeleton, rot, trans, dual_quaternion=True), args.runs)
+        fk = median_seconds(lambda: forward_kinematics(skeleton, rot, trans), args.runs)
+        lbs = median_seconds(lambda: pose(g, skeleton, rot, trans), args.runs)
+        dqs = median_seconds(lambda: pose(g, skeleton, rot, trans, dual_quaternion=True), args.runs)
     print(f"forward kinematics (J={skeleton.num_joints}): {fk * 1e3:.2f} ms")
     print(f"pose {len(g)} Gaussians (top-8 skin), LBS: {lbs * 1e3:.1f} ms  (median of {args.runs})")
     print(f"pose {len(g)} Gaussians (top-8 skin), DQS: {dqs * 1e3:.1f} ms  (median of {args.runs})")
