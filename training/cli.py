@@ -60,11 +60,12 @@ def _add_tokenizer_commands(sub) -> None:
             return importlib.import_module(module).main(args)
         return run
 
-    from training import fit_clip, tokenize_library, train_tokenizer  # light: torch only, no model built
+    from training import fit_clip, tokenize_library, tokenize_video, train_tokenizer  # light: torch only, no model built
     for name, module, helptext in (
             ("tokenizer", train_tokenizer, "train the tokenizer (frames -> token map) on clip records"),
             ("fit", fit_clip, "optimise one clip's token map directly (per-subject baseline)"),
-            ("tokenize", tokenize_library, "tokenize a library of clip records into token shards (torchrun-aware)")):
+            ("tokenize", tokenize_library, "tokenize a library of clip records into token shards (torchrun-aware)"),
+            ("tokenize-video", tokenize_video, "tokenize a real video of a person; silhouette IoU on held-out frames")):
         p = sub.add_parser(name, help=helptext)
         module.add_arguments(p)
         p.set_defaults(run=lazy(module.__name__))
@@ -80,6 +81,9 @@ def _add_diffusion_commands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate DiT checkpoints on held-out synthetic people")
     evaluate.build_parser(p)
     p.set_defaults(run=evaluate.run)
+    from training import scaling  # `genlca-train scaling`: the data-scaling curve (train + eval per size)
+
+    scaling.add_subparser(sub)
     from training import package_model
 
     p = sub.add_parser("package", help="make a model package the backend serves from training checkpoints")
