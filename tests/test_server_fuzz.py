@@ -16,10 +16,10 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.pipelines.placeholder import placeholder_handlers
 from backend.server import BackendServer
 from bridge import protocol
 from bridge.codec import decode, encode, request_header
+from tests.placeholder_pipeline import placeholder_handlers
 
 LIMIT = 1 << 20
 

@@ -11,12 +11,12 @@ import pytest
 import zmq
 
 from backend.jobs import HandlerError
-from backend.pipelines.placeholder import placeholder_handlers
 from backend.pipelines.store import AvatarStore
 from backend.server import BackendServer
 from bridge import protocol
 from bridge.client import BridgeClient, BridgeError
 from bridge.codec import check_arrays, decode, encode, request_header
+from tests.placeholder_pipeline import placeholder_handlers
 
 
 @dataclasses.dataclass

@@ -12,10 +12,10 @@ import pytest
 import zmq
 
 from backend.cli import main as cli_main
-from backend.pipelines.placeholder import placeholder_handlers
 from backend.server import BackendServer, is_loopback
 from bridge import protocol
 from bridge.client import BridgeClient, BridgeError
+from tests.placeholder_pipeline import placeholder_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
 

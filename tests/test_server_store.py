@@ -6,10 +6,10 @@ import threading
 import numpy as np
 import pytest
 
-from backend.pipelines.placeholder import placeholder_cloud
 from backend.pipelines.store import AvatarStore
 from bridge import protocol
 from bridge.codec import check_arrays
+from tests.placeholder_pipeline import placeholder_cloud
 
 
 def test_lru_eviction_counts_gets_as_uses():

@@ -1,7 +1,7 @@
 """PLACEHOLDER handlers: a seeded Gaussian cloud shaped like a body, numpy only, no model.
 
-They exist so that the service, the wire and the add-on can be exercised without the avatar core or any
-weights (tests, benchmarks, `genlca-backend serve` before backend.pipelines.default_handlers exists).
+They exist so that the server's tests (tests/test_server_*.py) exercise the service and the wire without
+the avatar core or any weights; production code serves backend.pipelines.default_handlers.
 `generate` is real work, done in `steps` relaxation steps with a progress reply per step (so progress
 order and cancellation can be tested); `get_avatar` returns the arrays of bridge.protocol.AVATAR_ARRAYS
 with a one-joint skeleton. Every result says `meta.generator == "placeholder-random"`.
