@@ -11,17 +11,19 @@ avatar's joints (aimed by positions; with fitting also placed and uniformly scal
 pose channels (location, quaternion, scale), written in bulk. The avatar's rest data are never touched:
 `unbind` resets the channels and the avatar is exactly at rest.
 
-The splats follow the bones' rotations through `scene_import.update_splat_rotations` ("posed_rotation"),
-called by three handlers: frame changes (after `apply_binding` for bound avatars, from the pose just
-written; from the evaluated pose for the others), `depsgraph_update_pre` (hand-posing: a pose predicted
-from the bones' own channels is written before the depsgraph evaluates, so the mesh is evaluated once)
-and `depsgraph_update_post` (for avatar armatures among the updates: the evaluated pose, which corrects
-the prediction where constraints or drivers differ; an unchanged pose costs a comparison of J
-quaternions). Meshes above scene_import.AUTO_UPDATE_MAX_SPLATS Gaussians are left out.
+The splats follow the bones through `scene_import.update_splat_pose` (centres "position" and orientations
+"posed_rotation", linear blend skinning in numpy: no vertex groups, no Armature modifier), called by three
+handlers: frame changes (after `apply_binding` for bound avatars, from the pose just written; from the
+evaluated pose for the others), `depsgraph_update_pre` (hand-posing: a pose predicted from the bones' own
+channels is written before the depsgraph evaluates, so the mesh is evaluated once) and
+`depsgraph_update_post` (for avatar armatures among the updates: the evaluated pose, which corrects the
+prediction where constraints or drivers differ; an unchanged pose costs a comparison of J matrices).
+Meshes above scene_import.AUTO_UPDATE_MAX_SPLATS Gaussians are left out.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Mapping
 
 import bpy
@@ -109,16 +111,23 @@ def iter_pose_matrices(avatar: bpy.types.Object, frame_start: int, frame_end: in
 _reading_pose = 0  # > 0 while iter_pose_matrices steps through frames: no splat orientation updates
 
 
-def pose_rotations_from_basis(avatar: bpy.types.Object) -> np.ndarray:
-    """(J, 3, 3) armature-space pose rotations, joint order, by forward kinematics from the pose bones'
-    own channels (`matrix_basis`): what the depsgraph computes for bones that inherit their parent's
-    rotation, before it has run, without constraints or drivers."""
+def pose_matrices_from_basis(avatar: bpy.types.Object) -> np.ndarray:
+    """(J, 4, 4) armature-space pose matrices, joint order, by forward kinematics from the pose bones' own
+    channels (`matrix_basis`: location, rotation, scale): pose_j = pose_parent · rest_parent⁻¹ · rest_j ·
+    basis_j, what the depsgraph computes for bones that inherit their parent's transform, before it has
+    run, without constraints or drivers."""
     names = joint_names(avatar)
     bones = avatar.pose.bones
     basis = _matrices(bones, "matrix_basis", len(bones))[_order(bones, names)].astype(np.float64)
-    rest = rest_matrices(avatar)[:, :3, :3].astype(np.float64)
-    unit = lambda m: m / np.linalg.norm(m, axis=-2, keepdims=True)  # noqa: E731 (drop bone scale)
-    return rigmaps.world_rotations(unit(basis[:, :3, :3]), unit(rest), joint_parents(avatar))
+    rest = rest_matrices(avatar).astype(np.float64)
+    parents = joint_parents(avatar)
+    frame = rest.copy()  # each joint's frame when its basis is identity, relative to its parent's pose
+    has = parents >= 0
+    frame[has] = retarget.inverse_similarity(rest[parents[has]]) @ rest[has]
+    pose = np.empty_like(rest)
+    for j, p in enumerate(parents):  # parents come first (checked at import)
+        pose[j] = (pose[p] @ frame[j] if p >= 0 else frame[j]) @ basis[j]
+    return pose
 
 
 def is_avatar(obj: bpy.types.Object) -> bool:
@@ -133,16 +142,17 @@ def splat_meshes(avatar: bpy.types.Object) -> list[bpy.types.Object]:
 
 def update_splats(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph | None = None,
                   predict: bool = False) -> int:
-    """Update "posed_rotation" of the avatar's splat meshes of at most AUTO_UPDATE_MAX_SPLATS Gaussians
-    from its evaluated pose (predict: from `pose_rotations_from_basis`). Returns how many were rewritten.
+    """Pose the avatar's splat meshes of at most AUTO_UPDATE_MAX_SPLATS Gaussians (centres and
+    orientations) from its evaluated pose (predict: from `pose_matrices_from_basis`). Returns how many
+    were rewritten.
     Nothing while `iter_pose_matrices` reads frames (the scene goes back to its frame afterwards)."""
     if _reading_pose:
         return 0
     meshes = [m for m in splat_meshes(avatar) if len(m.data.vertices) <= scene_import.AUTO_UPDATE_MAX_SPLATS]
     if not meshes:
         return 0
-    pose = pose_rotations_from_basis(avatar) if predict else None
-    return sum(scene_import.update_splat_rotations(m, avatar, pose=pose, depsgraph=depsgraph) for m in meshes)
+    pose = pose_matrices_from_basis(avatar) if predict else None
+    return sum(scene_import.update_splat_pose(m, avatar, pose=pose, depsgraph=depsgraph) for m in meshes)
 
 
 # ------------------------------------------------------------------ binding
@@ -216,6 +226,66 @@ def action_range(source: bpy.types.Object) -> tuple[int, int] | None:
     return int(np.floor(start)), int(np.ceil(end))
 
 
+CLIP_FPS_KEY = "genlca_clip_fps"  # on an action: the frame rate of the clip it came from (frames per second)
+_FRAME_TIME_LINES = 4096  # a BVH's "Frame Time:" comes right after its hierarchy: read this many lines at most
+_FRAME_TIME = re.compile(r"\s*frame\s+time\s*:\s*(\S*)", re.IGNORECASE)
+
+
+def read_bvh_frame_time(path: str) -> float:
+    """Seconds per frame from a BVH file's "Frame Time:" line (Blender's BVH importer reads it, but keeps
+    it only when it rescales the keys or changes the scene's rate). ValueError naming the file when the
+    line is missing or its value is not a positive number."""
+    path = bpy.path.abspath(str(path))
+    with open(path, "r", encoding="latin-1") as f:
+        for number, line in enumerate(f):
+            if number >= _FRAME_TIME_LINES:
+                break
+            found = _FRAME_TIME.match(line)
+            if found is None:
+                continue
+            try:
+                seconds = float(found.group(1))
+            except ValueError:
+                raise ValueError(f"{path}: 'Frame Time:' is not a number: {line.strip()!r}") from None
+            if not np.isfinite(seconds) or seconds <= 0.0:
+                raise ValueError(f"{path}: 'Frame Time:' must be a positive number of seconds, got {seconds}")
+            return seconds
+    raise ValueError(f"{path}: no 'Frame Time:' line in the BVH header (is it a BVH file?)")
+
+
+def remember_clip_rate(source: bpy.types.Object, bvh_path: str) -> float:
+    """Store the frame rate of the BVH the source's action came from on that action (CLIP_FPS_KEY, kept
+    with the action in the .blend); returns it in frames per second."""
+    action = source.animation_data.action if source.animation_data is not None else None
+    if action is None:
+        raise ValueError(f"armature {source.name!r} has no action to take a frame rate for")
+    fps = 1.0 / read_bvh_frame_time(bvh_path)
+    action[CLIP_FPS_KEY] = fps
+    return fps
+
+
+def clip_rate(source: bpy.types.Object) -> float | None:
+    """The frame rate stored on the source's action (`remember_clip_rate`), or None."""
+    action = source.animation_data.action if source.animation_data is not None else None
+    fps = action.get(CLIP_FPS_KEY) if action is not None else None
+    return float(fps) if fps else None
+
+
+def scene_rate(fps: float) -> tuple[int, float]:
+    """(render.fps, render.fps_base) for a frame rate, as Blender's BVH importer sets them: the nearest
+    whole rate and the base that makes fps / fps_base exact (120 -> (120, 1.0); 29.97 -> (30, 1.001))."""
+    whole = max(1, int(round(fps)))
+    return whole, whole / fps
+
+
+def set_scene_rate(scene: bpy.types.Scene, fps: float) -> bool:
+    """Set the scene's frame rate to `fps`; False when it already plays at that rate (within 1e-6)."""
+    if abs(scene.render.fps / scene.render.fps_base - fps) <= 1e-6 * fps:
+        return False
+    scene.render.fps, scene.render.fps_base = scene_rate(fps)
+    return True
+
+
 FLOOR_KEY = "genlca_floor"  # on a bound avatar: the world height of its source's floor
 FLOOR_SAMPLES = 24
 MAX_LIFT = 0.025  # metres: how far the ground contact may lift the avatar off the source's joints
@@ -286,11 +356,10 @@ def _feet(avatar: bpy.types.Object, plan) -> tuple[np.ndarray, np.ndarray]:
     meshes = splat_meshes(avatar)
     if meshes:
         mesh = meshes[0]
-        co = np.empty(len(mesh.data.vertices) * 3, np.float32)
-        mesh.data.vertices.foreach_get("co", co)
+        co = scene_import.rest_positions(mesh.data)  # "position" is posed
         world = np.array(mesh.matrix_world, np.float64)
         if len(co):
-            floor = float((co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3])[:, 2].min())
+            floor = float((co @ world[:3, :3].T + world[:3, 3])[:, 2].min())
     height = z.max() - floor
     feet = np.flatnonzero(z < floor + 0.1 * height)
     _feet_cache[avatar.session_uid] = (plan, feet, z[feet] - floor)
@@ -443,7 +512,7 @@ def on_frame_change(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph | Non
             try:  # a bound avatar's pose was just written and is not evaluated yet: predict it
                 update_splats(obj, depsgraph, predict=bound)
             except Exception as exc:
-                _report("splat rotation update", obj, exc)
+                _report("splat pose update", obj, exc)
 
 
 _seen_basis: dict[int, bytes] = {}  # avatar armature -> its pose bones' matrix_basis at the last update
@@ -466,7 +535,7 @@ def on_depsgraph_update_pre(scene: bpy.types.Scene, *_args) -> None:
             if _seen_basis.get(key) != seen[key]:
                 update_splats(obj, predict=True)
         except Exception as exc:
-            _report("splat rotation update", obj, exc)
+            _report("splat pose update", obj, exc)
     _seen_basis.clear()
     _seen_basis.update(seen)
 
@@ -487,7 +556,7 @@ def on_depsgraph_update_post(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgr
         try:
             update_splats(avatar, depsgraph)
         except Exception as exc:
-            _report("splat rotation update", avatar, exc)
+            _report("splat pose update", avatar, exc)
 
 
 _HANDLERS = (("frame_change_post", on_frame_change), ("depsgraph_update_pre", on_depsgraph_update_pre),

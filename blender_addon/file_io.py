@@ -38,7 +38,7 @@ def read(path: str | Path):
 
 
 def import_steps(context: bpy.types.Context, path: str | Path, collection: bpy.types.Collection | None = None,
-                 out: dict | None = None, bake_chunk: int | None = None) -> Iterator[tuple[int, int]]:
+                 out: dict | None = None) -> Iterator[tuple[int, int]]:
     """Read the file, then the staged scene import (`scene_import.import_steps`); out gets "armature"
     (None for unrigged splats), "mesh" and "file" (the AvatarFile)."""
     out = {} if out is None else out
@@ -49,7 +49,7 @@ def import_steps(context: bpy.types.Context, path: str | Path, collection: bpy.t
     meta.setdefault("source_file", path.name)
     header = {"avatar_id": str(meta.get("avatar_id", "")), "joint_names": avatar.joint_names, "meta": meta}
     yield from scene_import.import_steps(context, header, avatar.arrays, collection, name=f"GenLCA {path.stem}",
-                                         out=out, bake_chunk=bake_chunk)
+                                         out=out)
 
 
 def import_file(context: bpy.types.Context, path: str | Path, collection: bpy.types.Collection | None = None
@@ -86,7 +86,7 @@ def scene_avatar(obj: bpy.types.Object):
     """An `AvatarFile` from an imported avatar (rest pose) or splat mesh."""
     mesh_obj, armature = splat_objects(obj)
     mesh = mesh_obj.data
-    arrays = {"means": _attribute(mesh, "position", "vector", 3),
+    arrays = {"means": scene_import.rest_positions(mesh),  # "position" is posed
               "rotations": _attribute(mesh, "rotation", "value", 4)}
     with np.errstate(divide="ignore"):
         arrays["log_scales"] = np.log(_attribute(mesh, "scale", "vector", 3))

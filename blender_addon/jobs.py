@@ -17,7 +17,6 @@ from . import export, properties, render, scene_import
 from ._bridge import protocol
 from .session import Session, notify
 
-IMPORT_BAKE_CHUNK = 16  # about 16 joints' worth of skin weights per import step (keeps each timer tick short)
 AvatarCallback = Callable[[bpy.types.Object, bpy.types.Object], None]
 
 
@@ -211,8 +210,7 @@ def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, l
 
         def steps():
             target = bpy.data.scenes[name]
-            yield from scene_import.import_steps(bpy.context, header, arrays, target.collection, out=out,
-                                                 bake_chunk=IMPORT_BAKE_CHUNK)
+            yield from scene_import.import_steps(bpy.context, header, arrays, target.collection, out=out)
             item = add_to_avatar_list(target, avatar_id, label or avatar_id[:8], out["armature"])
             if "placeholder" in generator.lower():  # say what it is: not an avatar generated from the prompt
                 text = f"imported placeholder avatar {item.label} ({generator})"

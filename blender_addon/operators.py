@@ -3,7 +3,7 @@
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import binding, file_io, jobs, preferences, properties, session
+from . import binding, file_io, jobs, preferences, properties, session, skin_groups
 
 
 def _session(op: bpy.types.Operator) -> session.Session | None:
@@ -185,6 +185,13 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
                                                   "avatar (e.g. a centimetre BVH) to the avatar's size")
     use_action_range: bpy.props.BoolProperty(name="Scene Range from Action", default=True,
                                              description="Set the scene's frame range to the armature's action")
+    use_clip_rate: bpy.props.BoolProperty(name="Scene Frame Rate from Clip", default=True,
+                                          description="Play the action at its clip's own frame rate (a BVH's "
+                                                      "Frame Time, known when it was imported through GenLCA "
+                                                      "or named below)")
+    clip_path: bpy.props.StringProperty(name="BVH File", subtype="FILE_PATH", default="",
+                                        description="The BVH the armature's action came from (optional): its "
+                                                    "Frame Time sets the scene's frame rate")
 
     @classmethod
     def poll(cls, context):
@@ -199,6 +206,15 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
             source.scale = [c * factor for c in source.scale]
             notes.append(f"scaled {source.name} by {factor:.4g} ({source_h:.3g} tall against the avatar's "
                          f"{avatar_h:.3g})")
+        if self.clip_path:
+            try:
+                binding.remember_clip_rate(source, self.clip_path)
+            except (ValueError, OSError) as exc:
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+        fps = binding.clip_rate(source) if self.use_clip_rate else None
+        if fps is not None and binding.set_scene_rate(context.scene, fps):
+            notes.append(f"scene frame rate {fps:.6g} fps from the clip")
         frames = binding.action_range(source) if self.use_action_range else None
         if frames is not None and (context.scene.frame_start, context.scene.frame_end) != frames:
             context.scene.frame_start, context.scene.frame_end = frames
@@ -214,6 +230,61 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
         ap.map_armature = source
         self.report({"INFO"}, f"Bound {avatar.name} to {source.name} ({avatar.genlca.rig}, {len(mapping)} "
                               f"bones mapped)" + "".join(f"; {n}" for n in notes))
+        return {"FINISHED"}
+
+
+class GENLCA_OT_import_bvh(bpy.types.Operator, ImportHelper):
+    """Import a BVH motion clip with Blender's importer (one key per clip frame) and remember its frame
+    rate on the action, so binding plays it at its own speed"""
+
+    bl_idname = "genlca.import_bvh"
+    bl_label = "Import Motion (.bvh)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".bvh"
+    filter_glob: bpy.props.StringProperty(default="*.bvh", options={"HIDDEN"})
+    global_scale: bpy.props.FloatProperty(name="Scale", default=1.0, min=1e-6, max=1e6,
+                                          description="Scale of the clip's units (binding offers to fix an "
+                                                      "armature far off the avatar's size)")
+
+    def execute(self, context):
+        try:
+            frame_time = binding.read_bvh_frame_time(self.filepath)  # refuse a file without one before importing
+        except (ValueError, OSError) as exc:
+            self.report({"ERROR"}, f"GenLCA cannot import the motion: {exc}")
+            return {"CANCELLED"}
+        result = bpy.ops.import_anim.bvh(filepath=self.filepath, global_scale=self.global_scale,
+                                         use_fps_scale=False, update_scene_fps=False, update_scene_duration=False)
+        source = context.view_layer.objects.active
+        if result != {"FINISHED"} or source is None or source.type != "ARMATURE":
+            self.report({"ERROR"}, f"Blender's BVH importer made no armature from {self.filepath}")
+            return {"CANCELLED"}
+        fps = binding.remember_clip_rate(source, self.filepath)
+        self.report({"INFO"}, f"Imported {source.name}: {fps:.6g} fps ({frame_time:.6g} s per frame)")
+        return {"FINISHED"}
+
+
+class GENLCA_OT_bake_vertex_groups(bpy.types.Operator):
+    """Write the selected avatar's skin weights as vertex groups (one per joint) for other tools, e.g. an
+    FBX export or weight painting. The add-on poses the splats without them"""
+
+    bl_idname = "genlca.bake_vertex_groups"
+    bl_label = "Bake Vertex Groups"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = _active_item(cls, context)
+        if item is None or item.armature is None or not binding.splat_meshes(item.armature):
+            cls.poll_message_set("The selected avatar has no splat mesh with skin weights in this file")
+            return False
+        return True
+
+    def execute(self, context):
+        avatar = properties.active_avatar(context.scene.genlca).armature
+        counts = [skin_groups.bake_vertex_groups(mesh, binding.joint_names(avatar))
+                  for mesh in binding.splat_meshes(avatar)]
+        self.report({"INFO"}, f"Baked {sum(counts)} vertex-group weights of {avatar.name}")
         return {"FINISHED"}
 
 
@@ -442,7 +513,8 @@ def _export_menu(self, context):
 
 
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
-           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
+           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
+           GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
            GENLCA_OT_unbind_armature, GENLCA_OT_render,
            GENLCA_OT_export, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)
 _register, _unregister = bpy.utils.register_classes_factory(classes)

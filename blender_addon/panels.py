@@ -135,6 +135,7 @@ class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
         layout = self.layout
         item = properties.active_avatar(context.scene.genlca)
         avatar = item.armature if item is not None else None
+        layout.operator("genlca.import_bvh", icon="ANIM_DATA")
         row = layout.row(align=True)
         row.operator("genlca.bind_armature", icon="CON_ARMATURE")
         row.operator("genlca.unbind_armature", text="", icon="UNLINKED")
@@ -153,6 +154,7 @@ class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
                 col.operator("genlca.bone_map_edit", text="", icon="ADD").action = "ADD"
                 col.operator("genlca.bone_map_edit", text="", icon="REMOVE").action = "REMOVE"
                 col.operator("genlca.bone_map_edit", text="", icon="TRASH").action = "CLEAR"
+        layout.operator("genlca.bake_vertex_groups", icon="GROUP_VERTEX")
         layout.operator("genlca.render", icon="RENDER_ANIMATION")
 
 

@@ -3,11 +3,12 @@
 Result: an armature object (`armature_build`) and, parented to it, a mesh object with one vertex per
 Gaussian and no faces. The mesh carries the attributes "scale" (exp of log-scale, FLOAT_VECTOR),
 "rotation" (QUATERNION, wxyz: the rest orientation), "opacity" (sigmoid of the logit), "color" (SH DC ->
-linear RGBA), the top-k skin packed into k INT attributes "genlca_skin_0".. (`splat_pose`), vertex
-groups with the same weights quantised to multiples of 1/SKIN_LEVELS (`skin_groups`), an Armature
-modifier (posing deforms it in the viewport) and a Geometry Nodes modifier that draws the splats as
-ellipsoids (`splat_nodes`). The arrays are checked first against bridge.protocol.AVATAR_ARRAYS with
-the one contract check of `bridge.contract`.
+linear RGBA), the top-k skin packed into k INT attributes "genlca_skin_0".. and the rest centres
+"genlca_rest_position" (`splat_pose`), and a Geometry Nodes modifier that draws the splats as ellipsoids
+(`splat_nodes`). No vertex groups and no Armature modifier: binding's handlers pose the centres and
+orientations in numpy (`splat_pose.update_splat_pose`), which makes the import as fast as an unrigged one;
+vertex groups for other tools are an explicit operator (`skin_groups`, "Bake Vertex Groups"). The arrays
+are checked first against bridge.protocol.AVATAR_ARRAYS with the one contract check of `bridge.contract`.
 
 `import_steps` yields between stages so the session can spread a large import over several timer
 ticks; `import_avatar` runs them all. The names of the modules it was split into stay importable from
@@ -25,10 +26,9 @@ from . import splat_nodes
 from ._bridge import contract, protocol
 from .armature_build import (JOINT_NAMES_KEY, _collection, avatar_joint_names, bone_matrices,  # noqa: F401
                              bone_order, build_armature)
-from .skin_groups import SKIN_LEVELS, skin_vertex_group_steps, skin_weight_runs  # noqa: F401
 from .splat_pose import (AUTO_UPDATE_MAX_SPLATS, POSE_KEY, POSE_TOLERANCE, POSED_ROTATION,  # noqa: F401
-                         SKIN_ATTRIBUTE, _skin_attributes, bone_rotation_deltas, posed_splat_rotations,
-                         splat_skin, update_splat_rotations)
+                         REST_POSITION, SKIN_ATTRIBUTE, _skin_attributes, posed_splat_centres,
+                         posed_splat_rotations, rest_positions, skinning_matrices, splat_skin, update_splat_pose)
 
 SH_C0 = 0.28209479177387814
 SPLAT_KEYS = ("means", "rotations", "log_scales", "opacity_logits", "sh")  # what an unrigged splat file has
@@ -98,26 +98,25 @@ def _splat_attributes(mesh: bpy.types.Mesh, arrays: Mapping[str, np.ndarray]) ->
             "vector", np.ascontiguousarray(arrays["sh"][:, i, :], np.float32).ravel())
     if "skin_indices" in arrays:
         _skin_attributes(mesh, arrays["skin_indices"], arrays["skin_weights"])
+        mesh.attributes.new(REST_POSITION, "FLOAT_VECTOR", "POINT").data.foreach_set(
+            "vector", np.ascontiguousarray(arrays["means"], np.float32).ravel())
 
 
 
 def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                  collection: bpy.types.Collection | None = None, name: str | None = None,
-                 out: dict | None = None, bake_chunk: int | None = None) -> Iterator[tuple[int, int]]:
+                 out: dict | None = None) -> Iterator[tuple[int, int]]:
     """The import as a generator of stages (for the session's timer); `out` receives "armature", "mesh".
 
-    Yields (stage, 5) after each stage: 1 armature, 2 mesh with the splat attributes, 3 skin weights
-    grouped into runs (numpy), 4 vertex groups, 5 parent, modifiers, material and the link into the
-    collection. bake_chunk: about that many joints' worth of vertex-group weights per step of stage 4
-    (the session's timer runs one step per tick); None writes them all in one step. (The name is from
-    the Geometry Nodes bake this replaced.)"""
+    Yields (stage, 3) after each stage: 1 armature, 2 mesh with the splat attributes (and the skin),
+    3 parent, Geometry Nodes modifier, material and the link into the collection."""
     out = {} if out is None else out
     joint_names = [str(n) for n in header.get("joint_names", [])]
     n, j_count, k = check_avatar_arrays(arrays, joint_names)
-    rigged = is_rigged(arrays)  # unrigged splats (a PLY): the mesh alone, no armature, skin or modifiers
+    rigged = is_rigged(arrays)  # unrigged splats (a PLY): the mesh alone, no armature or skin
     avatar_id = str(header.get("avatar_id", ""))
     name = name or f"GenLCA {avatar_id[:8] or 'avatar'}"
-    total = 5
+    total = 3
 
     armature = None
     if rigged:
@@ -133,7 +132,7 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     mesh = bpy.data.meshes.new(name + " splats")
     mesh.vertices.add(n)
     _splat_attributes(mesh, arrays)
-    obj = bpy.data.objects.new(name + " splats", mesh)  # linked at the end: vertex groups go faster
+    obj = bpy.data.objects.new(name + " splats", mesh)
     obj["genlca_avatar_id"] = avatar_id
     if not rigged:
         obj["genlca_meta"] = json.dumps(header.get("meta", {}), default=str)
@@ -141,28 +140,20 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     yield 2, total
 
     if rigged:
-        stage = 3
-        for _ in skin_vertex_group_steps(obj, joint_names, arrays["skin_indices"], arrays["skin_weights"],
-                                         step_joints=bake_chunk):
-            yield stage, total
-            stage = 4
-        obj.parent = armature
-        deform = obj.modifiers.new("Armature", "ARMATURE")
-        deform.object = armature
-        deform.use_vertex_groups = True
+        obj.parent = armature  # identity offset: the mesh's space is the armature's
     splats = obj.modifiers.new("GenLCA splats", "NODES")
     splats.node_group = splat_nodes.splat_tree()
     mesh.materials.append(splat_nodes.splat_material())
     _collection(context, collection).objects.link(obj)
-    yield 5, total
+    yield 3, total
 
 
 def import_avatar(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                  collection: bpy.types.Collection | None = None, name: str | None = None,
-                  bake_chunk: int | None = None) -> tuple[bpy.types.Object, bpy.types.Object]:
+                  collection: bpy.types.Collection | None = None, name: str | None = None
+                  ) -> tuple[bpy.types.Object, bpy.types.Object]:
     """Import in one go: returns (armature object, splat mesh object)."""
     out: dict = {}
-    for _ in import_steps(context, header, arrays, collection, name, out, bake_chunk):
+    for _ in import_steps(context, header, arrays, collection, name, out):
         pass
     return out["armature"], out["mesh"]
 
@@ -171,16 +162,13 @@ def avatar_arrays(mesh_obj: bpy.types.Object) -> dict[str, np.ndarray]:
     """Read back the splat attributes of an imported avatar (rest pose): means, scales, rotations, ..."""
     mesh = mesh_obj.data
     n = len(mesh.vertices)
-    out = {"means": np.empty(n * 3, np.float32), "scale": np.empty(n * 3, np.float32),
+    out = {"scale": np.empty(n * 3, np.float32),
            "rotation": np.empty(n * 4, np.float32), "opacity": np.empty(n, np.float32),
            "color": np.empty(n * 4, np.float32)}
-    mesh.vertices.foreach_get("co", out["means"])
     mesh.attributes["scale"].data.foreach_get("vector", out["scale"])
     mesh.attributes["rotation"].data.foreach_get("value", out["rotation"])
     mesh.attributes["opacity"].data.foreach_get("value", out["opacity"])
     mesh.attributes["color"].data.foreach_get("color", out["color"])
-    return {"means": out["means"].reshape(n, 3), "scale": out["scale"].reshape(n, 3),
+    return {"means": rest_positions(mesh), "scale": out["scale"].reshape(n, 3),
             "rotation": out["rotation"].reshape(n, 4), "opacity": out["opacity"], "color": out["color"].reshape(n, 4)}
 
-
-# How many of the top-8 skin weights are nonzero per texel in the backend's anny layout (R=128): 1..8

@@ -1,5 +1,7 @@
-"""Skin weights as vertex groups (what the Armature modifier deforms with): top-k weights grouped into
-runs of vertices that share a joint and a quantised weight, one `VertexGroup.add` per run."""
+"""Skin weights as vertex groups, for other tools (an FBX export, weight painting, an Armature modifier
+of the user's own): top-k weights grouped into runs of vertices that share a joint and a quantised
+weight, one `VertexGroup.add` per run. Only the explicit "Bake Vertex Groups" operator writes them: the
+import does not (the add-on poses the splats from the packed skin attributes, `splat_pose`)."""
 from __future__ import annotations
 
 import array
@@ -8,6 +10,8 @@ from typing import Iterator
 
 import bpy
 import numpy as np
+
+from .splat_pose import splat_skin
 
 
 SKIN_LEVELS = 1023  # vertex-group weights are multiples of 1/SKIN_LEVELS: error <= 1/2046 per weight
@@ -116,3 +120,15 @@ def skin_vertex_group_steps(obj: bpy.types.Object, joint_names: list[str], indic
         for g, joint in zip(groups, joint_names):
             g.name = joint
     yield
+
+
+def bake_vertex_groups(obj: bpy.types.Object, joint_names: list[str], levels: int = SKIN_LEVELS) -> int:
+    """Replace the splat mesh's vertex groups named after joints by groups holding its stored skin
+    (`splat_pose.splat_skin`) quantised to 1/levels; returns how many weights were written."""
+    indices, weights = splat_skin(obj.data)
+    names = set(joint_names)
+    for group in [g for g in obj.vertex_groups if g.name in names]:
+        obj.vertex_groups.remove(group)
+    for _ in skin_vertex_group_steps(obj, joint_names, indices, weights, levels):
+        pass
+    return int((np.rint(np.clip(weights, 0.0, 1.0) * levels) > 0).sum())

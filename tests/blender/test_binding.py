@@ -51,7 +51,7 @@ def anny_avatar():
 def import_anny(scene):
     header, arrays = anny_avatar()
     armature, mesh = addon_module("scene_import").import_avatar(bpy.context, header, arrays)
-    mesh.modifiers["GenLCA splats"].show_viewport = False  # evaluated points: the Armature modifier's
+    mesh.modifiers["GenLCA splats"].show_viewport = False  # evaluated points: the posed centres
     item = scene.genlca.avatars.add()
     item.avatar_id, item.label, item.armature = header["avatar_id"], "anny", armature
     scene.genlca.avatar_index = len(scene.genlca.avatars) - 1
@@ -96,7 +96,7 @@ def cmu_hand_errors(source, avatar) -> list[float]:
 
 
 def lowest_foot_splat(mesh, avatar) -> float:
-    """World z of the lowest splat skinned mostly to a foot or toe joint, after the Armature modifier."""
+    """World z of the lowest splat skinned mostly to a foot or toe joint, as posed by the handlers."""
     names = addon_module("binding").joint_names(avatar)
     feet = np.array([n.startswith(("foot", "toe")) for n in names])
     _, arrays = anny_avatar()

@@ -1,4 +1,4 @@
-"""Posed splat orientations: the stored skin, `scene_import.update_splat_rotations` against the backend's
+"""Posed splat orientations: the stored skin, `scene_import.update_splat_pose` against the backend's
 LBS of rotations (a numpy copy of backend/avatar/skinning.py `pose`, and the backend's own function run by
 GENLCA_BACKEND_PYTHON), the Geometry Nodes instances, and binding's handlers (hand-posing, frame changes,
 bound avatars)."""
@@ -154,7 +154,7 @@ def test_skin_attributes_hold_the_top_k_skin_and_survive_save(avatar, tmp_path):
     assert np.abs(w - arrays["skin_weights"]).max() <= 0.5 / 65535 + 1e-7
     pose_armature(armature, header["joint_names"], random_local_rotations(30, seed=2))
     bpy.context.view_layer.update()
-    scene_import.update_splat_rotations(mesh, armature)  # done already by the handlers, or now
+    scene_import.update_splat_pose(mesh, armature)  # done already by the handlers, or now
     assert same_rotation(posed_rotation(mesh), rest_rotation(mesh)).max() > 0.3
     # saved and read back (appended from the file): skin, rest and posed orientations, the pose key
     path = tmp_path / "avatar.blend"
@@ -177,14 +177,14 @@ def test_skin_attributes_hold_the_top_k_skin_and_survive_save(avatar, tmp_path):
         bpy.data.meshes.remove(loaded)
 
 
-# ------------------------------------------------------------------ update_splat_rotations
+# ------------------------------------------------------------------ update_splat_pose
 def test_rest_pose_gives_the_rest_rotation(avatar):
     _, _, armature, mesh, _, _ = avatar
     scene_import = addon_module("scene_import")
-    assert scene_import.update_splat_rotations(mesh, armature, force=True)
+    assert scene_import.update_splat_pose(mesh, armature, force=True)
     np.testing.assert_array_equal(posed_rotation(mesh), rest_rotation(mesh))
     # unchanged pose: nothing to write
-    assert not scene_import.update_splat_rotations(mesh, armature)
+    assert not scene_import.update_splat_pose(mesh, armature)
 
 
 def test_a_90_degree_bone_turns_its_splats_by_90_degrees(avatar):
@@ -194,7 +194,7 @@ def test_a_90_degree_bone_turns_its_splats_by_90_degrees(avatar):
     local = np.array([np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0])  # 90 degrees about the bone's X
     armature.pose.bones[name].rotation_quaternion = local.tolist()
     bpy.context.view_layer.update()
-    scene_import.update_splat_rotations(mesh, armature, force=True)
+    scene_import.update_splat_pose(mesh, armature, force=True)
     got = posed_rotation(mesh)
     rest = rest_rotation(mesh)
     r_b = arrays["rest_matrices"][b, :3, :3].astype(np.float64)
@@ -227,7 +227,7 @@ def test_matches_the_backends_lbs_of_rotations(avatar, table, monkeypatch):
     pose_armature(armature, header["joint_names"], local)
     armature.pose.bones[header["joint_names"][0]].location = (0.1, 0.2, -0.1)  # moves, does not turn
     bpy.context.view_layer.update()
-    assert scene_import.update_splat_rotations(mesh, armature, force=True)
+    assert scene_import.update_splat_pose(mesh, armature, force=True)
     want = backend_pose_rotations(arrays, local, root_translation=(0.1, 0.2, -0.1))
     got = posed_rotation(mesh)
     assert same_rotation(got, rest_rotation(mesh)).max() > 0.3  # they turned
@@ -246,7 +246,7 @@ def test_matches_the_backend_itself(scene, tmp_path):
     local = random_local_rotations(40, seed=9, spread=0.8)
     pose_armature(armature, header["joint_names"], local)
     bpy.context.view_layer.update()
-    scene_import.update_splat_rotations(mesh, armature, force=True)
+    scene_import.update_splat_pose(mesh, armature, force=True)
     np.savez(tmp_path / "in.npz", local=local.astype(np.float32), **arrays)
     script = textwrap.dedent("""
         import sys, numpy as np, torch
@@ -259,14 +259,20 @@ def test_matches_the_backend_itself(scene, tmp_path):
                       skin_weights=t("skin_weights"))
         sk = Skeleton([f"j{i}" for i in range(len(a["joint_parents"]))], t("joint_parents").long(),
                       t("rest_matrices"))
-        np.save(sys.argv[2], pose(g, sk, t("local")).rotations.numpy())
+        posed = pose(g, sk, t("local"))
+        np.save(sys.argv[2], posed.rotations.numpy())
+        np.save(sys.argv[3], posed.means.numpy())
     """)
-    run = subprocess.run([python, "-c", script, str(tmp_path / "in.npz"), str(tmp_path / "out.npy")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run([python, "-c", script, str(tmp_path / "in.npz"), str(tmp_path / "out.npy"),
+                          str(tmp_path / "means.npy")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     want = np.load(tmp_path / "out.npy")
     err = same_rotation(posed_rotation(mesh), want)
     assert err.max() < BLENDED_ATOL, err.max()
+    # the centres too: float32 on both sides, the stored weights within 7.7e-6 each (lever arms below 3 m)
+    centres = np.empty(len(mesh.data.vertices) * 3, np.float32)
+    mesh.data.attributes["position"].data.foreach_get("vector", centres)
+    np.testing.assert_allclose(centres.reshape(-1, 3), np.load(tmp_path / "means.npy"), atol=2e-4)
     # and the numpy copy of the formula agrees with the backend
     assert same_rotation(backend_pose_rotations(arrays, local), want).max() < 1e-5
 
@@ -282,7 +288,7 @@ def test_weightless_splats_and_turned_objects(scene):
     mesh.matrix_parent_inverse = np.eye(4).tolist()
     mesh.rotation_euler = (0.3, -0.2, 1.0)
     bpy.context.view_layer.update()
-    scene_import.update_splat_rotations(mesh, armature, force=True)
+    scene_import.update_splat_pose(mesh, armature, force=True)
     got, rest = posed_rotation(mesh), rest_rotation(mesh)
     assert same_rotation(got[:10], rest[:10]).max() < 1e-6
     m = np.array(mesh.matrix_local)[:3, :3]  # mesh space -> armature space
@@ -350,7 +356,7 @@ def test_hand_posing_updates_through_the_handlers(avatar):
     assert same_rotation(got[:100], quat_mul(turn, rest_rotation(mesh)[:100])).max() < EXACT_ATOL
     # matches a fresh computation from the evaluated pose
     before = got.copy()
-    assert scene_import.update_splat_rotations(mesh, armature, force=True)
+    assert scene_import.update_splat_pose(mesh, armature, force=True)
     assert np.abs(posed_rotation(mesh) - before).max() < 1e-6
 
 
@@ -372,8 +378,8 @@ def test_keyframes_and_bindings_update_on_frame_change(avatar, scene, monkeypatc
     assert same_rotation(posed_rotation(mesh), backend_pose_rotations(arrays, poses[1])).max() < BLENDED_ATOL
     # reading the pose over frames (render through the backend) leaves the splats alone
     writes = []
-    update = scene_import.update_splat_rotations
-    monkeypatch.setattr(scene_import, "update_splat_rotations", lambda *a, **k: writes.append(update(*a, **k)))
+    update = scene_import.update_splat_pose
+    monkeypatch.setattr(scene_import, "update_splat_pose", lambda *a, **k: writes.append(update(*a, **k)))
     binding.read_pose_frames(armature, 1, 3, scene)
     monkeypatch.undo()
     assert scene.frame_current == 1 and not any(writes)  # back at frame 1: nothing to rewrite
@@ -410,7 +416,7 @@ def test_handlers_skip_large_avatars_and_unregister(avatar, monkeypatch):
     pose_armature(armature, header["joint_names"], random_local_rotations(30, seed=13))
     bpy.context.view_layer.update()
     np.testing.assert_array_equal(posed_rotation(mesh), before)
-    assert scene_import.update_splat_rotations(mesh, armature)  # called directly, it still works
+    assert scene_import.update_splat_pose(mesh, armature)  # called directly, it still works
     try:
         binding.unregister()
         for name, handler in binding._HANDLERS:
