@@ -137,3 +137,36 @@ def test_package_command_makes_a_servable_model_from_a_training_checkpoint(tmp_p
     live = load_checkpoint(tmp_path / "live" / "dit.safetensors", "dit")
     assert live.config["source_checkpoint"]["weights"] == "live" and not live.model["final_layer.linear.weight"].any()
     assert main(["package", "--dit", str(tmp_path / "nothing.safetensors"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_package_in_float16_halves_the_matrices_and_loads_as_float32(tmp_path):
+    """--dtype float16: weight matrices stored as float16 (each within half an fp16 ulp, 2**-11 relative),
+    vectors and the atlas geometry exact; the loaded model is float32 and samples deterministically."""
+    from backend.models.checkpoint import load_checkpoint
+    from training.cli import main
+    from training.package_model import HALF_MIN_ELEMENTS
+
+    pkg = make_tiny_package(tmp_path / "src")
+    assert main(["package", "--dit", str(pkg / "dit.safetensors"), "--out", str(tmp_path / "half"),
+                 "--dtype", "float16", "--weights", "live"]) == 0
+    full = load_checkpoint(pkg / "dit.safetensors", "dit").model
+    half = load_checkpoint(tmp_path / "half" / "dit.safetensors", "dit")
+    assert half.config["source_checkpoint"]["dtype"] == "float16"
+    halved = 0
+    for k, v in full.items():
+        h = half.model[k]
+        if v.dtype == torch.float32 and v.dim() >= 2 and v.numel() >= HALF_MIN_ELEMENTS:
+            halved += 1
+            assert h.dtype == torch.float16
+            assert torch.all((h.float() - v).abs() <= v.abs() * 2.0 ** -11 + 2.0 ** -25)  # fp16 rounding
+        else:
+            assert torch.equal(h, v)
+    assert halved > 0
+    assert (tmp_path / "half" / "dit.safetensors").stat().st_size < 0.75 * (pkg / "dit.safetensors").stat().st_size
+    bundle = load_bundle(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in bundle.dit.parameters())
+    from backend.pipelines.generate import SamplerSettings, generate_tokens
+
+    a, _ = generate_tokens(bundle, "a red top", seed=3, settings=SamplerSettings(steps=2, guidance=2.0))
+    b, _ = generate_tokens(bundle, "a red top", seed=3, settings=SamplerSettings(steps=2, guidance=2.0))
+    assert torch.equal(a, b) and torch.isfinite(a).all()

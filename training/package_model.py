@@ -7,7 +7,10 @@ A package is a folder with `dit.safetensors` (and optionally `tokenizer.safetens
 the model weights, the training config in the metadata, no optimizer state or RNG (a fraction of the
 size), the name and a note that carries the commands that made it. `genlca-backend serve --set
 model=checkpoints/my-model` then serves it; the shipped default is `checkpoints/genlca-tiny` (README).
-Written atomically; the package is checked by loading it the way the service does.
+`--dtype float16` stores the weight matrices in half precision (half the size; the loader casts them back
+to float32, so sampling runs in float32 on weights rounded to 11 significant bits); vectors (biases, norms,
+the token statistics, the atlas geometry) stay float32. Written atomically; the package is checked by
+loading it the way the service does.
 """
 from __future__ import annotations
 
@@ -16,9 +19,24 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+HALF_MIN_ELEMENTS = 4096  # --dtype float16: only matrices this big are halved (vectors and geometry stay float32)
+
+
+def storage_weights(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """The weights as stored: "float32" keeps them; "float16" halves float32 matrices of at least
+    HALF_MIN_ELEMENTS elements (what dominates the size) and keeps everything else exactly."""
+    if dtype == "float32":
+        return dict(weights)
+    if dtype != "float16":
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    return {k: v.half() if v.dtype == torch.float32 and v.dim() >= 2 and v.numel() >= HALF_MIN_ELEMENTS else v
+            for k, v in weights.items()}
+
 
 def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, note: str,
-                       weights_from: str = "ema") -> str:
+                       weights_from: str = "ema", dtype: str = "float32") -> str:
     """Copy a training checkpoint as an inference one; returns the new sha256. `weights_from`: "ema" (the
     EMA weights when the checkpoint has them) or "live" (the optimised weights: better for a short run,
     where an EMA of decay d still holds d**steps of the initial weights)."""
@@ -28,10 +46,11 @@ def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, n
         raise ValueError(f"weights must be 'ema' or 'live', got {weights_from!r}")
     ckpt = load_checkpoint(src, kind, training_state=False)
     use_ema = weights_from == "ema" and ckpt.ema is not None
-    weights = ckpt.ema if use_ema else ckpt.model
+    weights = storage_weights(ckpt.ema if use_ema else ckpt.model, dtype)
     train = {k: v for k, v in ckpt.train.items() if k in ("step",)}
     config = {**ckpt.config, "source_checkpoint": {"file": Path(src).name, "sha256": ckpt.sha256,
-                                                   "weights": "ema" if use_ema else "live"}}
+                                                   "weights": "ema" if use_ema else "live",
+                                                   "dtype": dtype}}
     return save_checkpoint(dst, Checkpoint(kind=kind, config=config, model=weights, train=train, name=name,
                                            note=note))
 
@@ -44,10 +63,10 @@ def main(args: argparse.Namespace) -> int:
     name = args.name or out.name
     try:
         report = {"dit": package_checkpoint(args.dit, out / "dit.safetensors", "dit", name, args.note,
-                                            args.weights)}
+                                            args.weights, args.dtype)}
         if args.tokenizer:
             report["tokenizer"] = package_checkpoint(args.tokenizer, out / "tokenizer.safetensors", "tokenizer",
-                                                     name, args.note, args.weights)
+                                                     name, args.note, args.weights, args.dtype)
         bundle = load_bundle(out, text_encoder=args.text_encoder or None)
     except (CheckpointError, ModelError) as exc:
         print(f"genlca-train package: {exc}", file=sys.stderr)
@@ -66,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="", help="the model's name (default: the folder's name)")
     parser.add_argument("--weights", choices=("ema", "live"), default="ema",
                         help="the EMA weights (default) or the live ones (short runs: see package_checkpoint)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="float16: weight matrices stored in half precision (half the size)")
     parser.add_argument("--note", default="", help="free text kept in the checkpoint, e.g. the commands that made it")
     parser.add_argument("--text-encoder", default="", help="check the package with this text encoder instead "
                                                           "of the checkpoint's own (tests)")
