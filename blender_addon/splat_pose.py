@@ -228,11 +228,11 @@ def skinning_matrices(mesh_obj: bpy.types.Object, armature_obj: bpy.types.Object
     if pose.shape != rest.shape:
         raise ValueError(f"expected pose matrices of shape {rest.shape}, got {pose.shape}")
     a = pose @ retarget.inverse_similarity(rest)
-    # armature space -> the mesh's space (the import parents the mesh with an identity offset)
-    relative = np.linalg.inv(np.array(armature_obj.matrix_world, np.float64)) @ np.array(mesh_obj.matrix_world,
-                                                                                         np.float64)
-    if not np.allclose(relative, np.eye(4), atol=1e-9):
-        a = np.linalg.inv(relative) @ a @ relative
+    # armature space -> the mesh's space (the import parents the mesh with an identity offset); mathutils
+    # inverts a 4x4 in C: LAPACK's threads would compete with Blender's for one small matrix
+    relative = armature_obj.matrix_world.inverted_safe() @ mesh_obj.matrix_world
+    if not np.allclose(np.array(relative, np.float64), np.eye(4), atol=1e-9):
+        a = np.array(relative.inverted_safe(), np.float64) @ a @ np.array(relative, np.float64)
     return a
 
 
