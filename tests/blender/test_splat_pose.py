@@ -432,3 +432,29 @@ def test_handlers_skip_large_avatars_and_unregister(avatar, monkeypatch):
         bpy.context.scene.frame_set(2)
     finally:
         armature["genlca_joint_names"] = json.dumps(header["joint_names"])
+
+
+def test_an_older_import_with_an_armature_modifier_gets_orientations_only(avatar):
+    """Files saved before the centres were posed here: vertex groups and an Armature modifier deform the
+    points, no REST_POSITION. The handlers must not move the points a second time."""
+    header, arrays, armature, mesh, _, _ = avatar
+    scene_import = addon_module("scene_import")
+    addon_module("skin_groups").bake_vertex_groups(mesh, header["joint_names"])
+    mesh.data.attributes.remove(mesh.data.attributes[scene_import.REST_POSITION])
+    deform = mesh.modifiers.new("Armature", "ARMATURE")
+    deform.object = armature
+    bpy.ops.object.select_all(action="DESELECT")
+    with bpy.context.temp_override(object=mesh, active_object=mesh):
+        bpy.ops.object.modifier_move_to_index(modifier="Armature", index=0)
+    local = random_local_rotations(30, seed=21)
+    pose_armature(armature, header["joint_names"], local)
+    bpy.context.view_layer.update()
+    assert addon_module("splat_pose").splat_armature(mesh) == armature
+    co = np.empty(len(arrays["means"]) * 3, np.float32)
+    mesh.data.attributes["position"].data.foreach_get("vector", co)
+    np.testing.assert_array_equal(co.reshape(-1, 3), arrays["means"])  # the mesh itself stays at rest
+    assert same_rotation(posed_rotation(mesh), backend_pose_rotations(arrays, local)).max() < BLENDED_ATOL
+    mesh.modifiers["GenLCA splats"].show_viewport = False
+    evaluated = mesh.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    evaluated.vertices.foreach_get("co", co)
+    assert np.abs(co.reshape(-1, 3) - arrays["means"]).max() > 0.05  # the modifier deforms it, once
