@@ -35,7 +35,7 @@ def _data() -> Path | None:
 
 
 def _measure(template, record) -> list[float]:
-    from training.data.fitting import render_silhouette, silhouette_iou
+    from backend.perception.fitting import render_silhouette, silhouette_iou
 
     w, h = record.image_size
     return [silhouette_iou(render_silhouette(template, record.joint_rotations[f], record.root_translation[f],
@@ -45,7 +45,7 @@ def _measure(template, record) -> list[float]:
 
 def fit_accuracy(template, clips: int, synth_people: int) -> None:
     from training.data.fit_eval import ground_truth_clip, score_fit, truth_from_record
-    from training.data.fitting import BodyFitter
+    from backend.perception.fitting import BodyFitter
 
     fitter = BodyFitter(template)
     print("\n| truth | clip | frames | MPJPE cm | abs. joint error cm | reprojection px | fit s |")

@@ -6,12 +6,14 @@ Two checks, because they catch different things:
 * dynamic: each package's modules are imported one by one in a fresh interpreter, and after each import the
   forbidden packages must still be absent from sys.modules (the first module after which one appears is
   named). This sees transitive imports. bridge loads no torch, bpy or gsplat; backend and training load no
-  bpy; nothing in backend or training loads gsplat at import (it is imported lazily, on CUDA only; on this
-  CPU machine `import backend.render` must not pull it in).
+  bpy; backend loads no training (photo perception lives in backend/perception, training imports it);
+  nothing in backend or training loads gsplat at import (it is imported lazily, on CUDA only; on this CPU
+  machine `import backend.render` must not pull it in).
 * static: every `import` statement in the source, also those inside functions (lazy imports the dynamic
   check never executes). The add-on never imports torch or gsplat; bridge never imports torch, bpy or
-  gsplat; backend and training never import bpy. The add-on's modules need bpy, so they are checked this
-  way here (the add-on suite imports them all inside real Blender: tests/blender/test_install.py).
+  gsplat; backend and training never import bpy; backend never imports training. The add-on's modules need
+  bpy, so they are checked this way here (the add-on suite imports them all inside real Blender:
+  tests/blender/test_install.py).
 """
 from __future__ import annotations
 
@@ -28,14 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # package -> top-level modules it must never import (statically, anywhere in its source)
 FORBIDDEN = {
     "bridge": ("torch", "bpy", "gsplat", "backend", "training", "blender_addon"),
-    "backend": ("bpy", "blender_addon"),
+    "backend": ("bpy", "blender_addon", "training"),  # training imports backend, never the other way
     "training": ("bpy", "blender_addon"),
     "blender_addon": ("torch", "gsplat", "backend", "training"),
 }
 # package -> modules that must not be in sys.modules after importing all of it (this machine has no CUDA)
 NOT_LOADED = {
     "bridge": ("torch", "bpy", "gsplat"),
-    "backend": ("bpy", "gsplat"),
+    "backend": ("bpy", "gsplat", "training"),
     "training": ("bpy", "gsplat"),
 }
 
@@ -143,3 +145,11 @@ def test_discovery_finds_the_packages_modules():
             "backend.avatar.gaussians"} <= set(backend)
     assert "training.data" in modules_of("training")
     assert {"blender_addon.session", "blender_addon.panels"} <= set(modules_of("blender_addon"))
+
+
+def test_static_check_refuses_backend_importing_training(tmp_path):
+    """A lazy `from training...` inside a backend function is the case the old photo path had: it must fail."""
+    (tmp_path / "backend").mkdir()
+    probe = tmp_path / "backend" / "probe.py"
+    probe.write_text("def observe():\n    from training.data.ingest import ingest_photo\n    return ingest_photo\n")
+    assert imported_names(probe, tmp_path) & set(FORBIDDEN["backend"]) == {"training"}

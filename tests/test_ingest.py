@@ -20,7 +20,7 @@ pytest.importorskip("av", reason="PyAV is not installed")
 from backend.avatar.skinning import skinning_matrices  # noqa: E402
 from backend.avatar.template import load_template  # noqa: E402
 from training.data.fit_eval import ground_truth_clip, score_fit  # noqa: E402
-from training.data.fitting import FIT_JOINTS, BodyFitter, FitConfig, landmark_anchors  # noqa: E402
+from backend.perception.fitting import FIT_JOINTS, BodyFitter, FitConfig, landmark_anchors  # noqa: E402
 from training.data.ingest import (CorruptFileError, IngestConfig, NoPersonError, TooFewFramesError,  # noqa: E402
                                   ingest_file, ingest_library, ingest_photo)
 from training.data.records import load_record  # noqa: E402

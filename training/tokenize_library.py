@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from backend.models.tokenizer import Tokenizer
+from backend.perception.observation import reference_crop as crop_around_mask, tokenize_views
 from training.data.records import ClipRecord, iter_record_paths, load_record
 from training.data.shards import (FORMAT as SHARD_FORMAT, MANIFEST, SUFFIX as SHARD_SUFFIX, TokenShard, save_shard,
                                   write_manifest_entry)
@@ -63,35 +63,15 @@ def library_paths(library: str | os.PathLike) -> list[Path]:
 
 
 def reference_crop(record: ClipRecord, size: int = 64, margin: float = 0.1) -> np.ndarray:
-    """(size, size, 3) uint8: a square around the person's mask in the first frame (whole frame if empty)."""
-    frame = torch.from_numpy(record.frames[0]).float().permute(2, 0, 1)[None]  # (1, 3, H, W)
-    mask = record.masks[0] > 127
-    h, w = mask.shape
-    if mask.any():
-        ys, xs = np.nonzero(mask)
-        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
-        half = max(ys.max() - ys.min(), xs.max() - xs.min()) / 2 * (1 + margin) + 1
-    else:
-        cy, cx, half = h / 2, w / 2, max(h, w) / 2
-    theta = torch.tensor([[[half * 2 / w, 0.0, (2 * cx + 1) / w - 1], [0.0, half * 2 / h, (2 * cy + 1) / h - 1]]],
-                         dtype=torch.float32)
-    grid = F.affine_grid(theta, (1, 3, size, size), align_corners=False)
-    crop = F.grid_sample(frame, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]  # (3, S, S)
-    return crop.permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+    """(size, size, 3) uint8: a square around the person's mask in the first frame (whole frame if empty);
+    the same crop photo -> avatar gives the DiT (backend/perception/observation.py)."""
+    return crop_around_mask(record.frames[0], record.masks[0], size, margin)
 
 
-@torch.no_grad()
 def tokenize_clip(model: Tokenizer, record: ClipRecord, input_frames: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """-> tokens (C, R, R) float16 and visibility (R, R) uint8 from up to `input_frames` frames."""
-    n = record.num_frames
-    idx = sorted(set(np.linspace(0, n - 1, min(n, input_frames)).round().astype(int).tolist()))
-    inputs = model.prepare(record.frames[idx], record.masks[idx], record.viewmats[idx], record.intrinsics[idx],
-                           record.joint_rotations[idx], record.root_translation[idx])
-    tokens = model(inputs)[0]  # (C, R, R)
-    r = model.config.resolution
-    vis = torch.zeros(r * r, dtype=torch.uint8)
-    vis[model.valid_indices] = ((inputs.weight[0] > 0.5).any(0)).to(torch.uint8)
-    return tokens.float().numpy().astype(np.float16), vis.reshape(r, r).numpy()
+    return tokenize_views(model, record.frames, record.masks, record.viewmats, record.intrinsics,
+                          record.joint_rotations, record.root_translation, input_frames)
 
 
 def tokenize_library(model: Tokenizer, library: str | os.PathLike, out: str | os.PathLike, rank: int = 0,

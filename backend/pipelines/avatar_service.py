@@ -173,6 +173,7 @@ class AvatarService:
     def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx):
         from backend.jobs import HandlerError
         from backend.pipelines.generate import generate_tokens
+        from backend.pipelines.photo import PerceptionError, observe_photo
 
         assert isinstance(request, protocol.Generate)
         image = arrays.get("image")
@@ -194,7 +195,10 @@ class AvatarService:
             if "image" not in bundle.supports:
                 raise HandlerError(protocol.E_INVALID, f"the model {bundle.name!r} takes no image condition")
             ctx.progress("photo", 0, 1)
-            photo = observe_photo(bundle, np.ascontiguousarray(image))
+            try:
+                photo = observe_photo(bundle, np.ascontiguousarray(image))
+            except PerceptionError as exc:  # corrupt image, nobody in it, perception not installed
+                raise HandlerError(protocol.E_INVALID, f"the reference image cannot be used: {exc}") from None
             ctx.progress("photo", 1, 1)
         tokens, info = self._run(lambda progress, cancel: generate_tokens(
             bundle, request.prompt, seed=int(request.seed), settings=settings, photo=photo, progress=progress,
@@ -352,30 +356,3 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
     if not 1 <= frames <= config.max_frames:
         raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
     return tuple(out)
-
-
-def observe_photo(bundle, image: np.ndarray):
-    """A photo -> PhotoObservation: the person found and fitted (training/data/ingest: MediaPipe mask and
-    landmarks, template fit), a reference crop around them, and with a tokenizer the tokens of the texels
-    the photo shows. A photo with no person is refused by name."""
-    from backend.jobs import HandlerError
-    from backend.pipelines.generate import CROP_SIZE, PhotoObservation
-
-    try:  # the perception and fitting code is shared with the training stack's video ingest
-        from training.data.ingest import IngestError, ingest_photo
-        from training.tokenize_library import reference_crop, tokenize_clip
-    except ImportError as exc:
-        raise HandlerError(protocol.E_INVALID, f"photo -> avatar needs the ingest dependencies ({exc})") from None
-    try:
-        record = ingest_photo(image)
-    except IngestError as exc:
-        raise HandlerError(protocol.E_INVALID, f"the reference image cannot be used: {exc}") from None
-    crop = reference_crop(record, CROP_SIZE)
-    info = {"fitted_keypoints": int((record.keypoints[..., 2] > 0.5).sum()),
-            "person_pixels": int((record.masks > 127).sum())}
-    if bundle.tokenizer is None:
-        return PhotoObservation(crop=crop, info=info)
-    tokens, visible = tokenize_clip(bundle.tokenizer, record)
-    info["visible_texels"] = int(np.asarray(visible).astype(bool).sum())
-    return PhotoObservation(crop=crop, tokens=torch.as_tensor(np.asarray(tokens, dtype=np.float32)),
-                            visible=torch.as_tensor(np.asarray(visible)).bool(), info=info)

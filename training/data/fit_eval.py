@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from backend.avatar.skinning import Skeleton, skinning_matrices
-from training.data.fitting import FIT_JOINTS, BodyFitter, FitResult, render_silhouette
+from backend.perception.fitting import FIT_JOINTS, BodyFitter, FitResult, render_silhouette
 
 # joints scored by MPJPE: what the fit moves and what hangs off it
 SCORED_JOINTS = ("spine02", "neck01", "head", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
@@ -88,7 +88,7 @@ def truth_from_record(template, record) -> GroundTruthClip:
     """A synthetic clip record (exact pose, cameras, masks) as fitting truth: its 33 landmarks projected with
     its own cameras (confidence 0 outside the frame or behind the camera; no self-occlusion test)."""
     from backend.avatar.skinning import skinning_matrices as _skin
-    from training.data.fitting import landmark_anchors
+    from backend.perception.fitting import landmark_anchors
 
     bones, points, _ = landmark_anchors(template)
     a = _skin(Skeleton.from_template(template), torch.from_numpy(record.joint_rotations),

