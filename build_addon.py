@@ -1,7 +1,7 @@
 """Build the installable Blender extension: dist/genlca-<version>.zip (standard library only).
 
 The zip holds blender_addon/* at its root, a copy of the repository's bridge/ as the subpackage
-`bridge` (its absolute `bridge.` imports rewritten to relative ones), and the wheels of pyzmq and
+`bridge` (its absolute `bridge.` imports rewritten to relative ones; without BRIDGE_REPO_ONLY), and the wheels of pyzmq and
 msgpack for every supported platform and Python (3.11: Blender 4.2-5.0; 3.13: Blender 5.1+), fetched
 with `pip download --only-binary=:all:` and cached in build/wheels. The manifest in the zip lists them
 (`wheels = [...]`) and the platforms they cover.
@@ -35,6 +35,8 @@ PLATFORMS = {
     "macos-x64": ("macosx_10_9_x86_64", "macosx_10_15_x86_64", "macosx_11_0_x86_64", "macosx_13_0_x86_64"),
 }
 _EXCLUDE = re.compile(r"(__pycache__|\.pyc$|\.pyo$|^\.)")
+# bridge modules for the repository's scripts and tests only: the add-on connects to a backend, never starts one
+BRIDGE_REPO_ONLY = frozenset({"local_backend.py"})
 
 
 def host_platform() -> str:
@@ -114,7 +116,7 @@ def build(platforms: list[str] | None, out_dir: Path, pip: list[str]) -> Path:
                 zf.writestr("blender_manifest.toml", manifest)
             else:
                 zf.write(path, rel.as_posix())
-        for path in sorted(BRIDGE.glob("*.py")):
+        for path in sorted(p for p in BRIDGE.glob("*.py") if p.name not in BRIDGE_REPO_ONLY):
             zf.writestr(f"bridge/{path.name}", vendored_bridge_source(path.read_text(), path.name))
         for wheel in wheels:
             zf.write(wheel, f"wheels/{wheel.name}")

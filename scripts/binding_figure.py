@@ -10,7 +10,7 @@ The backend generates the avatar (its splats); Blender imports it with the add-o
 placement and scale), which a backend render would not (the render request carries joint rotations and a
 root translation only). The mocap's bones are projected with the add-on's camera conversion
 (`camera.camera_arrays`) and drawn as black lines with joints as dots. Reuses scripts/blender_figure.py
-(backend start, install, generate, Cycles set-up, camera framing).
+(install, generate, Cycles set-up, camera framing) and bridge.local_backend (backend start and stop).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import blender_figure as bf  # noqa: E402
+import blender_figure as bf  # noqa: E402  (puts the repository on sys.path)
+from bridge.local_backend import LocalBackend  # noqa: E402
 
 ROOT = bf.ROOT
 CMU_SCALE = 0.056444
@@ -80,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_EXTENSIONS",
                 "BLENDER_USER_DATAFILES"):
         os.environ[var] = str(work / "user" / var.lower())
-    proc = None
+    backend = LocalBackend(args.backend_python, "--no-persist")
     try:
-        port = bf.free_port()
-        python = str(Path(args.backend_python).absolute()) if os.sep in args.backend_python else args.backend_python
-        proc = bf.start_backend(python, port)
+        backend.start(timeout_s=120.0)
+        port = backend.port
         import bpy
 
         bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         m.bridge.png.write_png(args.out, sheet)
         m.session.close_session()
     finally:
-        if proc is not None:
-            bf.stop_backend(proc)
+        backend.stop(grace_s=10.0)
         shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out} ({sheet.shape[1]}x{sheet.shape[0]}) in {time.perf_counter() - start:.0f} s", flush=True)
     return 0

@@ -5,8 +5,8 @@ backend's photoreal frame of the same pose from the same camera.
         --out docs/images/blender_vs_backend.png
 
 What it does, all through the add-on's own code (installed from the built extension zip, as the tests do):
-starts `<backend-python> -m backend.cli serve` on a free loopback port (stopped at the end, whatever
-happens), says hello, generates an avatar and imports it (`jobs.generate`: armature + splat mesh with the
+starts `<backend-python> -m backend.cli serve` on a free loopback port (bridge.local_backend; stopped
+at the end, whatever happens), says hello, generates an avatar and imports it (`jobs.generate`: armature + splat mesh with the
 Geometry Nodes ellipsoids and their material), poses two bones on the armature (the end frame of
 backend/demo.py's animation: left arm raised 70°, right knee bent 60°), adds a camera (front 3/4 view)
 and a light, renders with Cycles, then renders the same frame through the backend with the add-on's
@@ -24,7 +24,6 @@ import importlib
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,10 @@ from typing import Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # Blender's Python: the repository's bridge (local_backend is stdlib only)
+    sys.path.append(str(ROOT))
+from bridge.local_backend import LocalBackend  # noqa: E402
+
 ADDON_MODULE = "bl_ext.user_default.genlca"
 
 # (joint, world axis, degrees): backend/demo.py animation_poses at its last frame. The avatar faces -Y with
@@ -71,43 +74,6 @@ def install_addon(zip_path: Path | None, work: Path) -> SimpleNamespace:
     if ADDON_MODULE not in bpy.context.preferences.addons:
         bpy.ops.preferences.addon_enable(module=ADDON_MODULE)
     return addon_modules()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_backend(python: str, port: int, timeout_s: float = 120.0) -> subprocess.Popen:
-    """`<python> -m backend.cli serve` on 127.0.0.1:port; returns once the port accepts connections."""
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
-                             "--no-persist"], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    proc.log = log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"the backend exited with {proc.returncode}:\n{log.read()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    stop_backend(proc)
-    raise RuntimeError(f"the backend did not open port {port} within {timeout_s:g} s")
-
-
-def stop_backend(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.log.close()  # type: ignore[attr-defined]
 
 
 def pump_until(session, done: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -360,11 +326,10 @@ def main(argv: list[str] | None = None) -> int:
                 "BLENDER_USER_DATAFILES"):  # before bpy loads: never touch the user's Blender setup
         os.environ[var] = str(work / "user" / var.lower())
     timings: dict[str, float] = {}
-    proc = None
+    backend = LocalBackend(args.backend_python, "--no-persist")
     try:
-        port = free_port()
-        proc = start_backend(str(Path(args.backend_python).absolute()) if os.sep in args.backend_python
-                             else args.backend_python, port)  # loads torch meanwhile: start it first
+        backend.start(timeout_s=120.0)  # the backend loads torch while Blender starts: start it first
+        port = backend.port
         import bpy
 
         t = time.perf_counter()
@@ -390,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             m.bridge.png.write_png(args.keep / "backend.png", fig["backend"])
         m.session.close_session()
     finally:
-        if proc is not None:
-            stop_backend(proc)
+        backend.stop(grace_s=10.0)
         shutil.rmtree(work, ignore_errors=True)
     timings["total_s"] = time.perf_counter() - start
     print(f"wrote {args.out} ({fig['sheet'].shape[1]}x{fig['sheet'].shape[0]}): left Blender Cycles "

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # Blender's Python: the repository's bridge (local_backend is stdlib only)
+    sys.path.append(str(ROOT))
+from bridge.local_backend import LocalBackend  # noqa: E402
+
 ADDON_MODULE = "bl_ext.user_default.genlca"
 PHOTO = "2008_001009.jpg"  # a person photo of libdlib19.1's examples (scripts/fetch_test_data.sh ingest)
 
@@ -73,49 +76,6 @@ class Stages:
     def skip(self, name: str, why: str) -> None:
         self.skipped[name] = why
         print(f"[demo] {name}: SKIPPED ({why})", flush=True)
-
-
-# ------------------------------------------------------------------------------------------- backend
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_backend(python: str, port: int, avatar_dir: Path, model: str, log_path: Path,
-                  timeout_s: float = 300.0) -> subprocess.Popen:
-    """The backend service on 127.0.0.1:port; returns once the port is open (the model is loaded first)."""
-    cmd = [python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}", "--avatar-dir", str(avatar_dir)]
-    if model:
-        cmd += ["--set", f"model={model}"]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    proc.log = log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.close()
-            tail = log_path.read_text()[-2000:]
-            raise RuntimeError(f"the backend exited with status {proc.returncode}:\n{tail}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.2)
-    stop_backend(proc)
-    raise RuntimeError(f"the backend did not open port {port} within {timeout_s:.0f} s (log: {log_path})")
-
-
-def stop_backend(proc: subprocess.Popen | None) -> None:
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.log.close()  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------- test data
@@ -155,10 +115,11 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             print(f"  {zip_path.name}", flush=True)
 
         with stages.stage("backend"):
-            port = free_port()
-            backend = start_backend(args.backend_python, port, work / "avatars", args.model, out / "backend.log")
-            served = [ln for ln in (out / "backend.log").read_text().splitlines()
-                      if ln.startswith("genlca-backend: serving")]
+            backend = LocalBackend(args.backend_python, "--avatar-dir", str(work / "avatars"),
+                                   *(["--set", f"model={args.model}"] if args.model else []),
+                                   log_path=out / "backend.log").start(timeout_s=300.0, poll_s=0.2)
+            port = backend.port
+            served = [ln for ln in backend.log_text().splitlines() if ln.startswith("genlca-backend: serving")]
             print(f"  {served[-1][len('genlca-backend: '):] if served else f'serving on port {port}'}", flush=True)
 
         import bpy  # noqa: E402  (after the user folders are set)
@@ -364,7 +325,8 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             print(f"  {sheet}", flush=True)
         session_mod.close_session()
     finally:
-        stop_backend(backend)
+        if backend is not None:
+            backend.stop(grace_s=15.0)
         shutil.rmtree(work, ignore_errors=True)
     return summary
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bridge.local_backend import BackendStartError, LocalBackend, free_port  # noqa: F401  (tests import free_port)
 
 ROOT = Path(__file__).resolve().parents[2]
 _USER_DIR = tempfile.mkdtemp(prefix="genlca_blender_user_")
@@ -107,12 +108,6 @@ def cmu_bvh() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def backend_python() -> str:
     python = os.environ.get("GENLCA_BACKEND_PYTHON")
     if not python:
@@ -139,36 +134,19 @@ def tiny_model() -> str:
     return _TINY_MODEL[0]
 
 
-def start_backend(port: int, *extra: str) -> subprocess.Popen:
+def start_backend(port: int, *extra: str) -> LocalBackend:
     """`python -m backend.cli serve` on 127.0.0.1:port (plus extra arguments) with the tiny random model, run by
-    GENLCA_BACKEND_PYTHON; waits for the port."""
-    python = backend_python()
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([python, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
-                             "--avatar-dir", os.path.join(_USER_DIR, "avatars"), "--set", f"model={tiny_model()}",
-                             *extra], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    proc.log = log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"the backend exited with {proc.returncode}:\n{log.read()[-3000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    stop_backend(proc)
-    pytest.fail("the backend did not open its port within 120 s")
-
-
-def stop_backend(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    GENLCA_BACKEND_PYTHON (bridge.local_backend); waits for the port."""
+    backend = LocalBackend(backend_python(), "--avatar-dir", os.path.join(_USER_DIR, "avatars"),
+                           "--set", f"model={tiny_model()}", *extra, port=port)
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.log.close()  # type: ignore[attr-defined]
+        return backend.start(timeout_s=120.0)
+    except BackendStartError as exc:
+        pytest.fail(str(exc))
+
+
+def stop_backend(backend: LocalBackend) -> None:
+    backend.stop(grace_s=10.0)
 
 
 @pytest.fixture(scope="session")
