@@ -78,15 +78,23 @@ RENDER_ARRAYS: dict[str, tuple[str, str]] = {
     "world_to_camera":   ("<f4", "F,4,4"),   # OpenCV camera convention
     "intrinsics":        ("<f4", "F,3,3"),   # pixels
 }
+# Optional arrays of a render request: the rest of each pose bone's transform, for an avatar whose skeleton
+# is fitted to another armature's proportions (binding with "Fit Proportions"). Local pose of joint j:
+# T(joint_locations[j]) · rotation · joint_scales[j], as Blender's PoseBone location / rotation / uniform
+# scale; the root's location composes with root_translations. The backend refuses NaN, inf and scales <= 0.
+RENDER_POSE_ARRAYS: dict[str, tuple[str, str]] = {
+    "joint_locations":   ("<f4", "F,J,3"),   # metres, in the bone's rest frame (scaled by its parent's scale)
+    "joint_scales":      ("<f4", "F,J"),     # uniform, > 0; 1 keeps the avatar's own proportions
+}
 # The arrays each request op may carry: (dtype, shape pattern) as in bridge.codec.check_array. The server
 # refuses, before queueing, any array an op does not declare (bad_array): a request cannot make the
 # backend hold bytes it will never use. Ops not listed here (benchmark/test ops) are not checked.
 IMAGE_ARRAY: dict[str, tuple[str, str]] = {"image": ("|u1", "H,W,3")}   # sRGB
 REQUEST_ARRAYS: dict[str, dict[str, tuple[str, str]]] = {
     "hello": {}, "ping": {}, "cancel": {}, "edit": {}, "get_avatar": {}, "export": {},
-    "generate": IMAGE_ARRAY, "render": RENDER_ARRAYS,
+    "generate": IMAGE_ARRAY, "render": {**RENDER_ARRAYS, **RENDER_POSE_ARRAYS},
 }
-OPTIONAL_ARRAYS: dict[str, frozenset[str]] = {"generate": frozenset({"image"})}
+OPTIONAL_ARRAYS: dict[str, frozenset[str]] = {"generate": frozenset({"image"}), "render": frozenset(RENDER_POSE_ARRAYS)}
 
 # Each rendered frame streams back as a `progress` reply with stage "frame", fields "frame" (index),
 # and one array "rgba" (H, W, 4) uint8 (straight alpha, sRGB). The final `result` has "frames": F.

@@ -229,5 +229,6 @@ def test_too_large_keeps_the_request_id_when_it_is_readable():
 
 def test_every_request_op_declares_its_arrays():
     assert set(protocol.REQUEST_ARRAYS) == set(protocol.OPS)
-    assert set(protocol.REQUEST_ARRAYS["render"]) == set(protocol.RENDER_ARRAYS)
+    assert set(protocol.REQUEST_ARRAYS["render"]) == set(protocol.RENDER_ARRAYS) | set(protocol.RENDER_POSE_ARRAYS)
     assert protocol.OPTIONAL_ARRAYS["generate"] == {"image"}
+    assert protocol.OPTIONAL_ARRAYS["render"] == set(protocol.RENDER_POSE_ARRAYS)

@@ -7,7 +7,10 @@ relative to its rest pose, expressed in its own rest frame R_j (a 4×4 in templa
     G_j    = G_parent(j) · (R_parent(j)⁻¹ · R_j) · P_j
     A_j    = G_j · R_j⁻¹          (skinning matrix: rest template space -> posed space)
 
-Identity rotations and zero translation give A_j = I. Quaternions are (w, x, y, z).
+Identity rotations and zero translation give A_j = I. Quaternions are (w, x, y, z). Optionally P_j
+carries a location L_j and a uniform scale s_j as well, as Blender's pose bones do:
+P_j = T(L_j) · rot_j · s_j (an avatar whose skeleton was fitted to another armature's proportions);
+orientations then turn by the rotation part alone, and the Gaussians keep their sizes (as in Blender).
 
 LBS moves means by the weight-blended A_j; orientations are rotated by the weight-blended joint
 rotation (sign-aligned quaternion average, normalised). `dual_quaternion=True` blends unit dual
@@ -141,8 +144,20 @@ def _as_rotation_matrices(rotations: torch.Tensor | np.ndarray | Mapping, skelet
                      f"optionally with leading frame dims, got {tuple(r.shape)}")
 
 
-def forward_kinematics(skeleton: Skeleton, joint_rotations, root_translation=None) -> torch.Tensor:
-    """Posed joint frames G (..., J, 4, 4) in template space (float32). See the module docstring."""
+def _pose_channel(values, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """An optional per-joint pose channel (joint_locations, joint_scales) as float64, checked."""
+    v = torch.as_tensor(values).double()
+    if tuple(v.shape) != shape:
+        raise ValueError(f"expected {name} of shape {shape}, got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return v
+
+
+def forward_kinematics(skeleton: Skeleton, joint_rotations, root_translation=None, joint_locations=None,
+                       joint_scales=None) -> torch.Tensor:
+    """Posed joint frames G (..., J, 4, 4) in template space (float32). See the module docstring.
+    joint_locations (..., J, 3) and joint_scales (..., J) > 0: the optional L_j and s_j of P_j."""
     rot = _as_rotation_matrices(joint_rotations, skeleton)  # (..., J, 3, 3)
     batch = rot.shape[:-3]
     t = torch.zeros(batch + (3,), dtype=torch.float64) if root_translation is None else torch.as_tensor(root_translation).double()
@@ -153,6 +168,13 @@ def forward_kinematics(skeleton: Skeleton, joint_rotations, root_translation=Non
     pose = torch.zeros(batch + (skeleton.num_joints, 4, 4), dtype=torch.float64)
     pose[..., :3, :3] = rot
     pose[..., 3, 3] = 1.0
+    if joint_scales is not None:
+        s = _pose_channel(joint_scales, "joint_scales", tuple(batch) + (skeleton.num_joints,))
+        if bool((s <= 0).any()):
+            raise ValueError(f"joint_scales must be positive, got {float(s.min())}")
+        pose[..., :3, :3] *= s[..., None, None]
+    if joint_locations is not None:
+        pose[..., :3, 3] = _pose_channel(joint_locations, "joint_locations", tuple(batch) + (skeleton.num_joints, 3))
     local = skeleton._local_rest.to(rot.device)
     g: list[torch.Tensor] = []
     for i, p in enumerate(skeleton._parents):
@@ -165,9 +187,10 @@ def forward_kinematics(skeleton: Skeleton, joint_rotations, root_translation=Non
     return torch.stack(g, dim=-3).float()
 
 
-def skinning_matrices(skeleton: Skeleton, joint_rotations, root_translation=None) -> torch.Tensor:
+def skinning_matrices(skeleton: Skeleton, joint_rotations, root_translation=None, joint_locations=None,
+                      joint_scales=None) -> torch.Tensor:
     """A_j = G_j · R_j⁻¹: (..., J, 4, 4), maps rest template space to posed space."""
-    g = forward_kinematics(skeleton, joint_rotations, root_translation).double()
+    g = forward_kinematics(skeleton, joint_rotations, root_translation, joint_locations, joint_scales).double()
     return (g @ skeleton._rest_inv).float()
 
 
@@ -189,15 +212,19 @@ def _dq_from_matrices(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pose(gaussians: Gaussians, skeleton: Skeleton, joint_rotations, root_translation=None,
-         dual_quaternion: bool = False) -> Gaussians:
-    """Pose rigged Gaussians from template space. joint_rotations: (J, 4) wxyz, (J, 3, 3) or {name: wxyz}."""
+         dual_quaternion: bool = False, joint_locations=None, joint_scales=None) -> Gaussians:
+    """Pose rigged Gaussians from template space. joint_rotations: (J, 4) wxyz, (J, 3, 3) or {name: wxyz};
+    joint_locations (J, 3), joint_scales (J,): optional pose-bone locations and scales (LBS only)."""
     idx, w = _check_rigged(gaussians, skeleton)  # (N, k)
-    a = skinning_matrices(skeleton, joint_rotations, root_translation)  # (J, 4, 4)
+    if dual_quaternion and joint_scales is not None:
+        raise ValueError("dual-quaternion skinning blends rigid bones: pose with joint_scales needs LBS")
+    a = skinning_matrices(skeleton, joint_rotations, root_translation, joint_locations, joint_scales)  # (J, 4, 4)
     if a.ndim != 3:
         raise ValueError(f"pose() takes one frame; for (F, J, ...) rotations use pose_frames(), got {tuple(a.shape)}")
     dtype = gaussians.means.dtype
     a = a.to(gaussians.device, dtype)
-    jq = matrix_to_quat(a[:, :3, :3])  # (J, 4)
+    rot = a[:, :3, :3] / a[:, :3, :3].norm(dim=-2, keepdim=True)  # the rotation part: a bone's scale divided out
+    jq = matrix_to_quat(rot)  # (J, 4)
     w = w.to(dtype)
     if dual_quaternion:
         qr, qd = _dq_from_matrices(a)
