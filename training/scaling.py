@@ -222,8 +222,10 @@ def markdown(rows: list[dict[str, Any]], ground_truth: dict[str, Any] | None = N
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Four panels against the number of training people (log2 axis): PSNR, holes, attributes, FD."""
+def plot_curve(rows: list[dict[str, Any]], out: str | Path, title: str = "",
+               ground_truth: dict[str, Any] | None = None) -> Path:
+    """Four panels against the number of training people (log2 axis): PSNR, holes, attributes, FD;
+    the ground truth's own hole fraction and attribute accuracy (the metrics' ceiling) as dotted lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,9 +246,16 @@ def plot_curve(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> 
         (axes[1, 1], "Fréchet distance, region colours (lower is better)",
          {"FD": [r["frechet_region_colour"] for r in rows]}),
     ]
+    gt = ground_truth or {}
+    gt_acc = {g: float(np.mean(list(a.values()))) for g, a in gt.get("attribute_accuracy", {}).items() if a}
+    references = {axes[0, 1]: [gt.get("hole_fraction", {}).get(v) for v in ("back", "legs_back")],
+                  axes[1, 0]: [gt_acc.get(g) for g in ("seen", "heldout")]}
     for ax, label, series in panels:
-        for name, ys in series.items():
-            ax.plot(n, ys, marker="o", label=name)
+        for k, (name, ys) in enumerate(series.items()):
+            line = ax.plot(n, ys, marker="o", label=name)[0]
+            ref = references.get(ax, [None, None])[k] if ax in references else None
+            if ref is not None:
+                ax.axhline(ref, color=line.get_color(), linestyle=":", linewidth=1, label=f"{name}: ground truth")
         ax.set_xscale("log", base=2)
         ax.set_xticks(n)
         ax.set_xticklabels([str(v) for v in n])
@@ -255,6 +264,7 @@ def plot_curve(rows: list[dict[str, Any]], out: str | Path, title: str = "") -> 
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend(fontsize=7)
+    axes[1, 0].set_ylim(0.0, 1.05)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -294,7 +304,7 @@ def run_scaling(base: Any, shards: str, sizes: list[int], out: str | Path, *, ev
     write_atomic(out / "scaling.md", markdown(rows, gt))
     if png:
         plot_curve(rows, png, title=f"{base.model.preset} DiT, {base.train.steps} steps x batch "
-                                    f"{base.train.global_batch}; {len(held.people)} held-out people")
+                                    f"{base.train.global_batch}; {len(held.people)} held-out people", ground_truth=gt)
     return result
 
 
