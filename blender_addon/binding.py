@@ -67,6 +67,28 @@ def local_pose(rest: np.ndarray, posed: np.ndarray, parents: np.ndarray) -> tupl
     return rigmaps.matrix_to_quat(basis).astype(np.float32), translation.astype(np.float32)
 
 
+FITTED_TOLERANCE = 1e-5  # a pose-bone location (metres) or scale this far from 0 / 1: the skeleton is fitted
+
+
+def pose_arrays(avatar: bpy.types.Object, posed: np.ndarray) -> dict[str, np.ndarray]:
+    """Pose matrices (F, J, 4, 4) in armature space -> a render request's pose arrays (float32):
+    joint_rotations and root_translations (bridge.protocol.RENDER_ARRAYS) and, when a bone has a location
+    or a scale (a skeleton fitted to another armature's proportions), joint_locations and joint_scales
+    (RENDER_POSE_ARRAYS: Blender's pose channels, `retarget.pose_basis`; the root's location is left to
+    root_translations), so the backend renders the proportions the viewport shows."""
+    rest, parents = rest_matrices(avatar).astype(np.float64), joint_parents(avatar)
+    rotations, translations = local_pose(rest, posed, parents)
+    out = {"joint_rotations": rotations, "root_translations": translations}
+    channels = [retarget.pose_basis(rest, parents, np.asarray(m, np.float64)) for m in posed]
+    locations = np.stack([c[0] for c in channels])  # (F, J, 3)
+    scales = np.stack([c[2] for c in channels])  # (F, J)
+    locations[:, parents < 0] = 0.0
+    fitted = max(np.abs(locations).max(initial=0.0), np.abs(scales - 1.0).max(initial=0.0)) > FITTED_TOLERANCE
+    if fitted:
+        out["joint_locations"], out["joint_scales"] = locations.astype(np.float32), scales.astype(np.float32)
+    return out
+
+
 def read_pose_frames(avatar: bpy.types.Object, frame_start: int, frame_end: int,
                      scene: bpy.types.Scene | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The avatar armature's pose over frames [frame_start, frame_end]: joint_rotations (F, J, 4) wxyz and

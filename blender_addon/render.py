@@ -2,7 +2,9 @@
 
 Three stages, none blocking the main thread for long: (1) a session task reads the avatar armature's
 pose and the active camera frame by frame (a few frames per timer tick); (2) a `render` request carries
-joint_rotations, root_translations, world_to_camera and intrinsics (bridge.protocol.RENDER_ARRAYS);
+joint_rotations, root_translations, world_to_camera and intrinsics (bridge.protocol.RENDER_ARRAYS), and
+for an avatar fitted to another armature's proportions joint_locations and joint_scales
+(RENDER_POSE_ARRAYS), so the frames show the proportions the viewport shows;
 (3) each streamed frame (`progress`, stage "frame", array "rgba") is written atomically as a PNG in the
 output folder. At the end the PNGs become an image sequence shown as the camera's background image.
 
@@ -107,13 +109,12 @@ class RenderJob:
         finally:
             frames.close()
             scene.frame_set(current)
-        rotations, translations = binding.local_pose(binding.rest_matrices(avatar), np.stack(posed),
-                                                     binding.joint_parents(avatar))
+        # joint_rotations (F, J, 4), root_translations (F, 3); with a fitted skeleton also joint_locations
+        # (F, J, 3) and joint_scales (F, J)
+        arrays = binding.pose_arrays(avatar, np.stack(posed))
         width, height = camera_mod.render_size(scene)
-        arrays = {"joint_rotations": rotations.astype(np.float32),                # (F, J, 4)
-                  "root_translations": translations.astype(np.float32),           # (F, 3)
-                  "world_to_camera": np.stack(w2c).astype(np.float32),            # (F, 4, 4)
-                  "intrinsics": np.stack(ks).astype(np.float32)}                  # (F, 3, 3)
+        arrays.update(world_to_camera=np.stack(w2c).astype(np.float32),          # (F, 4, 4)
+                      intrinsics=np.stack(ks).astype(np.float32))                 # (F, 3, 3)
         request = protocol.Render(avatar_id=self.avatar_id, width=width, height=height, background=self.background)
         self.job_id = self.session.submit(request, arrays, label="render", scene_name=self.scene_name,
                                           on_result=self._on_result, on_error=self.on_error,

@@ -254,7 +254,8 @@ class AvatarService:
 
         assert isinstance(request, protocol.Render)
         record = self._record(request.avatar_id)
-        poses, roots, w2c, intr = check_render_request(request, arrays, len(record.joint_names), self.config)
+        poses, roots, w2c, intr, locations, scales = check_render_request(request, arrays, len(record.joint_names),
+                                                                          self.config)
         skeleton = record_skeleton(record)
         device = self.device
         gaussians = record.gaussians.to(device)
@@ -262,7 +263,9 @@ class AvatarService:
         frames = poses.shape[0]
         for f in range(frames):
             ctx.check_cancelled()
-            posed = pose(gaussians, skeleton, torch.from_numpy(poses[f]), torch.from_numpy(roots[f]))
+            fitted = {} if scales is None else {"joint_locations": torch.from_numpy(locations[f]),
+                                                "joint_scales": torch.from_numpy(scales[f])}
+            posed = pose(gaussians, skeleton, torch.from_numpy(poses[f]), torch.from_numpy(roots[f]), **fitted)
             try:
                 camera = Camera(world_to_camera=torch.from_numpy(w2c[f]), intrinsics=torch.from_numpy(intr[f]),
                                 width=request.width, height=request.height)
@@ -322,7 +325,9 @@ def record_skeleton(record):
 
 
 def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, config: ServiceConfig):
-    """Validate a render request's arrays against RENDER_ARRAYS; returns them as float32 numpy."""
+    """Validate a render request's arrays against RENDER_ARRAYS and the optional RENDER_POSE_ARRAYS; returns
+    joint_rotations, root_translations, world_to_camera, intrinsics, joint_locations and joint_scales as
+    float32 numpy (the last two None when absent; one alone gets the other's neutral value)."""
     from backend.jobs import HandlerError
 
     if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192) or \
@@ -332,13 +337,19 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
     if len(request.background) != 3 or not all(np.isfinite(c) for c in request.background):
         raise HandlerError(protocol.E_INVALID, f"background must be 3 finite floats, got {request.background!r}")
     missing = [n for n in protocol.RENDER_ARRAYS if n not in arrays]
-    extra = sorted(set(arrays) - set(protocol.RENDER_ARRAYS))
+    extra = sorted(set(arrays) - set(protocol.RENDER_ARRAYS) - set(protocol.RENDER_POSE_ARRAYS))
     if missing or extra:
         raise HandlerError(protocol.E_BAD_ARRAY, f"render needs arrays {list(protocol.RENDER_ARRAYS)}; "
                            f"missing {missing}, unexpected {extra}")
     frames = arrays["joint_rotations"].shape[0] if arrays["joint_rotations"].ndim == 3 else -1
     expect = {"joint_rotations": (frames, joints, 4), "root_translations": (frames, 3),
               "world_to_camera": (frames, 4, 4), "intrinsics": (frames, 3, 3)}
+    fitted = {"joint_locations": (frames, joints, 3), "joint_scales": (frames, joints)}
+    if any(name in arrays for name in fitted):  # a skeleton fitted to another armature's proportions
+        neutral = {"joint_locations": np.zeros, "joint_scales": np.ones}
+        expect.update(fitted)
+        arrays = {**{name: neutral[name]((max(frames, 0), *shape[1:]), np.float32) for name, shape in fitted.items()},
+                  **arrays}
     out = []
     for name, shape in expect.items():
         a = arrays[name]
@@ -355,4 +366,11 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
                            f"rotation (w, x, y, z), e.g. (1, 0, 0, 0) for the rest pose")
     if not 1 <= frames <= config.max_frames:
         raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
+    if len(out) == 4:
+        return (*out, None, None)
+    scales = out[5]
+    if (scales <= 0).any():
+        f, j = np.argwhere(scales <= 0)[0]
+        raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}, {j}] is {scales[f, j]}; expected a positive "
+                           f"uniform bone scale (1 keeps the avatar's proportions)")
     return tuple(out)

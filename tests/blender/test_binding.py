@@ -230,3 +230,51 @@ def test_centimetre_bvh_is_scaled_by_the_operator(scene, cmu_bvh):
     assert (scene.frame_start, scene.frame_end) == binding.action_range(source)
     update(scene, 200)
     assert max(joint_errors(source, avatar, binding.bone_map(avatar)).values()) < 0.03
+
+
+def wire_fk(rest: np.ndarray, parents, arrays: dict, frame: int) -> np.ndarray:
+    """Joint heads (J, 3) from a render request's pose arrays, by the backend's forward kinematics
+    (backend/avatar/skinning.py, numpy): G_root = T(t) R_root P_root, G_j = G_parent R_parent⁻¹ R_j P_j,
+    P_j = T(location) · rotation · scale."""
+    rot = arrays["joint_rotations"][frame].astype(np.float64)
+    w, x, y, z = rot.T
+    m = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                  2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                  2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
+    local = np.tile(np.eye(4), (len(rot), 1, 1))
+    if "joint_scales" in arrays:
+        m = m * arrays["joint_scales"][frame][:, None, None].astype(np.float64)
+    local[:, :3, :3] = m
+    if "joint_locations" in arrays:
+        local[:, :3, 3] = arrays["joint_locations"][frame]
+    g = []
+    for j, p in enumerate(parents):
+        if p < 0:
+            root = rest[j].copy()
+            root[:3, 3] += arrays["root_translations"][frame]
+            g.append(root @ local[j])
+        else:
+            g.append(g[p] @ np.linalg.inv(rest[p]) @ rest[j] @ local[j])
+    return np.stack(g)[:, :3, 3]
+
+
+@pytest.mark.parametrize("fit", [True, False], ids=["fitted", "own-proportions"])
+def test_render_request_carries_the_fitted_proportions(cmu_bound, scene, fit):
+    """What render.py sends (binding.pose_arrays): with fitting, the backend's FK of the wire arrays puts
+    every joint where the avatar's joints are in the viewport (on the mocap's); without, no extra arrays."""
+    source, avatar, mesh, mapping = cmu_bound
+    binding = addon_module("binding")
+    avatar.genlca.fit_proportions = fit
+    posed = np.stack([m for _, m in binding.iter_pose_matrices(avatar, 100, 104, scene)])
+    arrays = binding.pose_arrays(avatar, posed)
+    assert ("joint_scales" in arrays) == fit and ("joint_locations" in arrays) == fit
+    rest = binding.rest_matrices(avatar).astype(np.float64)
+    parents = binding.joint_parents(avatar)
+    for f in range(len(posed)):
+        heads = wire_fk(rest, parents, arrays, f)
+        # float32 pose matrices and channels on a chain of ~10 bones, coordinates below 2 m
+        np.testing.assert_allclose(heads, posed[f, :, :3, 3], atol=1e-4)
+    if fit:
+        assert np.abs(arrays["joint_scales"] - 1.0).max() > 0.05  # the avatar's proportions really change
+        plain = wire_fk(rest, parents, {k: arrays[k] for k in ("joint_rotations", "root_translations")}, 0)
+        assert np.linalg.norm(plain - posed[0, :, :3, 3], axis=1).max() > 0.03  # rotations alone miss them
