@@ -18,7 +18,8 @@ from backend.avatar.template import BodyTemplate
 from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, gaussian_texel_index, placeholder_tokens
 from backend.avatar.uv_layout import build_layout, load_layout
 from tests.smplx_synthetic import JOINT_NAMES, NUM_FACES, NUM_JOINTS, NUM_VERTS, PARENTS, write_obj, write_synthetic_smplx
-from tests.surface_checks import max_anchor_distance
+from tests.surface_checks import (assert_rest_frames_are_blender_bones, assert_z_up_metres_facing_minus_y,
+                                  max_anchor_distance)
 
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -116,15 +117,9 @@ def test_template_shapes_units_and_axes(template, arrays):
     assert template.name == "smplx-neutral" and len(template.source_hash) == 16
     assert template.uvs.shape == (f, 3, 2) and 0.0 <= template.uvs.min() and template.uvs.max() <= 1.0
     np.testing.assert_array_equal(template.faces, arrays["f"].astype(np.int64))
-    lo, hi = template.vertices.min(0), template.vertices.max(0)
-    assert abs(lo[2]) < 1e-6                     # feet on z = 0
-    assert 1.5 < hi[2] < 1.9                     # a human in metres, Z-up
+    assert_z_up_metres_facing_minus_y(template, left_wrist="left_wrist")
     nose = template.vertices[template.vertices[:, 2] > 1.45]
-    assert nose[:, 1].min() < nose[:, 1].mean() - 0.05  # the face sticks out towards -Y
     assert template.vertices[9120, 1] == pytest.approx(nose[:, 1].min())  # SMPL-X's nose vertex id
-    wrist_l = template.joint_heads[template.joint_index("left_wrist")]
-    assert wrist_l[0] > 0.3                      # character's left is +X
-    np.testing.assert_allclose(template.skin_weights.sum(1), 1.0, atol=1e-5)
     # exactly the model's data, rotated Y-up -> Z-up and lifted
     lift = -(arrays["v_template"] @ Y_UP_TO_Z_UP.T)[:, 2].min()
     np.testing.assert_allclose(template.vertices, to_template_space(arrays["v_template"], lift), atol=1e-6)
@@ -134,12 +129,7 @@ def test_template_shapes_units_and_axes(template, arrays):
 
 
 def test_rest_frames_are_blender_bones(template):
-    rot = template.rest_matrices[:, :3, :3].astype(np.float64)
-    np.testing.assert_allclose(rot.transpose(0, 2, 1) @ rot, np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
-    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-5)
-    direction = template.joint_tails - template.joint_heads
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    np.testing.assert_allclose(rot[:, :, 1], direction, atol=1e-5)  # +Y from head to tail
+    rot = assert_rest_frames_are_blender_bones(template)
     assert template.joint_parents.tolist() == PARENTS and template.joint_names == JOINT_NAMES
     heads = template.joint_heads.astype(np.float64)
     for i, name in enumerate(template.joint_names):

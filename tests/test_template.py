@@ -9,7 +9,8 @@ from backend.avatar import body_parts
 from backend.avatar.smplx_template import load_smplx_template
 from backend.avatar.template import BodyTemplate, load_template
 from backend.avatar.uv_layout import build_layout, load_layout
-from tests.surface_checks import max_anchor_distance
+from tests.surface_checks import (assert_rest_frames_are_blender_bones, assert_z_up_metres_facing_minus_y,
+                                  max_anchor_distance)
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +32,11 @@ def test_template_shapes_units_and_axes(template):
     v, f, j = len(template.vertices), len(template.faces), template.num_joints
     assert (v, f, j) == (13380, 26756, 104)
     assert template.uvs.shape == (f, 3, 2) and 0.0 <= template.uvs.min() and template.uvs.max() <= 1.0
-    lo, hi = template.vertices.min(0), template.vertices.max(0)
-    assert abs(lo[2]) < 1e-6                     # feet on z = 0
-    assert 1.5 < hi[2] < 1.9                     # a human in metres, Z-up
-    nose = template.vertices[template.vertices[:, 2] > 1.45]
-    assert nose[:, 1].min() < nose[:, 1].mean() - 0.05  # the face sticks out towards -Y
-    wrist_l = template.joint_heads[template.joint_index("wrist.L")]
-    assert wrist_l[0] > 0.3                      # character's left is +X
-    np.testing.assert_allclose(template.skin_weights.sum(1), 1.0, atol=1e-5)
+    assert_z_up_metres_facing_minus_y(template, left_wrist="wrist.L")
 
 
 def test_rest_frames_are_blender_bones(template):
-    rot = template.rest_matrices[:, :3, :3].astype(np.float64)
-    np.testing.assert_allclose(rot.transpose(0, 2, 1) @ rot, np.broadcast_to(np.eye(3), rot.shape), atol=1e-5)
-    np.testing.assert_allclose(np.linalg.det(rot), 1.0, atol=1e-5)
-    direction = template.joint_tails - template.joint_heads
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    np.testing.assert_allclose(rot[:, :, 1], direction, atol=1e-5)  # +Y from head to tail
+    assert_rest_frames_are_blender_bones(template)
     assert template.joint_parents[0] == -1 and (template.joint_parents[1:] >= 0).all()
 
 
