@@ -306,15 +306,29 @@ def load_clips(source: str | Path, records_out: str | Path | None = None, max_fr
 
 
 def markdown_table(rows: list[dict]) -> str:
+    """Per clip and method: held-out and input means; with several clips, a mean over clips per method."""
     names = {"mean": "(a) mean colour (template surface)", "fit": "(b) per-clip fit", "tokenizer": "(c) tokenizer"}
     lines = ["| clip | method | IoU held-out | IoU input | PSNR person held-out | PSNR person input | "
              "template mesh IoU held-out | CPU s / clip |", "|---|---|---|---|---|---|---|---|"]
-    by = {(r["clip_id"], r["method"], r["crop"], r["frames"]): r for r in rows}
-    for clip, method, crop in dict.fromkeys((r["clip_id"], r["method"], r["crop"]) for r in rows):
+    keys = ("iou", "psnr_person", "template_mesh_iou", "cpu_seconds")
+    by: dict[tuple, dict] = {}
+    for r in rows:
+        by[(r["clip_id"], r["method"], r["crop"], r["frames"])] = r
+    clips = list(dict.fromkeys(r["clip_id"] for r in rows))
+    methods = list(dict.fromkeys((r["method"], r["crop"]) for r in rows))
+    groups = [(c, m, crop) for c in clips for m, crop in methods if (c, m, crop, "heldout") in by]
+    if len(clips) > 1:
+        for m, crop in methods:
+            sel = [(c, m, crop) for c in clips if (c, m, crop, "heldout") in by]
+            for frames in ("heldout", "input"):
+                by[(f"mean of {len(sel)} clips", m, crop, frames)] = {
+                    k: float(np.nanmean([by[g + (frames,)].get(k, float("nan")) for g in sel])) for k in keys}
+            groups.append((f"mean of {len(sel)} clips", m, crop))
+    for clip, method, crop in groups:
         h, i = by[(clip, method, crop, "heldout")], by[(clip, method, crop, "input")]
         name = names.get(method, method) + ("" if crop else ", full frame")
         lines.append(f"| {clip} | {name} | {h['iou']:.3f} | {i['iou']:.3f} | {h['psnr_person']:.2f} | "
-                     f"{i['psnr_person']:.2f} | {h.get('template_mesh_iou', float('nan')):.3f} | {h['cpu_seconds']:.1f} |")
+                     f"{i['psnr_person']:.2f} | {h.get('template_mesh_iou', float('nan')):.3f} | {h['cpu_seconds']:.2f} |")
     return "\n".join(lines)
 
 
@@ -356,6 +370,9 @@ def main(args: argparse.Namespace) -> int:
     _write_text_atomic(out / "table.md", table + "\n")
     if figure_maps is not None and cfg.crop:
         print(save_figure(model, figure_maps[0], figure_maps[1], cfg, args.figure))
+    elif args.figure:
+        print(f"no figure written: it shows person crops (not with --full-frame) of clip "
+              f"{args.figure_clip or records[0].clip_id!r}", file=sys.stderr)
     return 0
 
 
