@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from backend.figures import DEFAULT_PHOTO  # libdlib19.1's 2007_007763.jpg, as in docs/images/photo_to_avatar.png
 from benchmarks.timing import machine_line, median_seconds, median_wall_and_cpu
 
 PROMPTS = ("a woman with long blonde hair in a red dress, wearing white sneakers",
            "a man with short black hair in a green hoodie and grey trousers, wearing black boots",
            "a bald man in a blue t-shirt and beige shorts, wearing brown sandals",
            "a woman with brown hair in a bun in a yellow jacket and navy trousers, wearing white sneakers")
-DEFAULT_PHOTO = Path(os.environ.get("GENLCA_TESTDATA", Path.home() / ".cache/genlca/testdata")) / "ingest" / \
-    "2007_007763.jpg"  # libdlib19.1's example photo (scripts/fetch_test_data.sh ingest), as in docs/images
 
 
 def main(argv: list[str] | None = None) -> None:
