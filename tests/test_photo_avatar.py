@@ -167,3 +167,35 @@ def test_photo_errors_are_named(photos):
     with pytest.raises(CorruptFileError, match=r"expected an \(H, W, 3\) uint8 image"):
         fit_photo(np.zeros((8, 40, 3), np.uint8))
     assert issubclass(NoPersonError, PerceptionError) and issubclass(CorruptFileError, PerceptionError)
+
+
+def test_server_refuses_a_reference_image_without_a_person(photos):
+    """Through the real ZeroMQ server on 127.0.0.1 with the shipped model (it takes images): dogs.jpg is
+    refused by name as invalid_argument, before any sampling, and the server keeps serving."""
+    import socket
+
+    from backend.perception.media import read_image
+    from backend.pipelines import default_handlers
+    from backend.pipelines.avatar_service import ServiceConfig
+    from backend.server import BackendServer
+    from bridge import protocol
+    from bridge.client import BridgeClient, BridgeError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    config = ServiceConfig(model=str(ROOT / "checkpoints" / "genlca-tiny"), device="cpu")
+    server = BackendServer(address, default_handlers(config=config))
+    server.serve_in_thread()
+    client = BridgeClient(address, timeout_s=120.0)
+    try:
+        with pytest.raises(BridgeError) as info:
+            client.call(protocol.Generate(prompt="", seed=0), {"image": read_image(photos / "dogs.jpg")},
+                        timeout_s=240.0)
+        assert info.value.code == protocol.E_INVALID
+        assert "reference image cannot be used" in info.value.message
+        assert "no person found" in info.value.message, info.value.message
+        assert client.call(protocol.Ping(), timeout_s=30.0) is not None
+    finally:
+        client.close()
+        server.stop()

@@ -3,8 +3,8 @@
 `photo_regions` segments the torso and the legs of a fitted person from the person mask and the
 MediaPipe pose-33 keypoints: torso = the quadrilateral shoulders-hips, legs = bands of half-width
 `LEG_HALF_WIDTH` x hip distance along hip-knee and knee-ankle of each leg (starting at the hip, outside
-the torso); both are intersected with the person mask and eroded (edge pixels mix person and background). A region whose keypoints are not
-visible (visibility < `MIN_VISIBILITY`, or outside the image) is empty.
+the torso); both are intersected with the person mask and eroded (edge pixels mix person and background).
+A region whose keypoints are not visible (visibility < `MIN_VISIBILITY`, or outside the image) is empty.
 
 Colours: sRGB (IEC 61966-2-1) -> CIE XYZ (D65) -> CIELAB; differences as CIE76 (Euclidean in Lab) and
 CIEDE2000 (Sharma, Wu, Dalal 2005). A region's colour is the per-channel median of its pixels' Lab values.
