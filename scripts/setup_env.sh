@@ -14,17 +14,17 @@ setup_main() {
   local h; h=$(cat pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
   if stamp_ok .venv "$h"; then return; fi
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --no-compile --upgrade pip
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "[setup] CUDA present: installing the default (CUDA) torch build"
-    .venv/bin/python -m pip install -q "torch>=2.4,<=2.14.1"
+    .venv/bin/python -m pip install -q --no-compile "torch>=2.4,<=2.14.1"
   else
     # CPU machine: take the CPU build first (a local wheel here), so no dependency can pull CUDA.
     echo "[setup] no CUDA: installing the CPU build of torch first"
-    .venv/bin/python -m pip install -q "torch==2.13.0" \
-      || .venv/bin/python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+    .venv/bin/python -m pip install -q --no-compile "torch==2.13.0" \
+      || .venv/bin/python -m pip install -q --no-compile "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q --no-compile -e ".[dev]"
   echo "$h" > .venv/.genlca-stamp
 }
 
@@ -44,8 +44,8 @@ setup_bpy_env() {  # venv-dir python spec
   local h; h=$(echo "$spec" | sha256sum | cut -c1-16)
   if stamp_ok "$dir" "$h"; then return; fi
   [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
-  "$dir/bin/python" -m pip install -q --upgrade pip
-  "$dir/bin/python" -m pip install -q "$spec" pytest pytest-timeout
+  "$dir/bin/python" -m pip install -q --no-compile --upgrade pip
+  "$dir/bin/python" -m pip install -q --no-compile "$spec" pytest pytest-timeout
   echo "$h" > "$dir/.genlca-stamp"
 }
 
