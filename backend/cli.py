@@ -8,7 +8,7 @@
 Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
 the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
 memory only. --config reads a YAML file of backend.pipelines.avatar_service.ServiceConfig fields (the model:
-a package under checkpoints/, a folder or a dit .safetensors, default the shipped genlca-tiny; device,
+a package under checkpoints/, a folder or a dit .safetensors, default the shipped genlca-small; device,
 limits); --set overrides single fields (e.g. --set model=/models/studio-v2).
 
 `serve` loads the model before it binds: a missing, truncated or foreign checkpoint exits with status 2 and

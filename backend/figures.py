@@ -1,7 +1,7 @@
 """Figures for the docs, each made by one command.
 
     python -m backend.figures turntable   # docs/images/turntable_parts.png: body-part coloured avatar, 8 views
-    python -m backend.figures docs --model genlca-tiny   # the model's pictures, written to docs/images/:
+    python -m backend.figures docs --model genlca-small  # the model's pictures, written to docs/images/:
         prompt_turntables.png   6 prompts (rows, PROMPTS below) x 6 views (front, 3/4, side, back, side, 3/4)
         edit_and_region.png     one avatar (column 1), after a text edit at strength 0.6 (2), after its legs
                                 were regenerated (3); front (top row) and back (bottom row)

@@ -6,7 +6,7 @@ with half the texels visible, median of --runs steps after a warm-up), and (2) s
 a token map with Euler and text CFG (two model evaluations per step, batched) plus the explicit decode.
 Their text conditions come from the hashing encoder, so the timing excludes the sentence encoder.
 
-A model package (--model, e.g. genlca-tiny): what an artist waits for with that model, through the same
+A model package (--model, e.g. genlca-small): what an artist waits for with that model, through the same
 pipeline functions the backend serves: seconds per avatar (generate_tokens with the package's own text
 encoder, Euler, guidance --guidance, then decode to Gaussians) for each step count, photo -> avatar seconds
 (find and fit the person in --photo, observe it, sample at the middle step count, decode), and CPU render

@@ -189,7 +189,7 @@ def _write_json_atomic(path: Path, value) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model package folder or name (default: the shipped "
-                        "genlca-tiny, as `genlca-backend serve`)")
+                        "genlca-small, as `genlca-backend serve`)")
     parser.add_argument("--data", default=None, help="folder of the test photos and videos (default: "
                         "scripts/fetch_test_data.sh ingest)")
     parser.add_argument("--frames", type=int, default=4, help="frames per video, evenly spaced (0: none)")

@@ -21,6 +21,8 @@ import torch
 from backend.perception.regions import (L_ANKLE, L_HIP, L_KNEE, L_SHOULDER, R_ANKLE, R_HIP, R_KNEE, R_SHOULDER,
                                         delta_e76, delta_e2000, median_lab, photo_regions, srgb_to_lab)
 
+from backend.pipelines.model_bundle import CHECKPOINTS, DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 LAB_TOL = 1e-4
 
@@ -184,7 +186,7 @@ def test_server_refuses_a_reference_image_without_a_person(photos):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    config = ServiceConfig(model=str(ROOT / "checkpoints" / "genlca-tiny"), device="cpu")
+    config = ServiceConfig(model=str(CHECKPOINTS / DEFAULT_MODEL), device="cpu")
     server = BackendServer(address, default_handlers(config=config))
     server.serve_in_thread()
     client = BridgeClient(address, timeout_s=120.0)

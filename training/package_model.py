@@ -6,7 +6,7 @@
 A package is a folder with `dit.safetensors` (and optionally `tokenizer.safetensors`): the EMA weights as
 the model weights, the training config in the metadata, no optimizer state or RNG (a fraction of the
 size), the name and a note that carries the commands that made it. `genlca-backend serve --set
-model=checkpoints/my-model` then serves it; the shipped default is `checkpoints/genlca-tiny` (README).
+model=checkpoints/my-model` then serves it; the shipped default is `checkpoints/genlca-small` (README).
 `--dtype float16` stores the weight matrices in half precision (half the size; the loader casts them back
 to float32, so sampling runs in float32 on weights rounded to 11 significant bits); vectors (biases, norms,
 the token statistics, the atlas geometry) stay float32. Written atomically; the package is checked by

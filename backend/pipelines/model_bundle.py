@@ -8,7 +8,7 @@ time (`config["token_source"]["decoder_config"]`), the decoder's weights from th
 when there is one (it fine-tunes them), else the decoder's exact routing (ground-truth token maps need
 nothing more); the text encoder from the DiT's config.
 
-    bundle = load_bundle("default")            # $GENLCA_MODEL, else checkpoints/genlca-tiny in the repository
+    bundle = load_bundle("default")            # $GENLCA_MODEL, else checkpoints/genlca-small in the repository
     bundle = load_bundle("/models/my-studio")  # a folder, or a dit .safetensors file
     bundle.describe()                          # name, version, sha256 prefix: for hello and every reply
 """
@@ -24,7 +24,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = REPO_ROOT / "checkpoints"
-DEFAULT_MODEL = "genlca-tiny"  # the shipped package (README, "The shipped model")
+DEFAULT_MODEL = "genlca-small"  # the shipped package (README, "The shipped model")
 
 
 class ModelError(RuntimeError):
