@@ -29,3 +29,15 @@ def tiny_default_model(tmp_path_factory):
         os.environ.pop("GENLCA_MODEL", None)
     else:
         os.environ["GENLCA_MODEL"] = saved
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (request it, or `pytestmark = pytest.mark.usefixtures("one_thread")`):
+    on a shared, loaded CPU, multi-threaded kernels of small sizes run ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

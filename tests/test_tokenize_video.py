@@ -24,12 +24,7 @@ TESTDATA = Path(os.environ.get("GENLCA_TESTDATA", Path(os.environ.get("XDG_CACHE
                                 / "genlca" / "testdata"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
