@@ -34,19 +34,17 @@ import numpy as np  # noqa: E402
 
 import blender_addon  # noqa: E402
 from blender_addon import scene_import  # noqa: E402
+from benchmarks import blender_import  # noqa: E402
 from bridge import avatar_files  # noqa: E402
 from tests.synthetic_avatar import synthetic_avatar  # noqa: E402
 
 
-HEADER: dict[Path, dict] = {}  # the avatar header per file (what get_avatar's reply carries beside the arrays)
-
-
 def clear_scene() -> None:
-    for collection in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.node_groups,
-                       bpy.data.materials):
+    """blender_import's clear_scene, plus the node groups and materials each ReshotAI import adds."""
+    blender_import.clear_scene()
+    for collection in (bpy.data.node_groups, bpy.data.materials):
         for block in list(collection):
             collection.remove(block)
-    bpy.context.view_layer.update()
 
 
 def write_3dgs_ply(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -78,11 +76,11 @@ def load_reshot(folder: Path):
     return module
 
 
-def time_ours(path: Path) -> float:
+def time_ours(path: Path, header: dict) -> float:
     clear_scene()
     t0 = time.perf_counter()
     arrays, _meta = avatar_files.read_safetensors(path)  # every tensor, checked against the file's size
-    for _ in scene_import.import_steps(bpy.context, HEADER[path], arrays):  # armature, mesh, skin, GN, material
+    for _ in scene_import.import_steps(bpy.context, header, arrays):  # armature, mesh, skin, GN, material
         pass
     return time.perf_counter() - t0
 
@@ -120,12 +118,11 @@ def main() -> None:
             header, arrays = synthetic_avatar(n, joints=104, k=8, seed=0, skin="sparse")
             ours_path = Path(tmp) / f"avatar-{n}.safetensors"
             avatar_files.write_safetensors(ours_path, arrays, {"avatar_id": "bench"})
-            HEADER[ours_path] = header
             ply_path = Path(tmp) / f"splats-{n}.ply"
             write_3dgs_ply(ply_path, arrays)
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(time_ours(ours_path))
+                ours.append(time_ours(ours_path, header))
                 theirs.append(time_reshot(ply_path))
             print(f"{n} Gaussians: ours (rigged, from .safetensors) best {min(ours):.3f} s; ReshotAI (unrigged, "
                   f"from .ply) best {min(theirs):.3f} s; ratio {min(theirs) / min(ours):.1f}x")
