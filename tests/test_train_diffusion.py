@@ -130,6 +130,16 @@ def test_loss_mask_mode_excludes_unseen_targets(shards):
     assert torch.equal(l1, l2)
 
 
+def test_libraries_join_by_comma_and_other_atlases_are_refused(shards, tmp_path):
+    other = make_shards(tmp_path / "other", n=6, seed=1)
+    one, joined = td.load_dataset(shards, ["train"]), td.load_dataset(f"{shards},{other}", ["train"])
+    assert len(joined) == len(one) + 6 and torch.equal(joined.tokens[: len(one)], one.tokens)
+    assert joined.captions[len(one):] == td.load_dataset(other, ["train"]).captions
+    coarse = make_shards(tmp_path / "coarse", n=2, r=64)
+    with pytest.raises(ValueError, match="different atlases"):
+        td.load_dataset(f"{shards},{coarse}", ["train"])
+
+
 def test_patch_validity_and_unseen_fill(shards):
     from backend.models.dit import patch_validity
 

@@ -67,7 +67,7 @@ class ModelSection:
 
 @dataclasses.dataclass
 class DataSection:
-    shards: str = ""                 # folder with manifest.json (training/data/shards.py)
+    shards: str = ""                 # folder with manifest.json (training/data/shards.py); "a,b" joins libraries
     splits: list[str] = dataclasses.field(default_factory=lambda: ["train"])  # meta["split"]; [] = all
     unseen_fill: Literal["transparent_mean", "mean", "zero", "none"] = "transparent_mean"
     max_items: int = 0               # 0: all
@@ -133,10 +133,13 @@ class TokenDataset:
 
 
 def load_dataset(folder: str | Path, splits: list[str], max_items: int = 0) -> TokenDataset:
+    """Clips of `splits` from one shard folder, or several joined by commas (one library per folder)."""
     from training.data.shards import iter_shards
 
     toks, vis, caps, metas, crops, atlas, source = [], [], [], [], [], None, {}
-    for shard in iter_shards(folder):
+    folders = [f.strip() for f in str(folder).split(",") if f.strip()]
+    shards = (shard for f in folders for shard in iter_shards(f))
+    for shard in shards:
         keep = [i for i, m in enumerate(shard.metas) if not splits or m.get("split", "train") in splits]
         if not keep:
             continue
@@ -145,7 +148,10 @@ def load_dataset(folder: str | Path, splits: list[str], max_items: int = 0) -> T
         caps += [shard.captions[i] for i in keep]
         metas += [shard.metas[i] for i in keep]
         crops.append(None if shard.ref_crops is None else torch.from_numpy(shard.ref_crops[keep]))
-        atlas = torch.from_numpy(shard.atlas_mask > 0)
+        shard_atlas = torch.from_numpy(shard.atlas_mask > 0)
+        if atlas is not None and not torch.equal(atlas, shard_atlas):
+            raise ValueError(f"{folder}: shards of different atlases (token resolution or template) cannot be joined")
+        atlas = shard_atlas
         source = shard.source
     if not toks:
         raise ValueError(f"{folder}: no clips of splits {splits} in the shards")
