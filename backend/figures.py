@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.model_options import add_model_options, use_threads
+
 
 def turntable_parts(out: Path, resolution: int = 128, per_texel: int = 2, views: int = 8, size: int = 320) -> Path:
     from backend.avatar.template import load_template
@@ -165,14 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("figure", choices=["turntable", "docs"])
     parser.add_argument("--out", type=Path, default=None,
                         help="turntable: the PNG (docs/images/turntable_parts.png); docs: the folder (docs/images)")
-    parser.add_argument("--model", default="default", help="docs: a model package name under checkpoints/ or a folder")
-    parser.add_argument("--steps", type=int, default=25, help="docs: Euler steps per sample")
-    parser.add_argument("--guidance", type=float, default=4.0, help="docs: text CFG scale")
+    add_model_options(parser, note="docs: ")
     parser.add_argument("--photo", type=Path, default=DEFAULT_PHOTO, help="docs: the photo of photo_to_avatar.png")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on a loaded 2-core machine more threads oversubscribe it)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     t, cpu = time.perf_counter(), time.process_time()
     if args.figure == "turntable":
         paths = [turntable_parts(args.out or Path("docs/images/turntable_parts.png"))]

@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from backend.model_options import add_model_options, use_threads
+
 ATTRIBUTES = ("upper_colour", "lower_colour", "shoes_colour", "hair_colour")
 
 
@@ -108,18 +110,15 @@ def render_views(client: Any, avatar_id: str, joints: int, size: int, background
     return [RenderedView(frames[i][..., :3], frames[i][..., 3], cameras[i], tuple(background)) for i in range(n)]
 
 
-def check_person(client: Any, person: dict[str, Any], *, steps: int, guidance: float, seed: int, size: int,
-                 layouts: dict[tuple[str, int], Any]) -> dict[str, Any]:
-    """generate -> get_avatar -> render -> classify, for one person: the predicted attributes and hits."""
+def fetch_and_render(client: Any, avatar_id: str, size: int,
+                     layouts: dict[tuple[str, int], Any]) -> tuple[Any, Any, Any, list[Any]]:
+    """get_avatar, then render_views: (the get_avatar reply, the avatar's UVLayout, its RegionTexels, the views).
+    layouts caches (UVLayout, RegionTexels) per (template, resolution) of the avatars' meta."""
     from backend.avatar.template import load_template
     from backend.avatar.uv_layout import load_layout
     from bridge import protocol
-    from training.evaluate import RegionTexels, attribute_hits, classify_rendered_attributes
+    from training.evaluate import RegionTexels
 
-    t0 = time.perf_counter()
-    made = client.call(protocol.Generate(prompt=person["caption"], seed=seed, steps=steps, guidance=guidance),
-                       timeout_s=1800.0)
-    avatar_id = made.header["avatar_id"]
     got = client.call(protocol.GetAvatar(avatar_id=avatar_id), timeout_s=120.0)
     meta = got.header["meta"]
     key = (meta["template"], int(meta["resolution"]))
@@ -127,8 +126,22 @@ def check_person(client: Any, person: dict[str, Any], *, steps: int, guidance: f
         layout = load_layout(load_template(key[0]), key[1])
         layouts[key] = (layout, RegionTexels.from_layout(layout))
     layout, regions = layouts[key]
-    views = render_views(client, avatar_id, len(got.header["joint_names"]), size)
+    return got, layout, regions, render_views(client, avatar_id, len(got.header["joint_names"]), size)
+
+
+def check_person(client: Any, person: dict[str, Any], *, steps: int, guidance: float, seed: int, size: int,
+                 layouts: dict[tuple[str, int], Any]) -> dict[str, Any]:
+    """generate -> get_avatar -> render -> classify, for one person: the predicted attributes and hits."""
+    from bridge import protocol
+    from training.evaluate import attribute_hits, classify_rendered_attributes
+
+    t0 = time.perf_counter()
+    made = client.call(protocol.Generate(prompt=person["caption"], seed=seed, steps=steps, guidance=guidance),
+                       timeout_s=1800.0)
+    avatar_id = made.header["avatar_id"]
+    got, layout, regions, views = fetch_and_render(client, avatar_id, size, layouts)
     predicted = classify_rendered_attributes(views, layout, regions)
+    meta = got.header["meta"]
     return {"caption": person["caption"], "group": person["group"], "avatar_id": avatar_id, "model": meta["model"],
             "predicted": predicted, "hits": attribute_hits(predicted, person["attributes"]),
             "truth": {k: person["attributes"][k] for k in ATTRIBUTES},
@@ -170,20 +183,14 @@ def markdown(results: list[dict[str, Any]], model: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="a model package name under checkpoints/ or a folder")
+    add_model_options(parser)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--heldout", type=int, default=4, help="of --prompts, people with a held-out combination")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of every prompt")
     parser.add_argument("--size", type=int, default=128, help="render size in pixels (square)")
     parser.add_argument("--out", type=Path, default=None, help="write the per-prompt results as JSON here")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the in-process backend (1: more oversubscribe a loaded 2-core machine)")
     args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
 
     people = fidelity_people(args.prompts, args.heldout)
     results, layouts = [], {}
