@@ -24,7 +24,6 @@ import importlib
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,11 +34,11 @@ from typing import Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # Blender's Python: the repository's bridge (local_backend is stdlib only)
+if str(ROOT) not in sys.path:  # Blender's Python: the repository's bridge and scripts (stdlib only)
     sys.path.append(str(ROOT))
 from bridge.local_backend import LocalBackend  # noqa: E402
-
-ADDON_MODULE = "bl_ext.user_default.genlca"
+from scripts.headless_blender import (ADDON_MODULE, build_addon_zip, install_addon, pump_until,  # noqa: E402
+                                      use_private_user_folders)
 
 # (joint, world axis, degrees): backend/demo.py animation_poses at its last frame. The avatar faces -Y with
 # its left arm towards +X: a negative turn about +Y lifts that arm, a positive turn about +X swings the
@@ -56,43 +55,12 @@ def addon_modules(package: str = ADDON_MODULE) -> SimpleNamespace:
     return SimpleNamespace(**{n.lstrip("_"): importlib.import_module(f"{package}.{n}") for n in names})
 
 
-def install_addon(zip_path: Path | None, work: Path) -> SimpleNamespace:
-    """Build the extension zip (unless given) and install + enable it with Blender's own installer."""
-    import bpy
-
-    if zip_path is None:
-        out = work / "dist"
-        built = subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--platform", "current", "--out",
-                                str(out)], cwd=ROOT, capture_output=True, text=True)
-        if built.returncode != 0:
-            raise RuntimeError(f"build_addon.py failed:\n{built.stdout[-2000:]}\n{built.stderr[-2000:]}")
-        (zip_path,) = out.glob("genlca-*.zip")
-    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
-                                                      enable_on_install=True)
-    if result != {"FINISHED"}:
-        raise RuntimeError(f"installing {zip_path} returned {result}")
-    if ADDON_MODULE not in bpy.context.preferences.addons:
-        bpy.ops.preferences.addon_enable(module=ADDON_MODULE)
-    return addon_modules()
-
-
-def pump_until(session, done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Run the session's timer work (as Blender's timer would) until done()."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not done within {timeout_s:g} s; jobs "
-                               f"{[(j.label, j.stage) for j in session.jobs.values()]}")
-        session.pump()
-        time.sleep(0.005)
-
-
 def _call(session, start: Callable[[Callable, Callable], object], timeout_s: float, what: str):
     """Start an add-on workflow with (on_done, on_error) callbacks and pump until it ends."""
     results: list = []
     errors: list[str] = []
     start(lambda *out: results.append(out), lambda code, msg: errors.append(f"{code}: {msg}"))
-    pump_until(session, lambda: bool(results or errors), timeout_s, what)
+    pump_until(session, lambda: bool(results or errors), timeout_s, what=what)
     if errors:
         raise RuntimeError(f"{what} failed: {errors[0]}")
     return results[0]
@@ -322,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="genlca_figure_"))
-    for var in ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_EXTENSIONS",
-                "BLENDER_USER_DATAFILES"):  # before bpy loads: never touch the user's Blender setup
-        os.environ[var] = str(work / "user" / var.lower())
+    use_private_user_folders(work / "user")  # before bpy loads: never touch the user's Blender setup
     timings: dict[str, float] = {}
     backend = LocalBackend(args.backend_python, "--no-persist")
     try:
@@ -334,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.perf_counter()
         bpy.ops.wm.read_factory_settings(use_empty=True)
-        m = install_addon(args.addon_zip, work)
+        install_addon(args.addon_zip or build_addon_zip(work / "dist"))
+        m = addon_modules()
         scene = bpy.context.scene
         prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
         prefs.backend_address, prefs.timeout_s, prefs.output_dir = f"tcp://127.0.0.1:{port}", 120.0, str(work)

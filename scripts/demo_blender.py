@@ -40,11 +40,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # Blender's Python: the repository's bridge (local_backend is stdlib only)
+if str(ROOT) not in sys.path:  # Blender's Python: the repository's bridge and scripts (stdlib only)
     sys.path.append(str(ROOT))
 from bridge.local_backend import LocalBackend  # noqa: E402
+from scripts.headless_blender import (ADDON_MODULE, addon_module, build_addon_zip, install_addon,  # noqa: E402
+                                      use_private_user_folders)
 
-ADDON_MODULE = "bl_ext.user_default.genlca"
 PHOTO = "2008_001009.jpg"  # a person photo of libdlib19.1's examples (scripts/fetch_test_data.sh ingest)
 
 
@@ -98,20 +99,13 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
     (out / "frames").mkdir(parents=True)
     (out / "portraits").mkdir()
     work = Path(tempfile.mkdtemp(prefix="genlca_demo_"))
-    # Blender's user folders: a temporary one, set before bpy loads
-    for var in ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_EXTENSIONS",
-                "BLENDER_USER_DATAFILES"):
-        os.environ[var] = str(work / var.lower())
+    use_private_user_folders(work)  # before bpy loads
     width, height = args.size
     summary: dict = {"out_dir": str(out), "avatars": {}, "size": [width, height]}
     backend = None
     try:
         with stages.stage("build add-on"):
-            built = subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--platform", "current", "--out",
-                                    str(work / "dist")], cwd=ROOT, capture_output=True, text=True)
-            if built.returncode != 0:
-                raise RuntimeError(f"build_addon.py failed:\n{built.stdout[-1500:]}\n{built.stderr[-1500:]}")
-            (zip_path,) = (work / "dist").glob("genlca-*.zip")
+            zip_path = build_addon_zip(work / "dist")
             print(f"  {zip_path.name}", flush=True)
 
         with stages.stage("backend"):
@@ -126,14 +120,7 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
         import numpy as np
 
         with stages.stage("install"):
-            result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
-                                                              enable_on_install=True)
-            if result != {"FINISHED"}:
-                raise RuntimeError(f"the extension installer returned {result}")
-            if ADDON_MODULE not in bpy.context.preferences.addons:
-                bpy.ops.preferences.addon_enable(module=ADDON_MODULE)
-            import importlib
-            mod = lambda name: importlib.import_module(f"{ADDON_MODULE}.{name}")  # noqa: E731
+            install_addon(zip_path)
             prefs = bpy.context.preferences.addons[ADDON_MODULE].preferences
             prefs.backend_address, prefs.timeout_s = f"tcp://127.0.0.1:{port}", args.timeout
 
@@ -141,7 +128,7 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
         for obj in list(bpy.data.objects):  # the factory scene's cube, light and camera
             bpy.data.objects.remove(obj)
         props = scene.genlca
-        session_mod = mod("session")
+        session_mod = addon_module("session")
         timeout = args.timeout
 
         def pump(done, what: str) -> None:
@@ -317,7 +304,7 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
 
         with stages.stage("contact sheet"):
             sheet = out / "contact_sheet.png"
-            contact_sheet(mod("_bridge").png, [Path(p) for p in summary["frames"]],
+            contact_sheet(addon_module("_bridge").png, [Path(p) for p in summary["frames"]],
                           [Path(a["portrait"]) for a in summary["avatars"].values()], sheet)
             summary["contact_sheet"] = str(sheet)
             summary["contact_sheet_layout"] = {"top row": "rendered animation frames",

@@ -7,24 +7,22 @@ msgpack wheels included).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from bridge.local_backend import BackendStartError, LocalBackend, free_port  # noqa: F401  (tests import free_port)
+from scripts.headless_blender import (ADDON_MODULE, AddonBuildError, addon_module, build_addon_zip,  # noqa: F401
+                                      enable_addon, install_addon, pump_until, use_private_user_folders)
 
 ROOT = Path(__file__).resolve().parents[2]
 _USER_DIR = tempfile.mkdtemp(prefix="genlca_blender_user_")
-for _var in ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS", "BLENDER_USER_EXTENSIONS",
-             "BLENDER_USER_DATAFILES"):
-    os.environ[_var] = os.path.join(_USER_DIR, _var.lower())
+use_private_user_folders(_USER_DIR)
 
 try:
     import bpy
@@ -35,8 +33,6 @@ except ImportError as exc:
         raise RuntimeError(f"the add-on suite runs in {sys.executable}, where bpy does not import: {exc}") from exc
     pytest.skip("the Blender tests need the bpy wheel (.venv-blender; `make test`)", allow_module_level=True)
 
-ADDON_MODULE = "bl_ext.user_default.genlca"
-
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -46,34 +42,21 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def addon_zip(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    built = subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "--platform", "current", "--out", str(out)],
-                           cwd=ROOT, capture_output=True, text=True)
-    if built.returncode != 0:  # most often: no PyPI and no cached wheels in build/wheels
-        pytest.fail(f"build_addon.py --platform current failed:\n{built.stdout[-2000:]}\n{built.stderr[-2000:]}")
-    (zip_path,) = out.glob("genlca-*.zip")
-    return zip_path
-
-
-def enable_addon() -> None:
-    if ADDON_MODULE not in bpy.context.preferences.addons:
-        bpy.ops.preferences.addon_enable(module=ADDON_MODULE)
+    try:
+        return build_addon_zip(tmp_path_factory.mktemp("dist"))
+    except AddonBuildError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def addon(addon_zip):
     """The installed and enabled extension's package (bl_ext.user_default.genlca)."""
-    result = bpy.ops.extensions.package_install_files(filepath=str(addon_zip), repo="user_default",
-                                                      enable_on_install=True)
-    assert result == {"FINISHED"}
-    enable_addon()
-    yield importlib.import_module(ADDON_MODULE)
-    importlib.import_module(ADDON_MODULE + ".session").close_session()
+    yield install_addon(addon_zip)
+    addon_module("session").close_session()
 
 
-@pytest.fixture
-def scene(addon):
-    """A clean scene with the add-on enabled; data from earlier tests removed."""
+def clean_scene():
+    """The current scene with the add-on enabled, emptied of objects and data blocks, its GenLCA settings blank."""
     enable_addon()
     if bpy.context.object is not None and bpy.context.object.mode != "OBJECT":
         bpy.ops.object.mode_set(mode="OBJECT")
@@ -91,8 +74,12 @@ def scene(addon):
     return s
 
 
-def addon_module(name: str):
-    return importlib.import_module(f"{ADDON_MODULE}.{name}")
+@pytest.fixture
+def scene(addon):
+    """A clean scene with the add-on enabled, cleaned again afterwards: a test that uses only `addon` (a fresh
+    install, no prompt) must not see what an earlier test left in the scene."""
+    yield clean_scene()
+    clean_scene()
 
 
 @pytest.fixture(scope="session")
@@ -158,20 +145,6 @@ def backend_address():
         yield f"tcp://127.0.0.1:{port}"
     finally:
         stop_backend(proc)
-
-
-def pump_until(session, done, timeout_s: float, pumps: list | None = None) -> None:
-    """Call the session's timer work the way Blender would, until done() or timeout; appends each pump's
-    `PumpStats` (replies, slices, bytes) to pumps. timeout_s only stops a hung test: it is no latency promise."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not done within {timeout_s} s; jobs: "
-                                 f"{[(j.label, j.stage) for j in session.jobs.values()]}")
-        session.pump()
-        if pumps is not None:
-            pumps.append(session.last_pump)
-        time.sleep(0.01)
 
 
 def assert_pumps_bounded(pumps: list) -> None:
