@@ -15,10 +15,11 @@ from training.data import synthetic, vocabulary
 from training.data.appearance import LABELS
 from training.data.records import load_record, record_path, save_record
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: restores torch's thread count
+
 
 @pytest.fixture(scope="module")
 def ctx():
-    torch.set_num_threads(1)
     return synthetic.Context(synthetic.SynthConfig(seed=3, frames=3, width=64, height=64))
 
 
