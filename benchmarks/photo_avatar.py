@@ -2,21 +2,28 @@
 
 For real photos of people (libdlib19.1's example photos and frames of python3-mecavideo's g1.avi/g2.avi,
 fetched by `make testdata`), each image goes through the backend's photo -> avatar path: person found and
-fitted (`backend/pipelines/photo.py fit_photo`), observed (`observe_fitted`: reference crop, tokens when
-the package has a tokenizer), sampled (`backend/pipelines/generate.py generate_tokens`) and decoded
-(`backend/avatar/tokens.py decode`). Measured per image:
+fitted once (`backend/pipelines/photo.py fit_photo`), then for each way of using the photo: observed
+(`observe_fitted`), sampled (`backend/pipelines/generate.py generate_tokens`) and decoded
+(`backend/avatar/tokens.py decode`). The ways, all from the one package and seed:
 
+- prior: no condition at all (empty prompt, no photo): what the photo has to beat;
+- image crop: the reference crop for the DiT's image encoder only (the package without its tokenizer);
+- tokenizer, colour: crop + the tokenizer's colour channels of the texels the photo shows kept (the
+  `--photo-channels colour` package), the DiT samples the rest;
+- tokenizer, all: crop + every token channel of the seen texels kept (`--photo-channels all`).
+The tokenizer rows need a package with a tokenizer (`genlca-train package --tokenizer ...`).
+
+Measured per image and way:
 - photo side: the median Lab colour of the person's torso and leg pixels (`backend/perception/regions.py
   photo_regions`: torso = shoulders-hips quadrilateral, legs = hip-knee-ankle bands, in the eroded mask);
 - avatar side: the median Lab colour of the decoded avatar's texels of the same regions (the atlas's
   "torso" and "legs" edit regions; a texel's colour is the opacity-weighted mean SH-DC colour of its K
   Gaussians), read on the texels, not on a render;
-- CIEDE2000 and CIE76 between the two, and the same for the prior: the avatar the model makes with the
-  same seed and no condition at all (what the photo has to beat);
+- CIEDE2000 and CIE76 between the two;
 - seconds from the image array to decoded Gaussians (fit + observe + sample + decode): wall, and the
   process's CPU seconds (all its threads; on a loaded machine wall time mostly measures the queue).
 A region the photo does not show (keypoints not visible, e.g. legs in a portrait) is "-".
-Prints a Markdown table; `--json PATH` also writes the rows.
+Prints Markdown tables (per image, and medians per way); `--json PATH` also writes the rows.
 """
 from __future__ import annotations
 
@@ -47,8 +54,10 @@ def test_images(data: Path, frames: int, photos: int | None) -> list[tuple[str, 
     return out
 
 
-def avatar_region_lab(gaussians, layout, gaussians_per_texel: int) -> dict[str, np.ndarray]:
-    """Decoded Gaussians (texel-major, K per valid texel) -> {region: median Lab of its texels' colours}."""
+def avatar_region_lab(gaussians, layout, gaussians_per_texel: int,
+                      regions: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
+    """Decoded Gaussians (texel-major, K per valid texel) -> {region: median Lab of its texels' colours}
+    for `regions` (body regions of backend/avatar/body_parts.py)."""
     import torch
 
     from backend.avatar.gaussians import SH_C0
@@ -61,32 +70,40 @@ def avatar_region_lab(gaussians, layout, gaussians_per_texel: int) -> dict[str, 
     lab = srgb_to_lab(texel_rgb)
     valid = layout.valid_indices.numpy()
     out = {}
-    for region in REGIONS:
+    for region in regions:
         in_region = layout.region_mask(region).reshape(-1).numpy()[valid]
         out[region] = np.median(lab[in_region], axis=0)
     return out
 
 
-def photo_to_avatar(bundle, image: np.ndarray, name: str, prompt: str, seed: int, settings) -> dict:
-    """One image through the backend path; the fitted person, the avatar's region colours, the seconds."""
+def ways(bundle) -> dict[str, object]:
+    """{way: the bundle it samples with}: the crop-only one drops the tokenizer; the tokenizer ones pin
+    the colour or every channel (`backend/pipelines/model_bundle.py photo_channel_indices`)."""
+    import dataclasses
+
+    from backend.pipelines.model_bundle import photo_channel_indices
+
+    out = {"image crop": dataclasses.replace(bundle, tokenizer=None, photo_pins=None, photo_channels=())}
+    if bundle.tokenizer is not None:
+        for pins in ("colour", "all"):
+            out[f"tokenizer, {pins}"] = dataclasses.replace(
+                bundle, photo_pins=pins, photo_channels=photo_channel_indices(bundle.decoder.config, pins))
+    return out
+
+
+def avatar_from(bundle, person, prompt: str, seed: int, settings) -> tuple[dict[str, np.ndarray], dict]:
+    """A fitted person -> observed, sampled, decoded -> (region Lab, generate_tokens' info)."""
     import torch
 
     from backend.avatar.tokens import decode
     from backend.pipelines.generate import generate_tokens
-    from backend.pipelines.photo import fit_photo, observe_fitted
+    from backend.pipelines.photo import observe_fitted
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    person = fit_photo(image, name)
     photo = observe_fitted(bundle, person)
-    t1 = time.perf_counter()
     tokens, info = generate_tokens(bundle, prompt, seed=seed, settings=settings, photo=photo)
     with torch.no_grad():
         gaussians = decode(tokens, bundle.layout, bundle.decoder)
-    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    avatar = avatar_region_lab(gaussians, bundle.layout, bundle.decoder.config.gaussians_per_texel)
-    return {"person": person, "avatar_lab": avatar, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "perception_seconds": t1 - t0,
-            "used": info["used"]}
+    return avatar_region_lab(gaussians, bundle.layout, bundle.decoder.config.gaussians_per_texel), info
 
 
 def prior_lab(bundle, seed: int, settings) -> dict[str, np.ndarray]:
@@ -106,68 +123,100 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
+def _scores(photo_lab: dict, avatar: dict[str, np.ndarray]) -> dict:
+    from backend.perception.regions import delta_e76, delta_e2000
+
+    out = {}
+    for region, lab in photo_lab.items():
+        out[f"{region}_avatar_lab"] = [round(float(v), 2) for v in avatar[region]]
+        out[f"{region}_de00"] = round(float(delta_e2000(lab, avatar[region])), 2)
+        out[f"{region}_de76"] = round(float(delta_e76(lab, avatar[region])), 2)
+    return out
+
+
 def measure(bundle, images, prompt: str, seed: int, settings) -> list[dict]:
+    """One row per image: the photo's region colours and, per way, the scores and seconds."""
     from backend.perception.media import PerceptionError
-    from backend.perception.regions import delta_e76, delta_e2000, median_lab, photo_regions
+    from backend.perception.regions import median_lab, photo_regions
+    from backend.pipelines.photo import fit_photo
 
     prior = prior_lab(bundle, seed, settings)
+    by_way = ways(bundle)
     rows = []
     for name, image in images:
         row: dict = {"image": name}
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
-            got = photo_to_avatar(bundle, image, name, prompt, seed, settings)
+            person = fit_photo(image, name)
         except PerceptionError as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc).split(': ', 1)[-1]}"
             rows.append(row)
             continue
-        person = got["person"]
+        fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
         regions = photo_regions(person.masks[0], person.keypoints[0])
-        row.update(seconds=round(got["seconds"], 2), cpu_seconds=round(got["cpu_seconds"], 2),
-                   perception_seconds=round(got["perception_seconds"], 2), used=got["used"],
-                   person_px=int((person.masks[0] > 127).sum()))
+        photo_lab = {}
+        row.update(perception_seconds=round(fit_s, 2), person_px=int((person.masks[0] > 127).sum()))
         for region in REGIONS:
-            lab = median_lab(person.frames[0], regions[region])
             row[f"{region}_px"] = int(regions[region].sum())
-            if lab is None:
-                continue
-            row[f"{region}_photo_lab"] = [round(float(v), 2) for v in lab]
-            row[f"{region}_avatar_lab"] = [round(float(v), 2) for v in got["avatar_lab"][region]]
-            row[f"{region}_de00"] = round(float(delta_e2000(lab, got["avatar_lab"][region])), 2)
-            row[f"{region}_de76"] = round(float(delta_e76(lab, got["avatar_lab"][region])), 2)
-            row[f"{region}_prior_de00"] = round(float(delta_e2000(lab, prior[region])), 2)
+            lab = median_lab(person.frames[0], regions[region])
+            if lab is not None:
+                photo_lab[region] = lab
+                row[f"{region}_photo_lab"] = [round(float(v), 2) for v in lab]
+        row["ways"] = {"prior": _scores(photo_lab, prior)}
+        for way, way_bundle in by_way.items():
+            t1, c1 = time.perf_counter(), time.process_time()
+            avatar, info = avatar_from(way_bundle, person, prompt, seed, settings)
+            row["ways"][way] = {**_scores(photo_lab, avatar), "used": info["used"],
+                                "kept_texels": info.get("kept_texels", 0),
+                                "seconds": round(fit_s + time.perf_counter() - t1, 2),
+                                "cpu_seconds": round(fit_cpu + time.process_time() - c1, 2)}
         rows.append(row)
-        print(f"  {name}: {row.get('torso_de00', '-')} / {row.get('legs_de00', '-')} dE00, {row['seconds']} s",
-              flush=True)
+        print(f"  {name}: " + "; ".join(f"{way} {r.get('torso_de00', '-')} / {r.get('legs_de00', '-')}"
+                                        for way, r in row["ways"].items()) + " dE00 (torso / legs)", flush=True)
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| image | person px | torso px | legs px | torso ΔE00 (prior) | legs ΔE00 (prior) | torso ΔE76 | "
-             "legs ΔE76 | photo -> avatar s (perception s) | CPU s |", "|---|---|---|---|---|---|---|---|---|---|"]
+def way_names(rows: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in rows:
+        for way in r.get("ways", {}):
+            if way not in names:
+                names.append(way)
+    return names
+
+
+def markdown_images(rows: list[dict]) -> str:
+    """Per image: pixels, then torso / legs dE00 for every way."""
+    names = way_names(rows)
+    lines = ["| image | person px | torso px | legs px | " + " | ".join(f"{w}: torso / legs ΔE00" for w in names)
+             + " |", "|---|---|---|---|" + "---|" * len(names)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['image']} | {r['error']} | | | | | | | | |")
+            lines.append(f"| {r['image']} | {r['error']} | | |" + " |" * len(names))
             continue
         cells = [r["image"], str(r["person_px"]), str(r["torso_px"]), str(r["legs_px"])]
-        for region in REGIONS:
-            de, prior = r.get(f"{region}_de00"), r.get(f"{region}_prior_de00")
-            cells.append("-" if de is None else f"{de:.1f} ({prior:.1f})")
-        cells += [_fmt(r.get("torso_de76")), _fmt(r.get("legs_de76")),
-                  f"{r['seconds']:.1f} ({r['perception_seconds']:.1f})", f"{r['cpu_seconds']:.1f}"]
+        for way in names:
+            w = r["ways"][way]
+            cells.append(f"{_fmt(w.get('torso_de00'))} / {_fmt(w.get('legs_de00'))}")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict]) -> str:
+    """One row per way: median torso / legs CIEDE2000 (and CIE76) over the images, seconds per photo."""
     ok = [r for r in rows if "error" not in r]
-    summary = ["**median**", "", "", ""]
-    for region in REGIONS:
-        de = [r[f"{region}_de00"] for r in ok if f"{region}_de00" in r]
-        prior = [r[f"{region}_prior_de00"] for r in ok if f"{region}_prior_de00" in r]
-        summary.append(f"{np.median(de):.1f} ({np.median(prior):.1f}), n={len(de)}" if de else "-")
-    for region in REGIONS:
-        de = [r[f"{region}_de76"] for r in ok if f"{region}_de76" in r]
-        summary.append(f"{np.median(de):.1f}" if de else "-")
-    for key in ("seconds", "cpu_seconds"):
-        secs = [r[key] for r in ok]
-        summary.append(f"{np.median(secs):.1f}" if secs else "-")
-    lines.append("| " + " | ".join(summary) + " |")
+    lines = ["| photo used as | torso ΔE00 | legs ΔE00 | torso ΔE76 | legs ΔE76 | s per photo | CPU s per photo |",
+             "|---|---|---|---|---|---|---|"]
+    for way in way_names(ok):
+        cells = [way]
+        for key in ("de00", "de76"):
+            for region in REGIONS:  # torso, legs
+                vals = [r["ways"][way][f"{region}_{key}"] for r in ok if f"{region}_{key}" in r["ways"][way]]
+                cells.append(f"{np.median(vals):.1f} (n={len(vals)})" if vals else "-")
+        for key in ("seconds", "cpu_seconds"):
+            secs = [r["ways"][way][key] for r in ok if key in r["ways"][way]]
+            cells.append(f"{np.median(secs):.1f}" if secs else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -214,10 +263,13 @@ def main(argv: list[str] | None = None) -> None:
     model = bundle.describe()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}; model {model['name']} "
-          f"(sha256 {model['sha256']}, tokenizer: {model['tokenizer']}); {len(images)} images; steps "
+          f"(sha256 {model['sha256']}, tokenizer: {model['tokenizer']}, photo pins "
+          f"{model['photo_pins']}); {len(images)} images; steps "
           f"{settings.steps}, image guidance {settings.image_guidance}, seed {args.seed}, prompt {args.prompt!r}")
     start = time.perf_counter()
     rows = measure(bundle, images, args.prompt, args.seed, settings)
+    print()
+    print(markdown_images(rows))
     print()
     print(markdown(rows))
     print(f"\n{len(images)} images in {time.perf_counter() - start:.0f} s (load average "

@@ -80,15 +80,78 @@ def test_text_edit_strength(bundle):
         edit_text(bundle, torch.zeros(12, 64, 64), "x")
 
 
-def test_photo_observation_keeps_seen_texels_exactly(bundle):
+@pytest.fixture(scope="module")
+def photo_bundles(tmp_path_factory):
+    """The tiny package with a tokenizer, pinning the colour (the default) and every channel."""
+    root = tmp_path_factory.mktemp("photo")
+    return {pins: load_bundle(make_tiny_package(root / pins, tokenizer=True, photo_channels=pins))
+            for pins in ("colour", "all")}
+
+
+def _photo(bundle):
+    """A PhotoObservation whose tokens are a sample of the model (in range) seen on the torso and head."""
     import numpy as np
 
     seen, _ = generate_tokens(bundle, "a person", seed=9, settings=SamplerSettings(steps=2))
     visible = bundle.layout.region_mask(["torso", "head"])
-    photo = PhotoObservation(crop=np.full((64, 64, 3), 128, np.uint8), tokens=seen, visible=visible)
+    return PhotoObservation(crop=np.full((64, 64, 3), 128, np.uint8), tokens=seen, visible=visible)
+
+
+def test_photo_keeps_the_pinned_channels_of_seen_texels_exactly(photo_bundles):
+    """colour (the default): channels 0..2 of the seen texels equal the photo's tokens bit for bit; their
+    geometry channels and every channel of unseen texels are sampled (differ from the photo's)."""
+    bundle = photo_bundles["colour"]
+    assert bundle.photo_pins == "colour" and bundle.photo_channels == (0, 1, 2)
+    photo = _photo(bundle)
+    visible = photo.visible
     out, info = generate_tokens(bundle, "", seed=2, settings=SamplerSettings(steps=3), photo=photo)
-    assert torch.equal(out[:, visible], seen[:, visible]) and not torch.equal(out[:, ~visible], seen[:, ~visible])
+    colour, geometry = list(bundle.photo_channels), list(range(3, 12))
+    assert torch.equal(out[colour][:, visible], photo.tokens[colour][:, visible])
+    for c in geometry:  # every unpinned channel of the seen texels is the DiT's, not the photo's
+        assert not torch.equal(out[c][visible], photo.tokens[c][visible]), c
+    unseen = bundle.layout.atlas_mask & ~visible
+    assert not (out[:, unseen] == photo.tokens[:, unseen]).all(0).any()  # no unseen texel is copied
+    assert not out[:, ~bundle.layout.atlas_mask].any()
     assert info["used"] == ["image", "tokenizer"] and info["kept_texels"] == int(visible.sum())
+    assert info["kept_channels"] == [0, 1, 2]
+    again, _ = generate_tokens(bundle, "", seed=2, settings=SamplerSettings(steps=3), photo=photo)
+    assert torch.equal(out, again)
+
+
+def test_photo_pinning_all_channels_keeps_seen_texels_exactly(photo_bundles):
+    bundle = photo_bundles["all"]
+    photo = _photo(bundle)
+    visible = photo.visible
+    out, info = generate_tokens(bundle, "", seed=2, settings=SamplerSettings(steps=3), photo=photo)
+    assert torch.equal(out[:, visible], photo.tokens[:, visible])
+    unseen = bundle.layout.atlas_mask & ~visible
+    assert not (out[:, unseen] == photo.tokens[:, unseen]).all(0).any()
+    assert info["kept_channels"] == list(range(12)) and info["kept_texels"] == int(visible.sum())
+
+
+def test_photo_tokens_need_a_package_with_a_tokenizer(bundle):
+    import numpy as np
+
+    photo = PhotoObservation(crop=np.full((64, 64, 3), 128, np.uint8), tokens=torch.zeros(12, 32, 32),
+                             visible=bundle.layout.region_mask("torso"))
+    with pytest.raises(ValueError, match="pins no token channels"):
+        generate_tokens(bundle, "", seed=0, settings=SamplerSettings(steps=1), photo=photo)
+    photo.tokens = torch.zeros(12, 16, 16)
+    with pytest.raises(ValueError, match=r"expected photo tokens \(12, 32, 32\)"):
+        generate_tokens(bundle, "", seed=0, settings=SamplerSettings(steps=1), photo=photo)
+
+
+def test_colour_channels_decode_to_colour_only(photo_bundles):
+    """The channels "colour" pins change the decoded SH colour and nothing else (the decoder's routing)."""
+    bundle = photo_bundles["colour"]
+    base, _ = generate_tokens(bundle, "a person", seed=4, settings=SamplerSettings(steps=2))
+    moved = base.clone()
+    moved[list(bundle.photo_channels)] += 0.5 * bundle.layout.atlas_mask
+    with torch.no_grad():
+        a, b = decode(base, bundle.layout, bundle.decoder), decode(moved, bundle.layout, bundle.decoder)
+    assert not torch.equal(a.sh, b.sh)
+    for name in ("means", "rotations", "log_scales", "opacity_logits"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_missing_truncated_or_foreign_checkpoints_are_named(tmp_path):
@@ -170,3 +233,43 @@ def test_package_in_float16_halves_the_matrices_and_loads_as_float32(tmp_path):
     a, _ = generate_tokens(bundle, "a red top", seed=3, settings=SamplerSettings(steps=2, guidance=2.0))
     b, _ = generate_tokens(bundle, "a red top", seed=3, settings=SamplerSettings(steps=2, guidance=2.0))
     assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_package_photo_channels_round_trip(tmp_path):
+    """--photo-channels is stored in the packaged tokenizer, read back by load_bundle and described; the
+    default is colour; a package's decoder for the DiT's samples is the DiT's own (the tokenizer's equals it);
+    a tokenizer whose decoder was fine-tuned is refused by name."""
+    from backend.models.checkpoint import load_checkpoint, save_checkpoint
+    from training.cli import main
+    from tests.model_package import make_tiny_tokenizer
+
+    src = make_tiny_package(tmp_path / "src")
+    tok = make_tiny_tokenizer(tmp_path / "tok.safetensors")
+    plain = load_bundle(src)
+    assert plain.photo_pins is None and plain.photo_channels == () and plain.describe()["photo_pins"] is None
+    for flag, pins, channels in ((None, "colour", [0, 1, 2]), ("colour", "colour", [0, 1, 2]),
+                                 ("all", "all", list(range(12)))):
+        out = tmp_path / f"pkg-{flag}"
+        argv = ["package", "--dit", str(src / "dit.safetensors"), "--tokenizer", str(tok), "--out", str(out),
+                "--dtype", "float16"] + (["--photo-channels", flag] if flag else [])
+        assert main(argv) == 0
+        assert load_checkpoint(out / "tokenizer.safetensors", "tokenizer").config["photo_channels"] == pins
+        b = load_bundle(out)
+        d = b.describe()
+        assert d["tokenizer"] and d["photo_pins"] == pins and d["photo_channels"] == channels
+        assert b.tokenizer is not None and b.decoder is not b.tokenizer.decoder
+        probe = torch.randn(1, 12, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert torch.equal(b.decoder(probe), plain.decoder(probe))  # the DiT's decoder, unchanged
+            assert torch.equal(b.tokenizer.decoder(probe), plain.decoder(probe))  # the same function
+    # a tokenizer packaged before --photo-channels existed pinned every channel
+    legacy = make_tiny_package(tmp_path / "legacy", tokenizer=True, photo_channels=None)
+    assert load_bundle(legacy).photo_pins == "all"
+    # a fine-tuned decoder does not decode the DiT's tokens: refused by name
+    ckpt = load_checkpoint(tok, "tokenizer")
+    ckpt.model["decoder.head.weight"] = ckpt.model["decoder.head.weight"] + 0.01
+    save_checkpoint(tmp_path / "tuned.safetensors", ckpt)
+    assert main(["package", "--dit", str(src / "dit.safetensors"), "--tokenizer", str(tmp_path / "tuned.safetensors"),
+                 "--out", str(tmp_path / "tuned")]) == 2
+    with pytest.raises(ModelError, match="do not decode like the DiT's.*head is not zero"):
+        load_bundle(tmp_path / "tuned")

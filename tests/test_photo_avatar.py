@@ -6,11 +6,13 @@ tabulated by B. Lindbloom to 4 decimals) and CIEDE2000 on pairs of Sharma, Wu & 
 4 decimals). Tolerance 1e-4 for both: the references are rounded to +-5e-5, and the 7-digit sRGB matrix
 moves Lab by < 1e-5. Region segmentation is checked on a synthetic person whose regions have known colours
 (the median of identical pixels is exact, so measured dE is 0 to float64 rounding, 1e-9), and on a real
-photo (libdlib19.1's 2007_007763.jpg, `make testdata`; skipped, saying why, without it). No model-quality
-threshold here: that is the benchmark's table.
+photo (libdlib19.1's 2007_007763.jpg, `make testdata`; skipped, saying why, without it). One model-quality
+threshold: the default model's avatar of that photo keeps its torso colour (`TORSO_DE00_BOUND`, where the
+number comes from is written there); the full comparison is the benchmark's table.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,6 +27,10 @@ from backend.pipelines.model_bundle import CHECKPOINTS, DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_TOL = 1e-4
+# The default model as the person running the tests gets it: $GENLCA_MODEL of the invoking shell, read when
+# this module is collected (before tests/conftest.py points GENLCA_MODEL at its tiny random package for the
+# session), else the shipped package under checkpoints/.
+INVOKING_MODEL = os.environ.get("GENLCA_MODEL")
 
 SRGB_LAB = [  # sRGB uint8 -> L*, a*, b* (D65)
     ((255, 0, 0), (53.2408, 80.0925, 67.2032)),
@@ -201,3 +207,56 @@ def test_server_refuses_a_reference_image_without_a_person(photos):
     finally:
         client.close()
         server.stop()
+
+
+# Photo -> avatar with the default model: libdlib19.1's 2007_007763.jpg (a person seen to below the knees),
+# PHOTO_STEPS Euler steps, seed 0, no prompt, image guidance 1, one torch thread. Measured with the package
+# `genlca-train package --dit runs/small_v1/last.safetensors --tokenizer <tokenizer_small step 100> --weights
+# live --dtype float16` (colour pinned): torso dE00 14.1 at seed 0 (7.2, 13.5, 7.1 at seeds 1-3: the seen
+# front keeps the photo's colour, 4.5 from it, the DiT samples the unseen back, 63 % of the torso texels);
+# the same DiT without a tokenizer (the reference crop only): 33.5 (benchmark, 25 steps), the prior 36.5.
+# Bound: the worst seed's 14.1 plus a margin of 6 for the sampled back (the seed-to-seed spread was 7; another
+# CPU's rounding or a later tokenizer checkpoint moves the sample), well below the crop-only 33.5.
+PHOTO_STEPS = 10
+TORSO_DE00_BOUND = 20.0
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from backend.pipelines.model_bundle import load_bundle
+
+    mp = pytest.MonkeyPatch()
+    if INVOKING_MODEL:
+        mp.setenv("GENLCA_MODEL", INVOKING_MODEL)
+    else:
+        mp.delenv("GENLCA_MODEL", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_bundle("default")
+    finally:
+        torch.set_num_threads(before)
+        mp.undo()
+
+
+def test_default_model_keeps_the_photos_torso_colour(photos, default_model):
+    """Through the backend path (fit_photo -> observe_fitted -> generate_tokens -> decode): the median colour
+    of the avatar's torso texels is within TORSO_DE00_BOUND (CIEDE2000) of the photo's torso pixels."""
+    from backend.avatar.tokens import decode
+    from backend.perception.media import read_image
+    from backend.pipelines.generate import SamplerSettings, generate_tokens
+    from backend.pipelines.photo import fit_photo, observe_fitted
+    from benchmarks.photo_avatar import avatar_region_lab
+
+    bundle = default_model
+    person = fit_photo(read_image(photos / "2007_007763.jpg"), "2007_007763.jpg")
+    photo = observe_fitted(bundle, person)
+    tokens, info = generate_tokens(bundle, "", seed=0, settings=SamplerSettings(steps=PHOTO_STEPS), photo=photo)
+    with torch.no_grad():
+        gaussians = decode(tokens, bundle.layout, bundle.decoder)
+    avatar = avatar_region_lab(gaussians, bundle.layout, bundle.decoder.config.gaussians_per_texel)["torso"]
+    photo_torso = median_lab(person.frames[0], photo_regions(person.masks[0], person.keypoints[0])["torso"])
+    de = float(delta_e2000(photo_torso, avatar))
+    why = "" if bundle.tokenizer is not None else "; the package has no tokenizer, so only the reference crop steers"
+    assert de <= TORSO_DE00_BOUND, (f"torso dE00 {de:.1f} > {TORSO_DE00_BOUND} with {bundle.describe()['name']} "
+                                    f"(used {info['used']}; photo Lab {photo_torso}, avatar Lab {avatar}{why})")

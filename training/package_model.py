@@ -1,7 +1,7 @@
 """`genlca-train package`: turn training checkpoints into a model package the backend serves.
 
-    genlca-train package --dit runs/diffusion_small/last.safetensors [--tokenizer runs/tok/last.safetensors] \
-        --out checkpoints/my-model --name my-model --note "the commands that made it"
+    genlca-train package --dit runs/diffusion_small/last.safetensors [--tokenizer runs/tok/last.safetensors \
+        --photo-channels colour|all] --out checkpoints/my-model --name my-model --note "the commands that made it"
 
 A package is a folder with `dit.safetensors` (and optionally `tokenizer.safetensors`): the EMA weights as
 the model weights, the training config in the metadata, no optimizer state or RNG (a fraction of the
@@ -9,8 +9,11 @@ size), the name and a note that carries the commands that made it. `genlca-backe
 model=checkpoints/my-model` then serves it; the shipped default is `checkpoints/genlca-small` (README).
 `--dtype float16` stores the weight matrices in half precision (half the size; the loader casts them back
 to float32, so sampling runs in float32 on weights rounded to 11 significant bits); vectors (biases, norms,
-the token statistics, the atlas geometry) stay float32. Written atomically; the package is checked by
-loading it the way the service does.
+the token statistics, the atlas geometry) stay float32. `--photo-channels` (stored in the tokenizer's
+config) says which token channels of the texels a photo shows are kept in photo -> avatar: "colour"
+(default: the SH-DC colour channels, what the tokenizer recovers reliably; the DiT samples the geometry)
+or "all". Written atomically; the package is checked by loading it the way the service does (a tokenizer
+whose tokens do not decode like the DiT's is refused there).
 """
 from __future__ import annotations
 
@@ -36,10 +39,12 @@ def storage_weights(weights: dict[str, torch.Tensor], dtype: str) -> dict[str, t
 
 
 def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, note: str,
-                       weights_from: str = "ema", dtype: str = "float32") -> str:
+                       weights_from: str = "ema", dtype: str = "float32",
+                       extra_config: dict | None = None) -> str:
     """Copy a training checkpoint as an inference one; returns the new sha256. `weights_from`: "ema" (the
     EMA weights when the checkpoint has them) or "live" (the optimised weights: better for a short run,
-    where an EMA of decay d still holds d**steps of the initial weights)."""
+    where an EMA of decay d still holds d**steps of the initial weights). `extra_config` is merged into
+    the stored config (the tokenizer's `photo_channels`)."""
     from backend.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
     if weights_from not in ("ema", "live"):
@@ -48,9 +53,9 @@ def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, n
     use_ema = weights_from == "ema" and ckpt.ema is not None
     weights = storage_weights(ckpt.ema if use_ema else ckpt.model, dtype)
     train = {k: v for k, v in ckpt.train.items() if k in ("step",)}
-    config = {**ckpt.config, "source_checkpoint": {"file": Path(src).name, "sha256": ckpt.sha256,
-                                                   "weights": "ema" if use_ema else "live",
-                                                   "dtype": dtype}}
+    config = {**ckpt.config, **(extra_config or {}),
+              "source_checkpoint": {"file": Path(src).name, "sha256": ckpt.sha256,
+                                    "weights": "ema" if use_ema else "live", "dtype": dtype}}
     return save_checkpoint(dst, Checkpoint(kind=kind, config=config, model=weights, train=train, name=name,
                                            note=note))
 
@@ -66,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
                                             args.weights, args.dtype)}
         if args.tokenizer:
             report["tokenizer"] = package_checkpoint(args.tokenizer, out / "tokenizer.safetensors", "tokenizer",
-                                                     name, args.note, args.weights, args.dtype)
+                                                     name, args.note, args.weights, args.dtype,
+                                                     {"photo_channels": args.photo_channels})
         bundle = load_bundle(out, text_encoder=args.text_encoder or None)
     except (CheckpointError, ModelError) as exc:
         print(f"genlca-train package: {exc}", file=sys.stderr)
@@ -87,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the EMA weights (default) or the live ones (short runs: see package_checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="float16: weight matrices stored in half precision (half the size)")
+    parser.add_argument("--photo-channels", choices=("colour", "all"), default="colour",
+                        help="token channels a photo pins on the texels it shows: colour (default; the DiT "
+                             "samples their geometry) or all (needs --tokenizer)")
     parser.add_argument("--note", default="", help="free text kept in the checkpoint, e.g. the commands that made it")
     parser.add_argument("--text-encoder", default="", help="check the package with this text encoder instead "
                                                           "of the checkpoint's own (tests)")

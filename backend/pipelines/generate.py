@@ -8,7 +8,9 @@ Steps: encode the conditions (text by the bundle's sentence encoder; a photo as 
 DiT's image encoder), draw the seeded noise, integrate the ODE from t = 1 to 0 through classifier-free
 guidance (backend/sampling: the time convention lives there and only there), map back from the model's
 normalised space to decoder tokens, zero outside the atlas. Where the photo's tokens are known (the
-tokenizer recovered the texels the photo shows), they are kept and the rest is inpainted.
+tokenizer recovered the texels the photo shows), the package's pinned channels of those texels
+(`bundle.photo_channels`: by default the colour) are kept and everything else is inpainted: the geometry,
+opacity and scale of the seen texels and all of the unseen ones.
 
 Pipelines take a progress callback `(stage, step, total)` and a cancel check; they know nothing of the
 wire, so they run the same under the server, a script or a test.
@@ -109,18 +111,33 @@ def generate_tokens(bundle, prompt: str, *, seed: int = 0, settings: SamplerSett
                                 "shift": settings.shift, "seed": seed, "used": ["text"] if prompt.strip() else []}
         if photo is not None:
             info["used"].append("image")
+        keep = None
         if photo is not None and photo.tokens is not None and photo.visible is not None:
+            keep = observed_mask(bundle, photo, device)  # (1, C, R, R)
             x_src = dit.normalize(photo.tokens[None].to(device)) * atlas
-            keep = (photo.visible.to(device) & atlas)[None, None]
             x = inpaint(velocity, x_src, keep, settings.steps, seed=seed, method=settings.method,
                         shift=settings.shift, progress=_stepper(progress, "sample"), cancel=cancel)
-            info["kept_texels"] = int(keep.sum())
+            info["kept_texels"] = int(keep.any(1).sum())
+            info["kept_channels"] = list(bundle.photo_channels)
             info["used"].append("tokenizer")
         else:
             x = sample(velocity, noise_like(shape_ref, seed), settings.steps, settings.method, settings.shift,
                        progress=_stepper(progress, "sample"), cancel=cancel)
         tokens = dit.denormalize(x)[0] * atlas  # (C, R, R)
-        if photo is not None and photo.tokens is not None and photo.visible is not None:
-            keep2 = (photo.visible.to(device) & atlas)[None]
-            tokens = torch.where(keep2, photo.tokens.to(device), tokens)  # observed texels exactly as recovered
+        if keep is not None:  # the pinned entries exactly as recovered (normalise/denormalise rounds)
+            tokens = torch.where(keep[0], photo.tokens.to(device), tokens)
     return tokens.cpu(), info
+
+
+def observed_mask(bundle, photo: PhotoObservation, device) -> torch.Tensor:
+    """(1, C, R, R) bool: the texels the photo showed (inside the atlas) x the channels the package pins."""
+    c, r = bundle.dit.config.token_channels, bundle.dit.config.resolution
+    if tuple(photo.tokens.shape) != (c, r, r) or tuple(photo.visible.shape) != (r, r):
+        raise ValueError(f"expected photo tokens ({c}, {r}, {r}) and visibility ({r}, {r}), got "
+                         f"{tuple(photo.tokens.shape)} and {tuple(photo.visible.shape)}")
+    if not bundle.photo_channels:
+        raise ValueError("the model package pins no token channels for photos (it has no tokenizer)")
+    channels = torch.zeros(c, dtype=torch.bool, device=device)
+    channels[list(bundle.photo_channels)] = True
+    seen = photo.visible.to(device).bool() & bundle.layout.atlas_mask.to(device)  # (R, R)
+    return (channels[:, None, None] & seen[None])[None]  # (1, C, R, R)

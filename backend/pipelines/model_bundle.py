@@ -4,9 +4,17 @@ A *model package* is a folder holding `dit.safetensors` (the TokenMapDiT, config
 optionally, `tokenizer.safetensors` (the feed-forward reconstruction model, for photo -> avatar). Every
 dimension comes from the checkpoints: token-map resolution and channels from the DiT's config, the
 token decoder (K Gaussians per texel, SH degree, layout) from the token source recorded at training
-time (`config["token_source"]["decoder_config"]`), the decoder's weights from the tokenizer checkpoint
-when there is one (it fine-tunes them), else the decoder's exact routing (ground-truth token maps need
-nothing more); the text encoder from the DiT's config.
+time (`config["token_source"]["decoder_config"]`); the text encoder from the DiT's config.
+
+The decoder is the one the DiT's tokens were made for. A DiT trained on ground-truth explicit token maps
+decodes through the exact routing of that config; a tokenizer beside it must decode the same way (trained
+with its decoder frozen: head weight zero, same routing), else its tokens could not be mixed with the DiT's
+and the package is refused. A DiT trained on a tokenized library (no decoder config in its token source)
+decodes through the tokenizer's (possibly fine-tuned) decoder.
+
+Which token channels a photo pins (`photo_channels`, written by `genlca-train package --photo-channels`
+into the tokenizer checkpoint's config): "colour" (the channels the explicit layout routes to the SH-DC
+colour: what a tokenizer recovers reliably) or "all". `bundle.photo_channels` holds the indices.
 
     bundle = load_bundle("default")            # $GENLCA_MODEL, else checkpoints/genlca-small in the repository
     bundle = load_bundle("/models/my-studio")  # a folder, or a dit .safetensors file
@@ -25,6 +33,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = REPO_ROOT / "checkpoints"
 DEFAULT_MODEL = "genlca-small"  # the shipped package (README, "The shipped model")
+PHOTO_CHANNELS = ("colour", "all")  # what `genlca-train package --photo-channels` may store
+LEGACY_PHOTO_CHANNELS = "all"       # a tokenizer packaged before the choice existed pinned every channel
 
 
 class ModelError(RuntimeError):
@@ -64,6 +74,8 @@ class ModelBundle:
     sha256: str
     config: dict[str, Any]
     note: str = ""
+    photo_pins: str | None = None               # "colour" | "all" with a tokenizer, else None
+    photo_channels: tuple[int, ...] = ()        # token channels a photo's observed texels pin
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @property
@@ -83,7 +95,51 @@ class ModelBundle:
                 "resolution": self.resolution, "token_channels": int(self.dit.config.token_channels),
                 "gaussians_per_texel": int(self.decoder.config.gaussians_per_texel),
                 "sh_degree": int(self.decoder.config.sh_degree), "template": self.template.name,
-                "tokenizer": self.tokenizer is not None, "supports": self.supports}
+                "tokenizer": self.tokenizer is not None, "photo_pins": self.photo_pins,
+                "photo_channels": list(self.photo_channels), "supports": self.supports}
+
+
+def token_channel_groups(cfg: Any) -> dict[str, tuple[int, ...]]:
+    """The meaning of each token channel under a decoder config (backend/avatar/tokens.py, "explicit"
+    layout): colour (SH DC), offset, opacity, scale, latent. The latent layout routes only the colour."""
+    from backend.avatar.tokens import EXPLICIT_CHANNELS
+
+    c = int(cfg.token_channels)
+    if cfg.token_layout != "explicit":
+        return {"colour": (0, 1, 2), "latent": tuple(range(3, c))}
+    return {"colour": (0, 1, 2), "offset": (3, 4, 5), "opacity": (6,), "scale": (7, 8, 9),
+            "latent": tuple(range(EXPLICIT_CHANNELS, c))}
+
+
+def photo_channel_indices(cfg: Any, pins: str) -> tuple[int, ...]:
+    """"colour" -> the decoder config's colour channels; "all" -> every channel."""
+    if pins == "all":
+        return tuple(range(int(cfg.token_channels)))
+    if pins == "colour":
+        return token_channel_groups(cfg)["colour"]
+    raise ValueError(f"photo_channels must be one of {PHOTO_CHANNELS}, got {pins!r}")
+
+
+# decoder config fields that change what a token decodes to (hidden sizes do not when the head is zero)
+_DECODING_FIELDS = ("token_channels", "gaussians_per_texel", "sh_degree", "max_offset", "base_scale",
+                    "normal_scale", "scale_range", "init_opacity", "token_layout", "region_reach")
+
+
+def decoding_difference(decoder: Any, reference: Any) -> str | None:
+    """None when `decoder` decodes every token map exactly as `reference`, a fresh decoder whose MLP head
+    is zero (the explicit routing); else what differs. Exact: the output is head bias + skip(tokens)."""
+    for name in _DECODING_FIELDS:
+        a, b = getattr(decoder.config, name), getattr(reference.config, name)
+        if a != b:
+            return f"decoder config {name} is {a!r}, the DiT's is {b!r}"
+    if bool(reference.head.weight.any()):
+        raise ValueError("the reference decoder must be a fresh one (head weight zero)")
+    if bool(decoder.head.weight.any()):
+        return "its decoder's MLP head is not zero (the decoder was fine-tuned)"
+    for name in ("head.bias", "skip.weight"):
+        if not torch.equal(decoder.state_dict()[name].float(), reference.state_dict()[name].float()):
+            return f"its decoder's {name} differs from the explicit routing"
+    return None
 
 
 def load_bundle(name: str | os.PathLike = "default", device: str = "cpu", text_encoder: str | None = None) -> ModelBundle:
@@ -117,14 +173,22 @@ def load_bundle(name: str | os.PathLike = "default", device: str = "cpu", text_e
         raise ModelError(f"{path}: the DiT makes {dit.config.token_channels} token channels, its decoder config "
                          f"expects {dec_cfg.token_channels}")
     decoder = TokenDecoder(dec_cfg).eval()
-    tokenizer = None
+    tokenizer, pins, channels = None, None, ()
     tok_path = path.with_name("tokenizer.safetensors")
     if tok_path.is_file():
-        tokenizer = _load_tokenizer(tok_path, device)
-        if tokenizer.decoder.config.token_channels != dit.config.token_channels:
-            raise ModelError(f"{tok_path}: the tokenizer makes {tokenizer.decoder.config.token_channels} token "
-                             f"channels, the DiT {dit.config.token_channels}")
-        decoder = tokenizer.decoder  # fine-tuned with the tokenizer: its tokens decode through it
+        tokenizer, pins = _load_tokenizer(tok_path, device)
+        tok_cfg = tokenizer.config
+        if (tok_cfg.token_channels, tok_cfg.resolution) != (dit.config.token_channels, dit.config.resolution):
+            raise ModelError(f"{tok_path}: the tokenizer makes {tok_cfg.token_channels} x {tok_cfg.resolution}^2 "
+                             f"token maps, the DiT {dit.config.token_channels} x {dit.config.resolution}^2")
+        if source.get("decoder_config"):  # the DiT learnt ground-truth tokens: the tokenizer must match them
+            why = decoding_difference(tokenizer.decoder, decoder)
+            if why is not None:
+                raise ModelError(f"{tok_path}: its tokens do not decode like the DiT's ({why}); train the "
+                                 f"tokenizer with train_decoder=false, or train the DiT on its tokens")
+        else:  # the DiT learnt this tokenizer's tokens: they decode through its (fine-tuned) decoder
+            decoder = tokenizer.decoder
+        channels = photo_channel_indices(decoder.config, pins)
     encoder_name = text_encoder or ckpt.config.get("text_encoder", "minilm")
     try:
         encoder = load_text_encoder(encoder_name, int(ckpt.config.get("max_text_tokens", 32)), device)
@@ -133,19 +197,25 @@ def load_bundle(name: str | os.PathLike = "default", device: str = "cpu", text_e
     return ModelBundle(name=ckpt.name or path.parent.name, path=path, dit=dit, decoder=decoder.to(device),
                        layout=layout, template=template, skeleton=Skeleton.from_template(template),
                        text_encoder=encoder, tokenizer=tokenizer, sha256=ckpt.sha256, config=ckpt.config,
-                       note=ckpt.note)
+                       note=ckpt.note, photo_pins=pins, photo_channels=channels)
 
 
-def _load_tokenizer(path: Path, device: str) -> Any:
-    """The tokenizer of a package (its `decoder` is the TokenDecoder it was trained with)."""
+def _load_tokenizer(path: Path, device: str) -> tuple[Any, str]:
+    """The tokenizer of a package (its `decoder` is the TokenDecoder it was trained with; float16 weights
+    are cast back to float32) and the photo channels its package pins."""
+    from backend.config import ConfigError, from_dict
     from backend.models.checkpoint import CheckpointError, load_checkpoint
+    from backend.models.tokenizer import Tokenizer, TokenizerConfig
 
     try:
-        import backend.models.tokenizer as tokenizer_module
         ckpt = load_checkpoint(path, kind="tokenizer", training_state=False)
-        model = tokenizer_module.tokenizer_from_checkpoint(ckpt).to(device).eval()
+        model = Tokenizer.build(from_dict(ckpt.config["model"], TokenizerConfig))
+        model.load_state_dict(ckpt.model)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    except (AttributeError, KeyError, TypeError, RuntimeError) as exc:
+    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: the tokenizer checkpoint does not fit this code ({exc})") from None
-    return model
+    pins = ckpt.config.get("photo_channels", LEGACY_PHOTO_CHANNELS)
+    if pins not in PHOTO_CHANNELS:
+        raise ModelError(f"{path}: photo_channels is {pins!r}, expected one of {PHOTO_CHANNELS}")
+    return model.to(device).eval(), pins

@@ -3,7 +3,8 @@
 The person is found (MediaPipe landmarks and mask, `backend/perception/detector.py`), the body template is
 fitted to them (pose and camera, `backend/perception/fitting.py`), a reference crop is cut around them for
 the DiT's image encoder, and with a tokenizer in the model package the tokens of the texels the photo shows
-are recovered (the rest is inpainted by `generate_tokens`). Named errors: `CorruptFileError` for an image
+are recovered (`generate_tokens` keeps the channels the package pins, `bundle.photo_channels`, of those
+texels and inpaints the rest). Named errors: `CorruptFileError` for an image
 that is not an (H, W, 3) uint8 picture of at least 16 px a side, `NoPersonError` when nobody is found,
 `PerceptionError` (their base) also when the perception dependencies are not installed.
 """
