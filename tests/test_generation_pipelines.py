@@ -262,6 +262,8 @@ def test_package_photo_channels_round_trip(tmp_path):
         with torch.no_grad():
             assert torch.equal(b.decoder(probe), plain.decoder(probe))  # the DiT's decoder, unchanged
             assert torch.equal(b.tokenizer.decoder(probe), plain.decoder(probe))  # the same function
+    assert main(["package", "--dit", str(src / "dit.safetensors"), "--out", str(tmp_path / "no-tok"),
+                 "--photo-channels", "all"]) == 2  # nothing to pin without a tokenizer
     # a tokenizer packaged before --photo-channels existed pinned every channel
     legacy = make_tiny_package(tmp_path / "legacy", tokenizer=True, photo_channels=None)
     assert load_bundle(legacy).photo_pins == "all"

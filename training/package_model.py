@@ -66,13 +66,17 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     name = args.name or out.name
+    if args.photo_channels and not args.tokenizer:
+        print("genlca-train package: --photo-channels says what a tokenizer's tokens pin; give --tokenizer",
+              file=sys.stderr)
+        return 2
     try:
         report = {"dit": package_checkpoint(args.dit, out / "dit.safetensors", "dit", name, args.note,
                                             args.weights, args.dtype)}
         if args.tokenizer:
             report["tokenizer"] = package_checkpoint(args.tokenizer, out / "tokenizer.safetensors", "tokenizer",
                                                      name, args.note, args.weights, args.dtype,
-                                                     {"photo_channels": args.photo_channels})
+                                                     {"photo_channels": args.photo_channels or "colour"})
         bundle = load_bundle(out, text_encoder=args.text_encoder or None)
     except (CheckpointError, ModelError) as exc:
         print(f"genlca-train package: {exc}", file=sys.stderr)
@@ -93,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the EMA weights (default) or the live ones (short runs: see package_checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="float16: weight matrices stored in half precision (half the size)")
-    parser.add_argument("--photo-channels", choices=("colour", "all"), default="colour",
+    parser.add_argument("--photo-channels", choices=("colour", "all"), default=None,
                         help="token channels a photo pins on the texels it shows: colour (default; the DiT "
                              "samples their geometry) or all (needs --tokenizer)")
     parser.add_argument("--note", default="", help="free text kept in the checkpoint, e.g. the commands that made it")
