@@ -15,7 +15,7 @@ import time
 import traceback
 
 BENCHMARKS = ("bridge", "render", "posing", "blender_import", "ingest", "synth", "tokenizer", "diffusion",
-              "photo_avatar")
+              "photo_avatar", "edit_fidelity")
 
 
 def run(name: str, options: list[str] | None = None) -> str:

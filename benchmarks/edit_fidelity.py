@@ -1,0 +1,213 @@
+"""Text-edit fidelity through the wire: `python -m benchmarks edit_fidelity [--model M] [--strengths 0.4 0.6 0.8]
+[--pairs 6] [--steps 25] [--attributes upper_colour lower_colour] [--json PATH]`.
+
+The acceptance check "text edit changes the named attribute and keeps the rest": a backend server runs in this
+process on 127.0.0.1 (benchmarks/prompt_fidelity.py `backend_client`: a real ZeroMQ socket, the handlers of
+`genlca-backend serve`, the model package --model). For each of --pairs people drawn from the synthetic
+vocabulary (fixed seed; no dresses, whose top and bottom are one garment) the client sends `generate` with the
+person's caption, then, per edited attribute and strength, `edit` with the same caption but ONE garment colour
+changed to another named colour. Source and every edit are fetched (`get_avatar`), rendered front and back
+(`render`) and read like prompt_fidelity: the garment, shoe and hair colours off the frames
+(training/evaluate.py `classify_rendered_attributes`), and each body region's colour as the median CIELAB of
+its texels' opacity-weighted Gaussian colours (benchmarks/photo_avatar.py `avatar_region_lab`).
+
+Per (attribute, strength) the table gives: the fraction of edits where the new colour is read on its region
+("hit"; in brackets how many sources already read it), the fraction where each other attribute reads as on
+the source, the median over edits of CIEDE2000 between source and edit for the regions that should stay
+(KEPT_REGIONS) and for the edited region. The protocol's `edit` has no inversion switch
+(backend/pipelines/edit.py `edit_text(invert=True)` is not reachable through the wire), so only the
+noise-to-strength mode is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, render_views
+
+EDITABLE = {"upper_colour": "torso", "lower_colour": "legs"}  # attribute -> the body region its garment covers
+KEPT_REGIONS = {"upper_colour": ("legs", "head", "feet"), "lower_colour": ("torso", "head", "feet")}
+LAB_REGIONS = ("torso", "legs", "head", "feet")  # arms and hands left out: sleeves belong to either
+
+
+def edit_pairs(count: int, attributes: tuple[str, ...] = ("upper_colour",), seed: int = 0) -> list[dict[str, Any]]:
+    """count people, each {"attributes", "caption", "edits": {attribute: {"colour", "caption"}}}: the source
+    caption and, per attribute, another named colour and the caption that differs from the source's in that
+    colour only. Deterministic for (count, attributes, seed)."""
+    from training.data import vocabulary as vocab
+
+    unknown = [a for a in attributes if a not in EDITABLE]
+    if unknown or not attributes:
+        raise ValueError(f"editable attributes are {list(EDITABLE)}, got {list(attributes)}")
+    if count < 1:
+        raise ValueError(f"expected at least one pair, got {count}")
+    rng = np.random.default_rng(seed)
+    people = []
+    while len(people) < count:
+        attrs = vocab.sample_attributes(rng)
+        if attrs["lower"] == "dress":
+            continue
+        attrs["gender"] = "woman" if rng.random() < 0.5 else "man"
+        edits = {}
+        for key in attributes:
+            colour = str(rng.choice(sorted(c for c in vocab.COLOURS if c != attrs[key])))
+            edits[key] = {"colour": colour, "caption": vocab.captions({**attrs, key: colour}, rng, count=1)[0]}
+        people.append({"attributes": attrs, "caption": vocab.captions(attrs, rng, count=1)[0], "edits": edits})
+    return people
+
+
+def read_avatar(client: Any, avatar_id: str, *, size: int, layouts: dict) -> dict[str, Any]:
+    """get_avatar -> render front and back -> {"predicted": attribute readings, "lab": {region: Lab (3,)},
+    "meta": the avatar's meta}."""
+    import torch
+
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+    from benchmarks.photo_avatar import avatar_region_lab
+    from bridge import protocol
+    from training.evaluate import RegionTexels, classify_rendered_attributes
+
+    got = client.call(protocol.GetAvatar(avatar_id=avatar_id), timeout_s=120.0)
+    meta = got.header["meta"]
+    key = (meta["template"], int(meta["resolution"]))
+    if key not in layouts:
+        layout = load_layout(load_template(key[0]), key[1])
+        layouts[key] = (layout, RegionTexels.from_layout(layout))
+    layout, regions = layouts[key]
+    views = render_views(client, avatar_id, len(got.header["joint_names"]), size)
+    gaussians = types.SimpleNamespace(sh=torch.tensor(got.arrays["sh"]),  # copies: wire arrays are read-only
+                                      opacity_logits=torch.tensor(got.arrays["opacity_logits"]))
+    per_texel, rest = divmod(len(got.arrays["sh"]), layout.num_valid)
+    if rest:
+        raise RuntimeError(f"{len(got.arrays['sh'])} Gaussians are not a whole number per texel of the "
+                           f"{layout.num_valid} valid texels")
+    return {"predicted": classify_rendered_attributes(views, layout, regions),
+            "lab": avatar_region_lab(gaussians, layout, per_texel, LAB_REGIONS), "meta": meta}
+
+
+def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, steps: int, guidance: float,
+             seed: int, size: int, layouts: dict) -> dict[str, Any]:
+    """generate the source, then one edit per (attribute, strength), all read off the wire."""
+    from backend.perception.regions import delta_e2000
+    from bridge import protocol
+
+    made = client.call(protocol.Generate(prompt=person["caption"], seed=seed, steps=steps, guidance=guidance),
+                       timeout_s=1800.0)
+    source = read_avatar(client, made.header["avatar_id"], size=size, layouts=layouts)
+    edits = []
+    for key, edit in person["edits"].items():
+        for strength in strengths:
+            t0 = time.perf_counter()
+            done = client.call(protocol.Edit(avatar_id=made.header["avatar_id"], prompt=edit["caption"],
+                                             strength=strength, seed=seed, steps=steps, guidance=guidance),
+                               timeout_s=1800.0)
+            seconds = time.perf_counter() - t0
+            got = read_avatar(client, done.header["avatar_id"], size=size, layouts=layouts)
+            edits.append({
+                "attribute": key, "strength": strength, "colour": edit["colour"], "caption": edit["caption"],
+                "seconds": seconds, "predicted": got["predicted"],
+                "hit": got["predicted"][key] == edit["colour"],
+                "source_hit": source["predicted"][key] == edit["colour"],
+                "unchanged": {a: got["predicted"][a] == source["predicted"][a] for a in ATTRIBUTES if a != key},
+                "de00": {r: float(delta_e2000(source["lab"][r], got["lab"][r])) for r in LAB_REGIONS}})
+    return {"caption": person["caption"], "truth": {a: person["attributes"][a] for a in ATTRIBUTES},
+            "source": source["predicted"], "model": source["meta"]["model"], "edits": edits}
+
+
+def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (attribute, strength): counts, fractions and median CIEDE2000 over the edits."""
+    cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in results:
+        for e in r["edits"]:
+            cells.setdefault((e["attribute"], e["strength"]), []).append(e)
+    rows = []
+    for (key, strength), edits in sorted(cells.items()):
+        rows.append({
+            "attribute": key, "strength": strength, "edits": len(edits),
+            "hit": float(np.mean([e["hit"] for e in edits])),
+            "source_hit": int(sum(e["source_hit"] for e in edits)),
+            "unchanged": {a: float(np.mean([e["unchanged"][a] for e in edits])) for a in ATTRIBUTES if a != key},
+            "kept_de00": {reg: float(np.median([e["de00"][reg] for e in edits])) for reg in KEPT_REGIONS[key]},
+            "kept_de00_max": float(max(e["de00"][reg] for e in edits for reg in KEPT_REGIONS[key])),
+            "edited_de00": float(np.median([e["de00"][EDITABLE[key]] for e in edits])),
+            "seconds": float(np.median([e["seconds"] for e in edits]))})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], model: str) -> str:
+    out = [f"| {model} | strength | edits | new colour read (source had it) | other attributes unchanged "
+           "| kept regions median dE00 (max) | edited region median dE00 | s per edit |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        unchanged = ", ".join(f"{a.split('_')[0]} {v:.2f}" for a, v in row["unchanged"].items())
+        kept = ", ".join(f"{reg} {v:.1f}" for reg, v in row["kept_de00"].items())
+        out.append(f"| {row['attribute']} | {row['strength']:g} | {row['edits']} | {row['hit']:.2f} "
+                   f"({row['source_hit']}) | {unchanged} | {kept} ({row['kept_de00_max']:.1f}) | "
+                   f"{EDITABLE[row['attribute']]} {row['edited_de00']:.1f} | {row['seconds']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default", help="a model package name under checkpoints/ or a folder")
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.4, 0.6, 0.8])
+    parser.add_argument("--pairs", type=int, default=6,
+                        help="source people, each edited once per attribute and strength")
+    parser.add_argument("--attributes", nargs="+", default=["upper_colour"], choices=sorted(EDITABLE))
+    parser.add_argument("--steps", type=int, default=25, help="sampler steps of a full generation (an edit runs "
+                        "round(steps x strength))")
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed of every generate and edit")
+    parser.add_argument("--pair-seed", type=int, default=0, help="seed of the people and their new colours")
+    parser.add_argument("--size", type=int, default=128, help="render size in pixels (square)")
+    parser.add_argument("--json", type=Path, default=None, help="write the per-edit results and the table rows here")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process backend")
+    args = parser.parse_args(argv)
+    bad = [s for s in args.strengths if not 0.0 < s <= 1.0]
+    if bad:
+        parser.error(f"strengths must be in (0, 1], got {bad}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    people = edit_pairs(args.pairs, tuple(args.attributes), args.pair_seed)
+    results, layouts = [], {}
+    t0 = time.perf_counter()
+    with backend_client(args.model) as client:
+        for i, person in enumerate(people):
+            r = run_pair(client, person, args.strengths, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         size=args.size, layouts=layouts)
+            results.append(r)
+            print(f"{i + 1:2d}/{len(people)} {r['caption']!r}: source reads {r['source']}", flush=True)
+            for e in r["edits"]:
+                kept = " ".join(f"{reg} {e['de00'][reg]:.1f}" for reg in KEPT_REGIONS[e["attribute"]])
+                edited = EDITABLE[e["attribute"]]
+                print(f"    {e['attribute']} -> {e['colour']} at {e['strength']:g}: read "
+                      f"{e['predicted'][e['attribute']]} ({'hit' if e['hit'] else 'miss'}); kept dE00 {kept}; "
+                      f"{edited} {e['de00'][edited]:.1f}", flush=True)
+    model = results[0]["model"]
+    name = f"{model['name']} ({model.get('sha256', '?')[:12]})"
+    rows = summary(results)
+    print(f"\n{len(results)} sources x {len(args.attributes)} attribute(s) x {len(args.strengths)} strengths, "
+          f"{args.steps} steps (an edit: round(steps x strength)), guidance {args.guidance:g}, seed {args.seed}, "
+          f"renders {args.size}x{args.size} front + back, {time.perf_counter() - t0:.0f} s in all\n")
+    print(markdown(rows, name))
+    if args.json is not None:
+        _write_json_atomic(args.json, {"model": model, "args": {k: str(v) for k, v in vars(args).items()},
+                                       "rows": rows, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
