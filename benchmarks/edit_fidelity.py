@@ -1,5 +1,5 @@
 """Text-edit fidelity through the wire: `python -m benchmarks edit_fidelity [--model M] [--strengths 0.4 0.6 0.8]
-[--pairs 6] [--steps 25] [--attributes upper_colour lower_colour] [--json PATH]`.
+[--pairs 6] [--steps 25] [--attributes upper_colour lower_colour] [--invert] [--json PATH]`.
 
 The acceptance check "text edit changes the named attribute and keeps the rest": a backend server runs in this
 process on 127.0.0.1 (benchmarks/prompt_fidelity.py `backend_client`: a real ZeroMQ socket, the handlers of
@@ -11,12 +11,13 @@ changed to another named colour. Source and every edit are fetched (`get_avatar`
 (training/evaluate.py `classify_rendered_attributes`), and each body region's colour as the median CIELAB of
 its texels' opacity-weighted Gaussian colours (benchmarks/photo_avatar.py `avatar_region_lab`).
 
-Per (attribute, strength) the table gives: the fraction of edits where the new colour is read on its region
+Per (attribute, mode, strength) the table gives: the fraction of edits where the new colour is read on its region
 ("hit"; in brackets how many sources already read it), the fraction where each other attribute reads as on
 the source, the median over edits of CIEDE2000 between source and edit for the regions that should stay
-(KEPT_REGIONS) and for the edited region. The protocol's `edit` has no inversion switch
-(backend/pipelines/edit.py `edit_text(invert=True)` is not reachable through the wire), so only the
-noise-to-strength mode is measured.
+(KEPT_REGIONS) and for the edited region. Without --invert every edit runs the noise mode (the source mixed
+with seeded noise to t = strength); with --invert it sends `Edit(invert=True)`, so the source is integrated
+up to t = strength along the ODE first (backend/pipelines/edit.py `edit_text`). The table's mode column says
+which ran, read back from each edit's reply meta.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def read_avatar(client: Any, avatar_id: str, *, size: int, layouts: dict) -> dic
 
 
 def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, steps: int, guidance: float,
-             seed: int, size: int, layouts: dict) -> dict[str, Any]:
+             seed: int, size: int, layouts: dict, invert: bool = False) -> dict[str, Any]:
     """generate the source, then one edit per (attribute, strength), all read off the wire."""
     from backend.perception.regions import delta_e2000
     from bridge import protocol
@@ -105,12 +106,14 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
         for strength in strengths:
             t0 = time.perf_counter()
             done = client.call(protocol.Edit(avatar_id=made.header["avatar_id"], prompt=edit["caption"],
-                                             strength=strength, seed=seed, steps=steps, guidance=guidance),
+                                             strength=strength, seed=seed, steps=steps, guidance=guidance,
+                                             invert=invert),
                                timeout_s=1800.0)
             seconds = time.perf_counter() - t0
             got = read_avatar(client, done.header["avatar_id"], size=size, layouts=layouts)
             edits.append({
-                "attribute": key, "strength": strength, "colour": edit["colour"], "caption": edit["caption"],
+                "attribute": key, "strength": strength, "mode": done.header["meta"]["mode"],
+                "colour": edit["colour"], "caption": edit["caption"],
                 "seconds": seconds, "predicted": got["predicted"],
                 "hit": got["predicted"][key] == edit["colour"],
                 "source_hit": source["predicted"][key] == edit["colour"],
@@ -121,15 +124,15 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
 
 
 def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (attribute, strength): counts, fractions and median CIEDE2000 over the edits."""
-    cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    """One row per (attribute, mode, strength): counts, fractions and median CIEDE2000 over the edits."""
+    cells: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
     for r in results:
         for e in r["edits"]:
-            cells.setdefault((e["attribute"], e["strength"]), []).append(e)
+            cells.setdefault((e["attribute"], e["mode"], e["strength"]), []).append(e)
     rows = []
-    for (key, strength), edits in sorted(cells.items()):
+    for (key, mode, strength), edits in sorted(cells.items()):
         rows.append({
-            "attribute": key, "strength": strength, "edits": len(edits),
+            "attribute": key, "mode": mode, "strength": strength, "edits": len(edits),
             "hit": float(np.mean([e["hit"] for e in edits])),
             "source_hit": int(sum(e["source_hit"] for e in edits)),
             "unchanged": {a: float(np.mean([e["unchanged"][a] for e in edits])) for a in ATTRIBUTES if a != key},
@@ -141,13 +144,13 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], model: str) -> str:
-    out = [f"| {model} | strength | edits | new colour read (source had it) | other attributes unchanged "
+    out = [f"| {model} | mode | strength | edits | new colour read (source had it) | other attributes unchanged "
            "| kept regions median dE00 (max) | edited region median dE00 | s per edit |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         unchanged = ", ".join(f"{a.split('_')[0]} {v:.2f}" for a, v in row["unchanged"].items())
         kept = ", ".join(f"{reg} {v:.1f}" for reg, v in row["kept_de00"].items())
-        out.append(f"| {row['attribute']} | {row['strength']:g} | {row['edits']} | {row['hit']:.2f} "
+        out.append(f"| {row['attribute']} | {row['mode']} | {row['strength']:g} | {row['edits']} | {row['hit']:.2f} "
                    f"({row['source_hit']}) | {unchanged} | {kept} ({row['kept_de00_max']:.1f}) | "
                    f"{EDITABLE[row['attribute']]} {row['edited_de00']:.1f} | {row['seconds']:.1f} |")
     return "\n".join(out) + "\n"
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="render size in pixels (square)")
     parser.add_argument("--json", type=Path, default=None, help="write the per-edit results and the table rows here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process backend")
+    parser.add_argument("--invert", action="store_true", help="edit by ODE inversion to t = strength (Edit.invert) "
+                        "instead of seeded noise")
     args = parser.parse_args(argv)
     bad = [s for s in args.strengths if not 0.0 < s <= 1.0]
     if bad:
@@ -187,19 +192,20 @@ def main(argv: list[str] | None = None) -> int:
     with backend_client(args.model) as client:
         for i, person in enumerate(people):
             r = run_pair(client, person, args.strengths, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                         size=args.size, layouts=layouts)
+                         size=args.size, layouts=layouts, invert=args.invert)
             results.append(r)
             print(f"{i + 1:2d}/{len(people)} {r['caption']!r}: source reads {r['source']}", flush=True)
             for e in r["edits"]:
                 kept = " ".join(f"{reg} {e['de00'][reg]:.1f}" for reg in KEPT_REGIONS[e["attribute"]])
                 edited = EDITABLE[e["attribute"]]
-                print(f"    {e['attribute']} -> {e['colour']} at {e['strength']:g}: read "
+                print(f"    {e['attribute']} -> {e['colour']} at {e['strength']:g} ({e['mode']}): read "
                       f"{e['predicted'][e['attribute']]} ({'hit' if e['hit'] else 'miss'}); kept dE00 {kept}; "
                       f"{edited} {e['de00'][edited]:.1f}", flush=True)
     model = results[0]["model"]
     name = f"{model['name']} ({model.get('sha256', '?')[:12]})"
     rows = summary(results)
     print(f"\n{len(results)} sources x {len(args.attributes)} attribute(s) x {len(args.strengths)} strengths, "
+          f"{'invert' if args.invert else 'noise'} mode, "
           f"{args.steps} steps (an edit: round(steps x strength)), guidance {args.guidance:g}, seed {args.seed}, "
           f"renders {args.size}x{args.size} front + back, {time.perf_counter() - t0:.0f} s in all\n")
     print(markdown(rows, name))

@@ -148,6 +148,7 @@ class Edit(Sampled):
     prompt: str = ""
     strength: float = 0.6
     region: str = ""           # "" (whole body) or one of BODY_REGIONS
+    invert: bool = False       # text edit only: reach t = strength along the ODE, not by seeded noise
 
 
 @dataclasses.dataclass

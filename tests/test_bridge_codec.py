@@ -145,6 +145,7 @@ EXAMPLES = [
     protocol.Hello(id="a", client="blender 5.0"), protocol.Ping(id="b"),
     protocol.Generate(id="c", prompt="a sailor", seed=3, steps=8, guidance=2.5),
     protocol.Edit(id="d", avatar_id="av", prompt="red coat", strength=0.4, region="torso", seed=1, steps=4),
+    protocol.Edit(id="d2", avatar_id="av", prompt="red coat", strength=0.9, invert=True),
     protocol.GetAvatar(id="e", avatar_id="av"),
     protocol.Render(id="f", avatar_id="av", width=64, height=32, background=(1.0, 0.5, 0.0)),
     protocol.Export(id="g", avatar_id="av", format="safetensors"), protocol.Cancel(id="h", target="c"),
@@ -174,6 +175,16 @@ def test_request_fields_are_type_checked_by_name():
         request_from_header({**base, "op": "fly"})
     assert e.value.code == protocol.E_UNKNOWN_OP and "'fly'" in e.value.message
     assert request_from_header({**base, "guidance": 3}).guidance == 3.0  # ints are fine for floats
+
+
+def test_edit_invert_is_a_strict_bool_that_old_clients_may_omit():
+    base = {"v": 1, "id": "x", "op": "edit", "avatar_id": "av", "prompt": "red coat"}
+    assert request_from_header(base).invert is False  # a header from before the field existed
+    assert request_from_header({**base, "invert": True}).invert is True
+    for value in (1, 0, "true", None, 1.0):
+        with pytest.raises(ProtocolError) as e:
+            request_from_header({**base, "invert": value})
+        assert e.value.code == protocol.E_INVALID and "'invert'" in e.value.message and "a bool" in e.value.message
 
 
 def test_custom_request_types():

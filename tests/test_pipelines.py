@@ -136,6 +136,28 @@ def test_text_edit_moves_the_avatar_by_strength(client, avatar):
     assert 0.0 < dist[0] < dist[1]
 
 
+def test_text_edit_invert_reaches_the_pipeline_and_meta_names_the_mode(client, avatar):
+    avatar_id, source = avatar
+
+    def edit_sh(**fields) -> tuple[dict, np.ndarray]:
+        e = client.call(protocol.Edit(avatar_id=avatar_id, prompt="in a red dress", strength=0.8, **fields),
+                        timeout_s=60.0)
+        return e.header["meta"], client.call(protocol.GetAvatar(avatar_id=e.header["avatar_id"]),
+                                             timeout_s=30.0).arrays["sh"]
+
+    meta_a, inv_a = edit_sh(seed=1, invert=True)
+    meta_b, inv_b = edit_sh(seed=2, invert=True)
+    meta_n, noise_a = edit_sh(seed=1)
+    _, noise_b = edit_sh(seed=2)
+    assert meta_a["mode"] == "invert" and meta_a["sampler"]["inverted"] is True
+    assert meta_n["mode"] == "noise" and meta_n["sampler"]["inverted"] is False
+    # Inversion draws no noise: the seed cannot matter, so two seeds agree bit for bit; the noise mode's
+    # do not, and neither mode returns the source (strength 0.8 runs 0.8 x steps solver steps each way).
+    np.testing.assert_array_equal(inv_a, inv_b)
+    assert not np.array_equal(noise_a, noise_b)
+    assert not np.array_equal(inv_a, source.arrays["sh"]) and not np.array_equal(inv_a, noise_a)
+
+
 def test_render_streams_frames_in_order_matching_an_in_process_render(client, avatar):
     from backend.avatar.gaussians import Gaussians
     from backend.render import RenderOptions, render
@@ -198,6 +220,8 @@ def test_bad_requests_get_structured_errors_and_the_server_keeps_serving(client,
         (protocol.GetAvatar(avatar_id="nope"), None, protocol.E_NOT_FOUND, "nope"),
         (protocol.Edit(avatar_id=avatar_id, region="tail"), None, protocol.E_INVALID, "unknown region"),
         (protocol.Edit(avatar_id=avatar_id, strength=0.0), None, protocol.E_INVALID, "strength"),
+        (protocol.Edit(avatar_id=avatar_id, region="head", invert=True), None, protocol.E_INVALID,
+         "invert applies to a text edit only"),
         (protocol.Export(avatar_id=avatar_id, format="obj"), None, protocol.E_INVALID, "export format"),
         (protocol.Generate(prompt="x"), {"image": np.zeros((4, 4), np.uint8)}, protocol.E_BAD_ARRAY, "image"),
         (protocol.Render(avatar_id=avatar_id, width=SIZE, height=SIZE), {**good, "joint_rotations":

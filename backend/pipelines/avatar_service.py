@@ -225,6 +225,9 @@ class AvatarService:
             raise HandlerError(protocol.E_INVALID, f"strength must be in (0, 1], got {request.strength}")
         if not request.region and not request.prompt.strip():
             raise HandlerError(protocol.E_INVALID, "a text edit needs a prompt (or name a region to regenerate)")
+        if request.region and request.invert:
+            raise HandlerError(protocol.E_INVALID, f"invert applies to a text edit only; a region edit "
+                               f"(region {request.region!r}) inpaints from noise and cannot invert")
         settings = self._settings(request)
         bundle = self.bundle()
         if request.region:
@@ -234,9 +237,10 @@ class AvatarService:
         else:
             tokens, info = self._run(lambda progress, cancel: edit_text(
                 bundle, source.tokens, request.prompt, strength=float(request.strength), seed=int(request.seed),
-                settings=settings, progress=progress, cancel=cancel), ctx)
+                settings=settings, invert=bool(request.invert), progress=progress, cancel=cancel), ctx)
+        mode = "region" if request.region else "invert" if request.invert else "noise"
         meta = {"edited_from": request.avatar_id, "prompt": request.prompt, "region": request.region,
-                "strength": request.strength, "seed": request.seed, "sampler": info}
+                "strength": request.strength, "mode": mode, "seed": request.seed, "sampler": info}
         return self._decode_and_store(tokens, meta, ctx), {}
 
     # ------------------------------------------------------------------ get / render / export
