@@ -17,7 +17,8 @@ the source, the median over edits of CIEDE2000 between source and edit for the r
 (KEPT_REGIONS) and for the edited region. Without --invert every edit runs the noise mode (the source mixed
 with seeded noise to t = strength); with --invert it sends `Edit(invert=True)`, so the source is integrated
 up to t = strength along the ODE first (backend/pipelines/edit.py `edit_text`). The table's mode column says
-which ran, read back from each edit's reply meta.
+which ran, read back from each edit's reply meta. --same-caption is the control: each edit sends the source's
+own caption, so "hit" is the top still reading as captioned and every dE00 is drift the edit adds by itself.
 """
 from __future__ import annotations
 
@@ -93,8 +94,11 @@ def read_avatar(client: Any, avatar_id: str, *, size: int, layouts: dict) -> dic
 
 
 def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, steps: int, guidance: float,
-             seed: int, size: int, layouts: dict, invert: bool = False) -> dict[str, Any]:
-    """generate the source, then one edit per (attribute, strength), all read off the wire."""
+             seed: int, size: int, layouts: dict, invert: bool = False,
+             same_caption: bool = False) -> dict[str, Any]:
+    """generate the source, then one edit per (attribute, strength), all read off the wire. same_caption: each
+    edit sends the source's own caption (a control: whatever moves then is the edit's drift, not the prompt's
+    change), and "hit" means the attribute still reads as captioned."""
     from backend.perception.regions import delta_e2000
     from bridge import protocol
 
@@ -103,6 +107,8 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
     source = read_avatar(client, made.header["avatar_id"], size=size, layouts=layouts)
     edits = []
     for key, edit in person["edits"].items():
+        if same_caption:
+            edit = {"colour": person["attributes"][key], "caption": person["caption"]}
         for strength in strengths:
             t0 = time.perf_counter()
             done = client.call(protocol.Edit(avatar_id=made.header["avatar_id"], prompt=edit["caption"],
@@ -112,7 +118,8 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
             seconds = time.perf_counter() - t0
             got = read_avatar(client, done.header["avatar_id"], size=size, layouts=layouts)
             edits.append({
-                "attribute": key, "strength": strength, "mode": done.header["meta"]["mode"],
+                "attribute": key, "strength": strength,
+                "mode": done.header["meta"]["mode"] + (", same caption" if same_caption else ""),
                 "colour": edit["colour"], "caption": edit["caption"],
                 "seconds": seconds, "predicted": got["predicted"],
                 "hit": got["predicted"][key] == edit["colour"],
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process backend")
     parser.add_argument("--invert", action="store_true", help="edit by ODE inversion to t = strength (Edit.invert) "
                         "instead of seeded noise")
+    parser.add_argument("--same-caption", action="store_true", help="control: every edit sends the source's own "
+                        "caption, so the dE00 columns are the edit's drift with nothing asked to change")
     args = parser.parse_args(argv)
     bad = [s for s in args.strengths if not 0.0 < s <= 1.0]
     if bad:
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     with backend_client(args.model) as client:
         for i, person in enumerate(people):
             r = run_pair(client, person, args.strengths, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                         size=args.size, layouts=layouts, invert=args.invert)
+                         size=args.size, layouts=layouts, invert=args.invert, same_caption=args.same_caption)
             results.append(r)
             print(f"{i + 1:2d}/{len(people)} {r['caption']!r}: source reads {r['source']}", flush=True)
             for e in r["edits"]:
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{model['name']} ({model.get('sha256', '?')[:12]})"
     rows = summary(results)
     print(f"\n{len(results)} sources x {len(args.attributes)} attribute(s) x {len(args.strengths)} strengths, "
-          f"{'invert' if args.invert else 'noise'} mode, "
+          f"{'invert' if args.invert else 'noise'} mode{', same caption' if args.same_caption else ''}, "
           f"{args.steps} steps (an edit: round(steps x strength)), guidance {args.guidance:g}, seed {args.seed}, "
           f"renders {args.size}x{args.size} front + back, {time.perf_counter() - t0:.0f} s in all\n")
     print(markdown(rows, name))
