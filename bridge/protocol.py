@@ -150,6 +150,13 @@ class Edit(Sampled):
     region: str = ""           # "" (whole body) or one of BODY_REGIONS
     invert: bool = False       # text edit only: reach t = strength along the ODE, not by seeded noise
 
+    def header_fields(self) -> dict[str, Any]:
+        # invert is sent only when set, so a noise or region edit still reaches a server from before the field
+        fields = super().header_fields()
+        if not self.invert:
+            del fields["invert"]
+        return fields
+
 
 @dataclasses.dataclass
 class GetAvatar(Request):

@@ -181,6 +181,9 @@ def test_edit_invert_is_a_strict_bool_that_old_clients_may_omit():
     base = {"v": 1, "id": "x", "op": "edit", "avatar_id": "av", "prompt": "red coat"}
     assert request_from_header(base).invert is False  # a header from before the field existed
     assert request_from_header({**base, "invert": True}).invert is True
+    # and a client sends it only when set, so its noise and region edits still reach a server without the field
+    assert "invert" not in request_header(protocol.Edit(avatar_id="av", prompt="red coat"))
+    assert request_header(protocol.Edit(avatar_id="av", prompt="red coat", invert=True))["invert"] is True
     for value in (1, 0, "true", None, 1.0):
         with pytest.raises(ProtocolError) as e:
             request_from_header({**base, "invert": value})
