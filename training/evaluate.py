@@ -440,6 +440,8 @@ def plot_loss_curves(checkpoints: list[str], out: str | Path, smooth: int = 20) 
         if not metrics.is_file():
             continue
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        # a resumed run logs again the steps between its checkpoint and the kill: the last one counts
+        rows = sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
         steps = np.array([r["step"] for r in rows])
         loss = np.array([r["loss"] for r in rows])
         k = max(1, min(smooth, len(loss)))
