@@ -1,5 +1,5 @@
 """Text-edit fidelity through the wire: `python -m benchmarks edit_fidelity [--model M] [--strengths 0.4 0.6 0.8]
-[--pairs 6] [--steps 25] [--attributes upper_colour lower_colour] [--invert] [--json PATH]`.
+[--pairs 6] [--steps 25] [--attributes upper_colour lower_colour] [--invert | --region auto|REGION] [--json PATH]`.
 
 The acceptance check "text edit changes the named attribute and keeps the rest": a backend server runs in this
 process on 127.0.0.1 (benchmarks/prompt_fidelity.py `backend_client`: a real ZeroMQ socket, the handlers of
@@ -16,7 +16,10 @@ Per (attribute, mode, strength) the table gives: the fraction of edits where the
 the source, the median over edits of CIEDE2000 between source and edit for the regions that should stay
 (KEPT_REGIONS) and for the edited region. Without --invert every edit runs the noise mode (the source mixed
 with seeded noise to t = strength); with --invert it sends `Edit(invert=True)`, so the source is integrated
-up to t = strength along the ODE first (backend/pipelines/edit.py `edit_text`). The table's mode column says
+up to t = strength along the ODE first (backend/pipelines/edit.py `edit_text`); with --region auto it sends
+`Edit(region="auto")`: the texels the new caption changes against the source's caption are inpainted and every
+other texel is kept bit for bit (`regenerate_auto`; inpainting starts from noise, so strength does not enter and
+one strength is enough); --region torso etc. regenerates that named region. The table's mode column says
 which ran, read back from each edit's reply meta. --same-caption is the control: each edit sends the source's
 own caption, so "hit" is the top still reading as captioned and every dE00 is drift the edit adds by itself.
 """
@@ -94,7 +97,7 @@ def read_avatar(client: Any, avatar_id: str, *, size: int, layouts: dict) -> dic
 
 
 def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, steps: int, guidance: float,
-             seed: int, size: int, layouts: dict, invert: bool = False,
+             seed: int, size: int, layouts: dict, invert: bool = False, region: str = "",
              same_caption: bool = False) -> dict[str, Any]:
     """generate the source, then one edit per (attribute, strength), all read off the wire. same_caption: each
     edit sends the source's own caption (a control: whatever moves then is the edit's drift, not the prompt's
@@ -113,13 +116,14 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
             t0 = time.perf_counter()
             done = client.call(protocol.Edit(avatar_id=made.header["avatar_id"], prompt=edit["caption"],
                                              strength=strength, seed=seed, steps=steps, guidance=guidance,
-                                             invert=invert),
+                                             invert=invert, region=region),
                                timeout_s=1800.0)
             seconds = time.perf_counter() - t0
             got = read_avatar(client, done.header["avatar_id"], size=size, layouts=layouts)
             edits.append({
                 "attribute": key, "strength": strength,
                 "mode": done.header["meta"]["mode"] + (", same caption" if same_caption else ""),
+                "masked_fraction": done.header["meta"].get("masked_fraction"),
                 "colour": edit["colour"], "caption": edit["caption"],
                 "seconds": seconds, "predicted": got["predicted"],
                 "hit": got["predicted"][key] == edit["colour"],
@@ -146,6 +150,8 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "kept_de00": {reg: float(np.median([e["de00"][reg] for e in edits])) for reg in KEPT_REGIONS[key]},
             "kept_de00_max": float(max(e["de00"][reg] for e in edits for reg in KEPT_REGIONS[key])),
             "edited_de00": float(np.median([e["de00"][EDITABLE[key]] for e in edits])),
+            "masked_fraction": (float(np.median([e["masked_fraction"] for e in edits]))
+                                if all(e.get("masked_fraction") is not None for e in edits) else None),
             "seconds": float(np.median([e["seconds"] for e in edits]))})
     return rows
 
@@ -157,7 +163,9 @@ def markdown(rows: list[dict[str, Any]], model: str) -> str:
     for row in rows:
         unchanged = ", ".join(f"{a.split('_')[0]} {v:.2f}" for a, v in row["unchanged"].items())
         kept = ", ".join(f"{reg} {v:.1f}" for reg, v in row["kept_de00"].items())
-        out.append(f"| {row['attribute']} | {row['mode']} | {row['strength']:g} | {row['edits']} | {row['hit']:.2f} "
+        mode = row["mode"] + (f" (masked {row['masked_fraction']:.2f})" if row.get("masked_fraction") is not None
+                              else "")
+        out.append(f"| {row['attribute']} | {mode} | {row['strength']:g} | {row['edits']} | {row['hit']:.2f} "
                    f"({row['source_hit']}) | {unchanged} | {kept} ({row['kept_de00_max']:.1f}) | "
                    f"{EDITABLE[row['attribute']]} {row['edited_de00']:.1f} | {row['seconds']:.1f} |")
     return "\n".join(out) + "\n"
@@ -186,12 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process backend")
     parser.add_argument("--invert", action="store_true", help="edit by ODE inversion to t = strength (Edit.invert) "
                         "instead of seeded noise")
+    parser.add_argument("--region", default="", help="send Edit(region=...): 'auto' (inpaint what the new caption "
+                        "changes, the rest bit-identical) or a body region; default: a whole-body text edit")
     parser.add_argument("--same-caption", action="store_true", help="control: every edit sends the source's own "
                         "caption, so the dE00 columns are the edit's drift with nothing asked to change")
     args = parser.parse_args(argv)
     bad = [s for s in args.strengths if not 0.0 < s <= 1.0]
     if bad:
         parser.error(f"strengths must be in (0, 1], got {bad}")
+    if args.region and args.invert:
+        parser.error("--invert is a whole-body text edit's; it cannot go with --region")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -201,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     with backend_client(args.model) as client:
         for i, person in enumerate(people):
             r = run_pair(client, person, args.strengths, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                         size=args.size, layouts=layouts, invert=args.invert, same_caption=args.same_caption)
+                         size=args.size, layouts=layouts, invert=args.invert, region=args.region,
+                         same_caption=args.same_caption)
             results.append(r)
             print(f"{i + 1:2d}/{len(people)} {r['caption']!r}: source reads {r['source']}", flush=True)
             for e in r["edits"]:
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{model['name']} ({model.get('sha256', '?')[:12]})"
     rows = summary(results)
     print(f"\n{len(results)} sources x {len(args.attributes)} attribute(s) x {len(args.strengths)} strengths, "
-          f"{'invert' if args.invert else 'noise'} mode{', same caption' if args.same_caption else ''}, "
+          f"{rows[0]['mode'] if rows else '?'} mode, "
           f"{args.steps} steps (an edit: round(steps x strength)), guidance {args.guidance:g}, seed {args.seed}, "
           f"renders {args.size}x{args.size} front + back, {time.perf_counter() - t0:.0f} s in all\n")
     print(markdown(rows, name))

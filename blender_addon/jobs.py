@@ -25,6 +25,7 @@ EDIT_INPUTS = ("text_edit", "region_edit")                 # what the Edit panel
 INPUT_LABELS = {"text": "prompt", "image": "reference image", "steps": "steps", "guidance": "guidance",
                 "text_edit": "text edit", "region_edit": "region edit"}
 WHOLE_BODY = "whole_body"  # the region enum's "no region": a text edit of the whole avatar
+AUTO_REGION = protocol.AUTO_REGION  # the region enum's "what the edit prompt changes" (a mask the backend finds)
 MAX_REFERENCE_SIDE = 1024  # larger Blender images are scaled down (a copy) before their pixels are read
 
 
@@ -258,15 +259,18 @@ def generate(session: Session, scene: bpy.types.Scene, on_done: AvatarCallback |
 def edit(session: Session, scene: bpy.types.Scene, region: str = "", on_done: AvatarCallback | None = None,
          on_error: Callable[[str, str], None] | None = None) -> str:
     """Edit the active avatar: a new prompt at the scene's strength, or regenerate `region` ("" or
-    WHOLE_BODY: a text edit)."""
+    WHOLE_BODY: a text edit; protocol.AUTO_REGION: what the edit prompt changes)."""
     props = scene.genlca
     region = "" if region == WHOLE_BODY else region
     item = properties.active_avatar(props)
     if item is None:
         raise ValueError("no avatar selected in the GenLCA panel")
-    if region and region not in protocol.BODY_REGIONS:
-        raise ValueError(f"region must be one of {protocol.BODY_REGIONS}, got {region!r}")
-    prompt = props.edit_prompt if not region else (props.edit_prompt or props.prompt)
+    auto = region == protocol.AUTO_REGION
+    if region and not auto and region not in protocol.BODY_REGIONS:
+        raise ValueError(f"region must be {protocol.AUTO_REGION!r} or one of {protocol.BODY_REGIONS}, got {region!r}")
+    if auto and not props.edit_prompt.strip():
+        raise ValueError("an Auto region edit needs an edit prompt: the mask is what that prompt changes")
+    prompt = props.edit_prompt if not region or auto else (props.edit_prompt or props.prompt)
     request = protocol.Edit(avatar_id=item.avatar_id, prompt=prompt, strength=props.strength, region=region,
                             seed=props.seed, steps=props.steps, guidance=props.guidance)
     label = f"{item.label} ({region or 'edit'})"[:40]

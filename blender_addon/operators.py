@@ -86,7 +86,7 @@ class GENLCA_OT_edit(bpy.types.Operator):
         if _active_item(cls, context) is None:
             return False
         props = context.scene.genlca
-        if props.region == jobs.WHOLE_BODY and not props.edit_prompt.strip():
+        if props.region in (jobs.WHOLE_BODY, jobs.AUTO_REGION) and not props.edit_prompt.strip():
             cls.poll_message_set("Write an edit prompt (or pick a body region to regenerate)")
             return False
         return _idle(cls, context)
@@ -107,6 +107,9 @@ class GENLCA_OT_regenerate_region(bpy.types.Operator):
             return False
         if context.scene.genlca.region == jobs.WHOLE_BODY:
             cls.poll_message_set("Pick the body region to regenerate")
+            return False
+        if context.scene.genlca.region == jobs.AUTO_REGION and not context.scene.genlca.edit_prompt.strip():
+            cls.poll_message_set("Write an edit prompt: Auto regenerates what it changes")
             return False
         return _idle(cls, context)
 

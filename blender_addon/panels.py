@@ -117,14 +117,15 @@ class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
         row.enabled = "region_edit" in inputs
         row.prop(props, "region")
         whole = props.region == jobs.WHOLE_BODY
+        auto = props.region == jobs.AUTO_REGION
         col = layout.column(align=True)
-        col.enabled = "text_edit" in inputs if whole else True
+        col.enabled = "text_edit" in inputs if whole or auto else True
         col.prop(props, "edit_prompt", text="")
         sub = col.row()
         sub.enabled = whole  # a region is regenerated from noise: strength is a text edit's
         sub.prop(props, "strength")
-        layout.operator("genlca.edit", text="Edit" if whole else f"Regenerate {props.region.title()}",
-                        icon="GREASEPENCIL" if whole else "FILE_REFRESH")
+        label = "Edit" if whole else "Regenerate What Changes" if auto else f"Regenerate {props.region.title()}"
+        layout.operator("genlca.edit", text=label, icon="GREASEPENCIL" if whole else "FILE_REFRESH")
 
 
 class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):

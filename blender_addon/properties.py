@@ -56,7 +56,10 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
     edit_prompt: bpy.props.StringProperty(name="Edit prompt", description="What to change in the active avatar")
     strength: bpy.props.FloatProperty(name="Strength", default=0.6, min=0.01, max=1.0, subtype="FACTOR")
     region: bpy.props.EnumProperty(
-        name="Region", items=[("whole_body", "Whole Body", "Text edit of the whole avatar at the strength")]
+        name="Region", items=[("whole_body", "Whole Body", "Text edit of the whole avatar at the strength"),
+                             (protocol.AUTO_REGION, "Auto (what the prompt changes)",
+                              "Regenerate the texels the edit prompt changes against the avatar's own caption; "
+                              "every other texel stays bit-identical")]
         + [(r, r.title(), f"Regenerate the {r}; every other region stays bit-identical")
            for r in protocol.BODY_REGIONS])
     export_format: bpy.props.EnumProperty(name="Format", items=[(f, f.upper() if f == "ply" else ".safetensors", "")

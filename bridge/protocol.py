@@ -147,7 +147,7 @@ class Edit(Sampled):
     avatar_id: str = ""
     prompt: str = ""
     strength: float = 0.6
-    region: str = ""           # "" (whole body) or one of BODY_REGIONS
+    region: str = ""           # "" (whole body), AUTO_REGION (what the prompt changes) or one of BODY_REGIONS
     invert: bool = False       # text edit only: reach t = strength along the ODE, not by seeded noise
 
     def header_fields(self) -> dict[str, Any]:
@@ -196,4 +196,5 @@ REQUEST_TYPES: dict[str, type[Request]] = {
 assert tuple(REQUEST_TYPES) == OPS
 
 BODY_REGIONS = ("head", "torso", "arms", "legs", "hands", "feet")
+AUTO_REGION = "auto"  # Edit.region: inpaint the texels the new prompt changes against the source's caption
 EXPORT_FORMATS = ("ply", "safetensors")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backend.avatar.body_parts import REGION_NAMES
 from backend.avatar.tokens import decode
-from backend.pipelines.edit import edit_text, regenerate_region
+from backend.pipelines.edit import edit_mask, edit_text, regenerate_auto, regenerate_region
 from backend.pipelines.generate import PhotoObservation, SamplerSettings, generate_tokens
 from backend.pipelines.model_bundle import ModelError, load_bundle
 from backend.sampling.solvers import SamplingCancelled
@@ -78,6 +79,49 @@ def test_text_edit_strength(bundle):
     assert torch.isfinite(inverted).all() and not torch.equal(inverted, src)
     with pytest.raises(ValueError, match="token map has shape"):
         edit_text(bundle, torch.zeros(12, 64, 64), "x")
+
+
+def test_edit_mask_is_inside_the_atlas_deterministic_and_empty_for_the_same_prompt(bundle):
+    src, _ = generate_tokens(bundle, "a woman in a red top", seed=0, settings=SamplerSettings(steps=3))
+    atlas = bundle.layout.atlas_mask
+    mask, heat = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top")
+    again, heat2 = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top")
+    assert mask.shape == atlas.shape and mask.dtype == torch.bool
+    assert torch.equal(mask, again) and torch.equal(heat, heat2)
+    assert mask.any() and not mask[~atlas].any() and not heat[~atlas].any()
+    assert float(heat[atlas].max()) == 1.0 and float(heat[atlas].min()) == 0.0  # min-max over the atlas
+    # without dilation the mask is exactly the threshold rule; dilation only adds, and stays in the atlas
+    raw, h = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", dilate=0)
+    assert torch.equal(raw, (h >= 0.5) & atlas) and bool((mask | ~raw).all()) and mask.sum() > raw.sum()
+    # snapping adds every body region at least half masked, whole, and nothing else
+    snapped, _ = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", snap=0.5)
+    regions = {r: bundle.layout.region_mask(r) for r in REGION_NAMES}
+    whole = [r for r, m in regions.items() if (mask & m).sum() >= 0.5 * m.sum()]
+    expected = mask | (bundle.layout.region_mask(whole) if whole else torch.zeros_like(mask))
+    assert torch.equal(snapped, expected)
+    # the same prompt on both sides: the two velocities are the same numbers, so the map is 0 everywhere
+    same, zero = edit_mask(bundle, src, "a woman in a red top", "a woman in a red top")
+    assert not same.any() and not zero.any()
+
+
+def test_auto_region_keeps_every_texel_outside_its_mask_bit_identical(bundle):
+    src, _ = generate_tokens(bundle, "a woman in a red top", seed=0, settings=SamplerSettings(steps=3))
+    settings = SamplerSettings(steps=3)
+    out, info = regenerate_auto(bundle, src, "a woman in a blue top", "a woman in a red top", seed=2,
+                                settings=settings)
+    mask, _ = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top")
+    assert info["masked_texels"] == int(mask.sum()) > 0 and bool((bundle.layout.atlas_mask & ~mask).any())
+    assert info["masked_fraction"] == pytest.approx(int(mask.sum()) / int(bundle.layout.atlas_mask.sum()))
+    assert torch.equal(out[:, ~mask], src[:, ~mask]) and not torch.equal(out[:, mask], src[:, mask])
+    with torch.no_grad():
+        g_src, g_out = decode(src, bundle.layout, bundle.decoder), decode(out, bundle.layout, bundle.decoder)
+    k = bundle.decoder.config.gaussians_per_texel
+    other = (~mask).reshape(-1)[bundle.layout.valid_indices].repeat_interleave(k)
+    assert torch.equal(g_src.sh[other], g_out.sh[other]) and torch.equal(g_src.means[other], g_out.means[other])
+    same, info_same = regenerate_auto(bundle, src, "a woman in a red top", "a woman in a red top", settings=settings)
+    assert torch.equal(same, src) and info_same["masked_fraction"] == 0.0
+    with pytest.raises(ValueError, match="needs a prompt"):
+        regenerate_auto(bundle, src, "  ", "a woman")
 
 
 @pytest.fixture(scope="module")

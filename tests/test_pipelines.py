@@ -125,6 +125,27 @@ def test_region_edit_changes_only_that_region(client, avatar):
     np.testing.assert_array_equal(out["skin_weights"], source.arrays["skin_weights"])
 
 
+def test_auto_region_edit_through_the_server_keeps_the_unmasked_gaussians(client, avatar):
+    avatar_id, source = avatar
+    assert source.header["meta"]["prompt"] == "a tall man in a green coat"  # the mask's reference
+    edited = client.call(protocol.Edit(avatar_id=avatar_id, prompt="a tall man in a red coat", region="auto",
+                                       seed=4, steps=4), timeout_s=60.0)
+    meta = edited.header["meta"]
+    assert meta["mode"] == "auto-region" and meta["region"] == "auto" and meta["edited_from"] == avatar_id
+    assert meta["sampler"]["reference_prompt"] == "a tall man in a green coat"
+    assert 0.0 < meta["masked_fraction"] < 1.0
+    out = client.call(protocol.GetAvatar(avatar_id=edited.header["avatar_id"]), timeout_s=30.0).arrays
+    changed = np.any(out["sh"] != source.arrays["sh"], axis=(1, 2))  # per Gaussian, K = 2 per valid texel
+    # only masked texels may change: at most the masked fraction of the Gaussians, and some do
+    assert changed.any() and changed.mean() <= meta["masked_fraction"] + 1e-9
+    np.testing.assert_array_equal(out["skin_weights"], source.arrays["skin_weights"])
+    same = client.call(protocol.Edit(avatar_id=avatar_id, prompt="a tall man in a green coat", region="auto"),
+                       timeout_s=60.0)
+    assert same.header["meta"]["masked_fraction"] == 0.0
+    got = client.call(protocol.GetAvatar(avatar_id=same.header["avatar_id"]), timeout_s=30.0).arrays
+    np.testing.assert_array_equal(got["sh"], source.arrays["sh"])
+
+
 def test_text_edit_moves_the_avatar_by_strength(client, avatar):
     avatar_id, source = avatar
     dist = []
@@ -221,6 +242,9 @@ def test_bad_requests_get_structured_errors_and_the_server_keeps_serving(client,
         (protocol.Edit(avatar_id=avatar_id, region="tail"), None, protocol.E_INVALID, "unknown region"),
         (protocol.Edit(avatar_id=avatar_id, strength=0.0), None, protocol.E_INVALID, "strength"),
         (protocol.Edit(avatar_id=avatar_id, region="head", invert=True), None, protocol.E_INVALID,
+         "invert applies to a text edit only"),
+        (protocol.Edit(avatar_id=avatar_id, region="auto"), None, protocol.E_INVALID, "needs a prompt"),
+        (protocol.Edit(avatar_id=avatar_id, prompt="red", region="auto", invert=True), None, protocol.E_INVALID,
          "invert applies to a text edit only"),
         (protocol.Export(avatar_id=avatar_id, format="obj"), None, protocol.E_INVALID, "export format"),
         (protocol.Generate(prompt="x"), {"image": np.zeros((4, 4), np.uint8)}, protocol.E_BAD_ARRAY, "image"),

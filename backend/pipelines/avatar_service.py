@@ -210,7 +210,7 @@ class AvatarService:
 
     def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx):
         from backend.jobs import HandlerError
-        from backend.pipelines.edit import edit_text, regenerate_region
+        from backend.pipelines.edit import edit_text, regenerate_auto, regenerate_region
 
         assert isinstance(request, protocol.Edit)
         if arrays:
@@ -218,19 +218,26 @@ class AvatarService:
         source = self._record(request.avatar_id)
         if source.tokens is None:
             raise HandlerError(protocol.E_INVALID, f"avatar {request.avatar_id!r} has no token map to edit")
-        if request.region and request.region not in protocol.BODY_REGIONS:
-            raise HandlerError(protocol.E_INVALID,
-                               f"unknown region {request.region!r}; expected one of {protocol.BODY_REGIONS}")
+        auto = request.region == protocol.AUTO_REGION
+        if request.region and not auto and request.region not in protocol.BODY_REGIONS:
+            raise HandlerError(protocol.E_INVALID, f"unknown region {request.region!r}; expected "
+                               f"{protocol.AUTO_REGION!r} or one of {protocol.BODY_REGIONS}")
         if not 0.0 < request.strength <= 1.0:
             raise HandlerError(protocol.E_INVALID, f"strength must be in (0, 1], got {request.strength}")
-        if not request.region and not request.prompt.strip():
-            raise HandlerError(protocol.E_INVALID, "a text edit needs a prompt (or name a region to regenerate)")
+        if (auto or not request.region) and not request.prompt.strip():
+            raise HandlerError(protocol.E_INVALID, "a text edit needs a prompt (or name a region to regenerate); "
+                               "region 'auto' masks what the prompt changes, so it needs one too")
         if request.region and request.invert:
             raise HandlerError(protocol.E_INVALID, f"invert applies to a text edit only; a region edit "
                                f"(region {request.region!r}) inpaints from noise and cannot invert")
         settings = self._settings(request)
         bundle = self.bundle()
-        if request.region:
+        if auto:  # the mask contrasts the new prompt with the source's own caption (its meta), else ""
+            reference = str(source.meta.get("prompt", "") or "")
+            tokens, info = self._run(lambda progress, cancel: regenerate_auto(
+                bundle, source.tokens, request.prompt, reference, seed=int(request.seed), settings=settings,
+                progress=progress, cancel=cancel), ctx)
+        elif request.region:
             tokens, info = self._run(lambda progress, cancel: regenerate_region(
                 bundle, source.tokens, request.region, request.prompt, seed=int(request.seed), settings=settings,
                 progress=progress, cancel=cancel), ctx)
@@ -238,9 +245,11 @@ class AvatarService:
             tokens, info = self._run(lambda progress, cancel: edit_text(
                 bundle, source.tokens, request.prompt, strength=float(request.strength), seed=int(request.seed),
                 settings=settings, invert=bool(request.invert), progress=progress, cancel=cancel), ctx)
-        mode = "region" if request.region else "invert" if request.invert else "noise"
+        mode = "auto-region" if auto else "region" if request.region else "invert" if request.invert else "noise"
         meta = {"edited_from": request.avatar_id, "prompt": request.prompt, "region": request.region,
                 "strength": request.strength, "mode": mode, "seed": request.seed, "sampler": info}
+        if auto:
+            meta["masked_fraction"] = info["masked_fraction"]
         return self._decode_and_store(tokens, meta, ctx), {}
 
     # ------------------------------------------------------------------ get / render / export

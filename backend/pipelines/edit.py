@@ -6,12 +6,17 @@
   the ODE under an empty prompt (deterministic, closer to the source than fresh noise).
 - `regenerate_region`: inpainting in token space with the body-part mask of the UV atlas; every texel
   outside the region keeps its source token bit for bit, hence every Gaussian decoded from it.
+- `edit_mask` / `regenerate_auto`: DiffEdit (Couairon et al. 2022) in token space. Where the DiT's velocity
+  under the new prompt differs from its velocity under the reference prompt (the source's own caption) is
+  what the prompt changes; that mask is then inpainted like a named region.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from backend.pipelines.generate import Cancel, Progress, SamplerSettings, _stepper, condition, guided_velocity
 
@@ -69,22 +74,127 @@ def regenerate_region(bundle, tokens: torch.Tensor, regions: str | list[str], pr
                       cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """tokens (C, R, R) -> (tokens with `regions` regenerated under `prompt`, info); bit-identical elsewhere."""
     from backend.avatar.body_parts import REGION_NAMES
-    from backend.sampling.editing import inpaint
 
     names = [regions] if isinstance(regions, str) else list(regions)
     unknown = [n for n in names if n not in REGION_NAMES]
     if not names or unknown:
         raise ValueError(f"unknown region(s) {unknown or names}; expected some of {list(REGION_NAMES)}")
     settings = settings or SamplerSettings()
+    region = bundle.layout.region_mask(names)  # (R, R)
+    out, _ = _inpaint_mask(bundle, tokens, region, prompt, seed=seed, settings=settings, progress=progress,
+                           cancel=cancel)
+    return out, {"regions": names, "steps": settings.steps, "guidance": settings.guidance, "seed": seed,
+                       "regenerated_texels": int(region.sum()), "used": ["text"] if prompt.strip() else []}
+
+
+MASK_SEEDS = (0, 1, 2, 3)   # fixed noise draws of the mask estimate (independent of the edit's seed)
+MASK_T = 0.5                # the noise level the two velocities are compared at
+MASK_THRESHOLD = 0.5        # a texel is masked where its min-max normalised smoothed difference >= this
+MASK_DILATE = 1             # texels of 3x3 dilation after thresholding
+MASK_SNAP = None            # snap=f: a body region at least f masked is masked whole; off (measured no better)
+
+
+def _atlas_blur(x: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
+    """3x3 box mean of x (R, R) over atlas texels only (texels outside the atlas neither give nor take)."""
+    a = atlas.to(x.dtype)[None, None]
+    num = F.avg_pool2d((x * atlas)[None, None], 3, stride=1, padding=1, count_include_pad=True)
+    den = F.avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=True)
+    return torch.where(atlas, num[0, 0] / den[0, 0].clamp_min(1e-12), torch.zeros_like(x))
+
+
+def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seeds: tuple[int, ...] = MASK_SEEDS,
+              t: float = MASK_T, threshold: float = MASK_THRESHOLD, dilate: int = MASK_DILATE,
+              snap: float | None = MASK_SNAP) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mask (R, R) bool, inside the atlas; difference map (R, R) float in [0, 1], 0 outside the atlas).
+
+    The normalised source is noised to t with each of `seeds`; the map is |v(prompt) - v(ref_prompt)| of the
+    conditional DiT (no guidance: CFG only scales the difference), averaged over channels and seeds,
+    3x3-smoothed on the atlas and min-max normalised over the atlas. Masked: map >= threshold, dilated by
+    `dilate` texels, then (snap) every body region whose texels are at least `snap` masked is added whole.
+    Identical prompts give identical velocities, so an all-zero map and an empty mask."""
+    from backend.avatar.body_parts import REGION_NAMES
+    from backend.sampling.editing import noise_like
+    from backend.sampling.path import FlowPath
+
+    if not 0.0 < t < 1.0 or not 0.0 < threshold <= 1.0 or dilate < 0 or not seeds:
+        raise ValueError(f"edit_mask needs 0 < t < 1, 0 < threshold <= 1, dilate >= 0 and a seed; got t={t}, "
+                         f"threshold={threshold}, dilate={dilate}, seeds={seeds}")
+    if snap is not None and not 0.0 < snap <= 1.0:
+        raise ValueError(f"snap must be in (0, 1] or None, got {snap}")
     dit = bundle.dit
     src, atlas = _source(bundle, tokens)
-    region = bundle.layout.region_mask(names).to(src.device)  # (R, R)
+    plain = SamplerSettings(steps=1, guidance=1.0)
+    with bundle.lock, torch.no_grad():
+        x_src = dit.normalize(src[None]) * atlas
+        v_new = guided_velocity(bundle, condition(bundle, prompt, None), plain)
+        v_ref = guided_velocity(bundle, condition(bundle, ref_prompt, None), plain)
+        tt = torch.full((1,), float(t), device=src.device)
+        diff = torch.zeros(atlas.shape, device=src.device)
+        for seed in seeds:
+            x_t = FlowPath.interpolate(x_src, noise_like(x_src, seed), t)
+            diff += (v_new(x_t, tt) - v_ref(x_t, tt)).abs().mean(dim=(0, 1))
+    diff = _atlas_blur(diff.float() / len(seeds), atlas)
+    low, peak = float(diff[atlas].min()), float(diff[atlas].max())
+    if peak > low:  # min-max over the atlas: a change spread evenly over the body does not mask it all
+        heat = torch.where(atlas, (diff - low) / (peak - low), torch.zeros_like(diff))
+        mask = (heat >= threshold) & atlas
+    else:
+        heat, mask = torch.zeros_like(diff), torch.zeros_like(atlas)
+    if dilate and bool(mask.any()):
+        k = 2 * dilate + 1
+        mask = (F.max_pool2d(mask.float()[None, None], k, stride=1, padding=dilate)[0, 0] > 0) & atlas
+    if snap is not None and bool(mask.any()):
+        for name in REGION_NAMES:
+            region = bundle.layout.region_mask(name).to(mask.device)
+            if int(region.sum()) and float((mask & region).sum()) >= snap * float(region.sum()):
+                mask |= region
+    return mask.cpu(), heat.cpu()
+
+
+def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seed: int = 0,
+                    settings: SamplerSettings | None = None, threshold: float = MASK_THRESHOLD,
+                    snap: float | None = MASK_SNAP, progress: Progress | None = None,
+                    cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """tokens (C, R, R) -> (tokens with `edit_mask(prompt vs ref_prompt)` inpainted under `prompt`, info).
+
+    Every texel outside the mask keeps its source token bit for bit. `inpaint` starts from t = 1 (noise) inside
+    the mask, so there is no strength here. An empty mask returns the source unchanged."""
+    if not prompt.strip():
+        raise ValueError("an auto-region edit needs a prompt (the mask is what that prompt changes)")
+    settings = settings or SamplerSettings()
+    if progress is not None:
+        progress("mask", 0, 1)
+    mask, _ = edit_mask(bundle, tokens, prompt, ref_prompt, threshold=threshold, snap=snap)
+    if progress is not None:
+        progress("mask", 1, 1)
+    rule = (f"smoothed |v(prompt) - v(reference)| at t={MASK_T} over seeds {list(MASK_SEEDS)}, min-max normalised, "
+            f">= {threshold}, dilated {MASK_DILATE}" + (f", regions >= {snap} masked whole" if snap else ""))
+    info: dict[str, Any] = {"steps": settings.steps, "guidance": settings.guidance, "seed": seed,
+                            "reference_prompt": ref_prompt, "masked_texels": int(mask.sum()),
+                            "masked_fraction": int(mask.sum()) / int(bundle.layout.atlas_mask.sum()),
+                            "mask_rule": rule, "used": ["text"]}
+    if not bool(mask.any()):
+        src, _ = _source(bundle, tokens)
+        return src.cpu().clone(), info
+    out, _ = _inpaint_mask(bundle, tokens, mask, prompt, seed=seed, settings=settings, progress=progress,
+                           cancel=cancel)
+    return out, info
+
+
+def _inpaint_mask(bundle, tokens: torch.Tensor, mask: torch.Tensor, prompt: str, *, seed: int,
+                  settings: SamplerSettings, progress: Progress | None,
+                  cancel: Cancel | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inpaint where mask (R, R) is True under `prompt`; the source tokens themselves elsewhere."""
+    from backend.sampling.editing import inpaint
+
+    dit = bundle.dit
+    src, atlas = _source(bundle, tokens)
+    region = mask.to(src.device)
     with bundle.lock, torch.no_grad():
         x_src = dit.normalize(src[None]) * atlas
         velocity = guided_velocity(bundle, condition(bundle, prompt, None), settings)
         x = inpaint(velocity, x_src, ~region[None, None], settings.steps, seed=seed, method=settings.method,
                     shift=settings.shift, progress=_stepper(progress, "sample"), cancel=cancel)
         new = dit.denormalize(x)[0] * atlas
-        out = torch.where(region[None], new, src)  # outside the region: the source tokens themselves
-    return out.cpu(), {"regions": names, "steps": settings.steps, "guidance": settings.guidance, "seed": seed,
-                       "regenerated_texels": int(region.sum()), "used": ["text"] if prompt.strip() else []}
+        out = torch.where(region[None], new, src)  # outside the mask: the source tokens themselves
+    return out.cpu(), region.cpu()

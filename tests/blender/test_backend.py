@@ -335,3 +335,32 @@ def test_region_edit_through_the_panel_keeps_every_other_splat(live, scene):
     assert z[changed].min() > np.median(z)  # the head's splats, not the legs'
     meta = json.loads(edited["genlca_meta"])
     assert meta.get("region", "head") == "head"
+
+
+def test_auto_region_edit_through_the_panel_changes_only_masked_splats(live, scene):
+    """Region "Auto": the panel asks for an edit prompt and greys the strength; the backend masks what the edit
+    prompt changes against the avatar's caption, so at most that fraction of the splats change."""
+    session, _ = live
+    scene_import = addon_module("scene_import")
+    scene.genlca.prompt, scene.genlca.steps, scene.genlca.seed = "a woman in a red dress", 3, 5
+    source, source_mesh, error, _ = _generate(session, scene)
+    assert error is None, error
+    scene.genlca.region, scene.genlca.edit_prompt = "auto", ""
+    assert not bpy.ops.genlca.edit.poll()  # Auto needs the prompt whose change it masks
+    scene.genlca.edit_prompt = "a woman in a blue dress"
+    panel = draw_panel("GENLCA_PT_edit")
+    assert ("operator", "Regenerate What Changes", True) in panel.items and not panel.enabled_of("prop", "strength")
+    assert bpy.ops.genlca.edit() == {"FINISHED"}
+    pump_until(session, lambda: (len(scene.genlca.avatars) == 2 and not session.jobs) or scene.genlca.message_is_error,
+               300)
+    assert not scene.genlca.message_is_error, scene.genlca.message
+    edited = scene.genlca.avatars[-1].armature
+    assert scene.genlca.avatars[-1].label.endswith("(auto)")
+    (edited_mesh,) = edited.children
+    a, b = scene_import.avatar_arrays(source_mesh), scene_import.avatar_arrays(edited_mesh)
+    changed = np.zeros(len(a["means"]), bool)
+    for key in a:
+        changed |= (a[key] != b[key]).reshape(len(changed), -1).any(1)
+    meta = json.loads(edited["genlca_meta"])
+    assert meta["mode"] == "auto-region" and 0.0 < meta["masked_fraction"] < 1.0
+    assert 0 < changed.sum() <= meta["masked_fraction"] * len(changed)
