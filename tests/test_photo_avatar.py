@@ -210,13 +210,12 @@ def test_server_refuses_a_reference_image_without_a_person(photos):
 
 
 # Photo -> avatar with the default model: libdlib19.1's 2007_007763.jpg (a person seen to below the knees),
-# PHOTO_STEPS Euler steps, seed 0, no prompt, image guidance 1, one torch thread. Measured with the package
-# `genlca-train package --dit runs/small_v1/last.safetensors --tokenizer <tokenizer_small step 100> --weights
-# live --dtype float16` (colour pinned): torso dE00 14.1 at seed 0 (7.2, 13.5, 7.1 at seeds 1-3: the seen
-# front keeps the photo's colour, 4.5 from it, the DiT samples the unseen back, 63 % of the torso texels);
-# the same DiT without a tokenizer (the reference crop only): 33.5 (benchmark, 25 steps), the prior 36.5.
-# Bound: the worst seed's 14.1 plus a margin of 6 for the sampled back (the seed-to-seed spread was 7; another
-# CPU's rounding or a later tokenizer checkpoint moves the sample), well below the crop-only 33.5.
+# PHOTO_STEPS Euler steps, seed 0, no prompt, image guidance 1, one torch thread. Measured with the shipped
+# genlca-small (95a681cbcf05: stage-2 DiT, EMA, and the small tokenizer, colour pinned): torso dE00 15.1 at
+# seed 0 (14.0, 8.5, 8.4 at seeds 1-3: the seen front keeps the photo's colour, the DiT samples the unseen back,
+# about 60 % of the torso texels); the previous DiT without a tokenizer (the reference crop only): 33.5
+# (benchmark, 25 steps), its prior 36.5. Bound: the worst seed's 15.1 plus a margin of 5 for the sampled back
+# (the seed-to-seed spread was 7; another CPU's rounding moves the sample), well below the crop-only 33.5.
 PHOTO_STEPS = 10
 TORSO_DE00_BOUND = 20.0
 
