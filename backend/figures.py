@@ -3,8 +3,9 @@
     python -m backend.figures turntable   # docs/images/turntable_parts.png: body-part coloured avatar, 8 views
     python -m backend.figures docs --model genlca-small  # the model's pictures, written to docs/images/:
         prompt_turntables.png   6 prompts (rows, PROMPTS below) x 6 views (front, 3/4, side, back, side, 3/4)
-        edit_and_region.png     one avatar (column 1), after a text edit at strength 0.6 (2), after its legs
-                                were regenerated (3); front (top row) and back (bottom row)
+        edit_and_region.png     one avatar (column 1), after a text edit that regenerates what the prompt
+                                changes (region "auto", 2), after its legs were regenerated (3); front (top
+                                row) and back (bottom row)
         photo_to_avatar.png     a real photo, the reference crop the model saw, the avatar made from it (front,
                                 side, back)
 """
@@ -110,7 +111,7 @@ def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
 def model_figures(model: str, out_dir: Path, steps: int = 25, guidance: float = 4.0,
                   photo: Path = DEFAULT_PHOTO) -> list[Path]:
     """The three pictures of a model package (module docstring), each written atomically; returns their paths."""
-    from backend.pipelines.edit import edit_text, regenerate_region
+    from backend.pipelines.edit import regenerate_auto, regenerate_region
     from backend.pipelines.generate import SamplerSettings, generate_tokens
     from backend.pipelines.model_bundle import load_bundle
     from bridge.png import write_png
@@ -128,11 +129,12 @@ def model_figures(model: str, out_dir: Path, steps: int = 25, guidance: float = 
           f"rows:\n" + "\n".join(f"  {i + 1}. {p}" for i, p in enumerate(PROMPTS)), flush=True)
 
     source, _ = generate_tokens(bundle, EDIT_SOURCE, seed=0, settings=settings)
-    edited, _ = edit_text(bundle, source, EDIT_TEXT, strength=0.6, seed=1, settings=settings)
+    edited, edit_info = regenerate_auto(bundle, source, EDIT_TEXT, EDIT_SOURCE, seed=1, settings=settings)
     region, _ = regenerate_region(bundle, source, EDIT_REGION, EDIT_REGION_PROMPT, seed=2, settings=settings)
     columns = [_tiles(bundle, t, (-90.0, 90.0)) for t in (source, edited, region)]
     paths.append(write_png(out_dir / "edit_and_region.png", _sheet([[c[0] for c in columns], [c[1] for c in columns]])))
-    print(f"edit_and_region.png: {EDIT_SOURCE!r} (seed 0); text edit {EDIT_TEXT!r} at strength 0.6 (seed 1); "
+    print(f"edit_and_region.png: {EDIT_SOURCE!r} (seed 0); text edit {EDIT_TEXT!r}, region auto (seed 1, "
+          f"{edit_info.get('masked_fraction', 0.0):.2f} of the atlas masked); "
           f"region {EDIT_REGION!r} regenerated under {EDIT_REGION_PROMPT!r} (seed 2)", flush=True)
 
     if photo.is_file():
