@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, render_views
+from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, fetch_and_render
 
 EDITABLE = {"upper_colour": "torso", "lower_colour": "legs"}  # attribute -> the body region its garment covers
 KEPT_REGIONS = {"upper_colour": ("legs", "head", "feet"), "lower_colour": ("torso", "head", "feet")}
@@ -72,20 +72,11 @@ def read_avatar(client: Any, avatar_id: str, *, size: int, layouts: dict) -> dic
     "meta": the avatar's meta}."""
     import torch
 
-    from backend.avatar.template import load_template
-    from backend.avatar.uv_layout import load_layout
     from benchmarks.photo_avatar import avatar_region_lab
-    from bridge import protocol
-    from training.evaluate import RegionTexels, classify_rendered_attributes
+    from training.evaluate import classify_rendered_attributes
 
-    got = client.call(protocol.GetAvatar(avatar_id=avatar_id), timeout_s=120.0)
+    got, layout, regions, views = fetch_and_render(client, avatar_id, size, layouts)
     meta = got.header["meta"]
-    key = (meta["template"], int(meta["resolution"]))
-    if key not in layouts:
-        layout = load_layout(load_template(key[0]), key[1])
-        layouts[key] = (layout, RegionTexels.from_layout(layout))
-    layout, regions = layouts[key]
-    views = render_views(client, avatar_id, len(got.header["joint_names"]), size)
     gaussians = types.SimpleNamespace(sh=torch.tensor(got.arrays["sh"]),  # copies: wire arrays are read-only
                                       opacity_logits=torch.tensor(got.arrays["opacity_logits"]))
     per_texel, rest = divmod(len(got.arrays["sh"]), layout.num_valid)
