@@ -12,7 +12,8 @@ Stages (each timed; a failure names its stage, exits with status 1 and stops the
   connect        the add-on's Connect operator (hello: protocol, model)
   generate text  the Generate operator with a prompt; the avatar is imported into the scene
   generate photo the Generate operator with a reference photo (a person photo from `make testdata`)
-  edit text      the Edit operator: a new prompt over the prompted avatar
+  edit text      the Edit operator with Region Auto: a new prompt over the prompted avatar, only what it
+                 changes regenerated (--edit-region whole_body: a whole-body edit at --strength)
   edit region    the Regenerate Region operator: one body region regenerated, the rest kept
   portraits      each avatar rendered through the backend at rest, from the front (for the contact sheet)
   bind mocap     Blender's BVH importer reads the CMU clip 01_01; the Bind operator drives the prompted avatar
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
 
         with stages.stage("edit text"):
             select(prompted_id)
-            props.prompt, props.region, props.edit_prompt, props.strength = args.prompt, "whole_body", \
+            props.prompt, props.region, props.edit_prompt, props.strength = args.prompt, args.edit_region, \
                 args.edit_prompt, args.strength
             generate_avatar("text edit", bpy.ops.genlca.edit)
 
@@ -355,6 +356,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-python", default=str(ROOT / ".venv" / "bin" / "python"))
     p.add_argument("--prompt", default="a woman in a red shirt and blue jeans")
     p.add_argument("--edit-prompt", default="a woman in a green shirt and blue jeans")
+    p.add_argument("--edit-region", default="auto", choices=["auto", "whole_body"],
+                   help="auto: regenerate only what the edit prompt changes (the rest bit-identical); whole_body: a "
+                        "noise edit of the whole avatar at --strength (docs/BENCHMARKS.md, 'Text edit')")
     p.add_argument("--strength", type=float, default=0.6)
     p.add_argument("--region", default="legs", help="the body region to regenerate (head, torso, arms, legs, ...)")
     p.add_argument("--region-prompt", default="a woman in a red shirt and black trousers")

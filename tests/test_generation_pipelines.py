@@ -81,6 +81,21 @@ def test_text_edit_strength(bundle):
         edit_text(bundle, torch.zeros(12, 64, 64), "x")
 
 
+def test_otsu_threshold_splits_a_bimodal_map_between_its_modes_and_edit_mask_takes_it(bundle):
+    from backend.pipelines.edit import otsu_threshold
+
+    gen = torch.Generator().manual_seed(0)
+    kept, changed = torch.rand(500, generator=gen) * 0.2, 0.6 + torch.rand(200, generator=gen) * 0.4
+    level = otsu_threshold(torch.cat([kept, changed]))
+    assert 0.2 <= level <= 0.6  # every level in the empty gap separates the classes perfectly
+    src, _ = generate_tokens(bundle, "a woman in a red top", seed=0, settings=SamplerSettings(steps=3))
+    raw, heat = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", dilate=0, threshold="otsu")
+    atlas = bundle.layout.atlas_mask
+    assert torch.equal(raw, (heat >= otsu_threshold(heat[atlas])) & atlas)
+    with pytest.raises(ValueError, match="threshold"):
+        edit_mask(bundle, src, "x", "y", threshold="median")
+
+
 def test_edit_mask_is_inside_the_atlas_deterministic_and_empty_for_the_same_prompt(bundle):
     src, _ = generate_tokens(bundle, "a woman in a red top", seed=0, settings=SamplerSettings(steps=3))
     atlas = bundle.layout.atlas_mask

@@ -116,7 +116,9 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
     from backend.sampling.editing import noise_like
     from backend.sampling.path import FlowPath
 
-    if not 0.0 < t < 1.0 or not 0.0 < threshold <= 1.0 or dilate < 0 or not seeds:
+    if threshold != "otsu" and not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
+        raise ValueError(f"threshold must be in (0, 1] or 'otsu', got {threshold!r}")
+    if not 0.0 < t < 1.0 or dilate < 0 or not seeds:
         raise ValueError(f"edit_mask needs 0 < t < 1, 0 < threshold <= 1, dilate >= 0 and a seed; got t={t}, "
                          f"threshold={threshold}, dilate={dilate}, seeds={seeds}")
     if snap is not None and not 0.0 < snap <= 1.0:
@@ -137,7 +139,8 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
     low, peak = float(diff[atlas].min()), float(diff[atlas].max())
     if peak > low:  # min-max over the atlas: a change spread evenly over the body does not mask it all
         heat = torch.where(atlas, (diff - low) / (peak - low), torch.zeros_like(diff))
-        mask = (heat >= threshold) & atlas
+        level = otsu_threshold(heat[atlas]) if threshold == "otsu" else float(threshold)
+        mask = (heat >= level) & atlas
     else:
         heat, mask = torch.zeros_like(diff), torch.zeros_like(atlas)
     if dilate and bool(mask.any()):
@@ -149,6 +152,20 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
             if int(region.sum()) and float((mask & region).sum()) >= snap * float(region.sum()):
                 mask |= region
     return mask.cpu(), heat.cpu()
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 64) -> float:
+    """Otsu's threshold of values in [0, 1]: the level that maximises the between-class variance of the two
+    classes it splits the histogram into (parameter-free for a bimodal "changed / kept" map)."""
+    hist = torch.histc(values.float(), bins=bins, min=0.0, max=1.0).double()
+    p = hist / hist.sum().clamp_min(1.0)
+    centres = (torch.arange(bins, dtype=torch.float64) + 0.5) / bins
+    w0 = torch.cumsum(p, 0)  # weight of the class at or below each bin
+    m0 = torch.cumsum(p * centres, 0)
+    mean = m0[-1]
+    between = (mean * w0 - m0) ** 2 / (w0 * (1.0 - w0)).clamp_min(1e-12)
+    k = int(torch.argmax(between[:-1]))  # split after bin k
+    return float((k + 1) / bins)
 
 
 def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seed: int = 0,
