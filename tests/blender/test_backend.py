@@ -305,29 +305,36 @@ def test_reference_image_from_a_blender_image_is_top_row_first_and_bounded(addon
     assert [i.name for i in bpy.data.images] == ["big", "ref"]  # the copy is gone
 
 
-def test_region_edit_through_the_panel_keeps_every_other_splat(live, scene):
-    """Regenerate the head through the Edit panel's operator: the new avatar's splats outside the head are
-    bit-identical to the source's, and the changed ones sit at the top of the body."""
-    session, _ = live
+def _edit_through_panel(session, scene, source_mesh):
+    """Press the Edit panel's operator, wait for the second avatar: (its armature, the source's arrays, a bool
+    per splat: changed in any array)."""
     scene_import = addon_module("scene_import")
-    scene.genlca.prompt, scene.genlca.steps, scene.genlca.seed = "a woman in a red dress", 3, 5
-    source, source_mesh, error, _ = _generate(session, scene)
-    assert error is None, error
-    scene.genlca.region = "head"
-    panel = draw_panel("GENLCA_PT_edit")
-    assert ("operator", "Regenerate Head", True) in panel.items and not panel.enabled_of("prop", "strength")
     assert bpy.ops.genlca.edit() == {"FINISHED"}
     pump_until(session, lambda: (len(scene.genlca.avatars) == 2 and not session.jobs) or scene.genlca.message_is_error,
                300)
     assert not scene.genlca.message_is_error, scene.genlca.message
     edited = scene.genlca.avatars[-1].armature
-    assert edited != source and scene.genlca.avatars[-1].label.endswith("(head)")
     (edited_mesh,) = edited.children
     a, b = scene_import.avatar_arrays(source_mesh), scene_import.avatar_arrays(edited_mesh)
     assert a["means"].shape == b["means"].shape
     changed = np.zeros(len(a["means"]), bool)
     for key in a:
         changed |= (a[key] != b[key]).reshape(len(changed), -1).any(1)
+    return edited, a, changed
+
+
+def test_region_edit_through_the_panel_keeps_every_other_splat(live, scene):
+    """Regenerate the head through the Edit panel's operator: the new avatar's splats outside the head are
+    bit-identical to the source's, and the changed ones sit at the top of the body."""
+    session, _ = live
+    scene.genlca.prompt, scene.genlca.steps, scene.genlca.seed = "a woman in a red dress", 3, 5
+    source, source_mesh, error, _ = _generate(session, scene)
+    assert error is None, error
+    scene.genlca.region = "head"
+    panel = draw_panel("GENLCA_PT_edit")
+    assert ("operator", "Regenerate Head", True) in panel.items and not panel.enabled_of("prop", "strength")
+    edited, a, changed = _edit_through_panel(session, scene, source_mesh)
+    assert edited != source and scene.genlca.avatars[-1].label.endswith("(head)")
     z = a["means"][:, 2]
     print(f"head edit: {changed.sum()} of {len(changed)} splats changed; their lowest z {z[changed].min():.3f}, "
           f"body median {np.median(z):.3f}")
@@ -341,7 +348,6 @@ def test_auto_region_edit_through_the_panel_changes_only_masked_splats(live, sce
     """Region "Auto": the panel asks for an edit prompt and greys the strength; the backend masks what the edit
     prompt changes against the avatar's caption, so at most that fraction of the splats change."""
     session, _ = live
-    scene_import = addon_module("scene_import")
     scene.genlca.prompt, scene.genlca.steps, scene.genlca.seed = "a woman in a red dress", 3, 5
     source, source_mesh, error, _ = _generate(session, scene)
     assert error is None, error
@@ -350,17 +356,8 @@ def test_auto_region_edit_through_the_panel_changes_only_masked_splats(live, sce
     scene.genlca.edit_prompt = "a woman in a blue dress"
     panel = draw_panel("GENLCA_PT_edit")
     assert ("operator", "Regenerate What Changes", True) in panel.items and not panel.enabled_of("prop", "strength")
-    assert bpy.ops.genlca.edit() == {"FINISHED"}
-    pump_until(session, lambda: (len(scene.genlca.avatars) == 2 and not session.jobs) or scene.genlca.message_is_error,
-               300)
-    assert not scene.genlca.message_is_error, scene.genlca.message
-    edited = scene.genlca.avatars[-1].armature
+    edited, a, changed = _edit_through_panel(session, scene, source_mesh)
     assert scene.genlca.avatars[-1].label.endswith("(auto)")
-    (edited_mesh,) = edited.children
-    a, b = scene_import.avatar_arrays(source_mesh), scene_import.avatar_arrays(edited_mesh)
-    changed = np.zeros(len(a["means"]), bool)
-    for key in a:
-        changed |= (a[key] != b[key]).reshape(len(changed), -1).any(1)
     meta = json.loads(edited["genlca_meta"])
     assert meta["mode"] == "auto-region" and 0.0 < meta["masked_fraction"] < 1.0
     assert 0 < changed.sum() <= meta["masked_fraction"] * len(changed)
