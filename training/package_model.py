@@ -97,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the EMA weights (default) or the live ones (short runs: see package_checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="float16: weight matrices stored in half precision (half the size)")
-    parser.add_argument("--photo-channels", choices=("colour", "all"), default=None,
+    from backend.pipelines.model_bundle import PHOTO_CHANNELS
+
+    parser.add_argument("--photo-channels", choices=PHOTO_CHANNELS, default=None,
                         help="token channels a photo pins on the texels it shows: colour (default; the DiT "
                              "samples their geometry) or all (needs --tokenizer)")
     parser.add_argument("--note", default="", help="free text kept in the checkpoint, e.g. the commands that made it")

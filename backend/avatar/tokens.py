@@ -79,6 +79,7 @@ class TokenDecoderConfig:
 
 
 EXPLICIT_CHANNELS = 10
+COLOUR_CHANNELS = (0, 1, 2)  # the SH-DC colour, in both layouts (the channels a photo's colour pins)
 DEFAULT_REGION_REACH = {"head": 0.45, "torso": 0.30, "arms": 0.12, "hands": 0.03, "legs": 0.40, "feet": 0.05}
 
 

@@ -81,10 +81,10 @@ def regenerate_region(bundle, tokens: torch.Tensor, regions: str | list[str], pr
         raise ValueError(f"unknown region(s) {unknown or names}; expected some of {list(REGION_NAMES)}")
     settings = settings or SamplerSettings()
     region = bundle.layout.region_mask(names)  # (R, R)
-    out, _ = _inpaint_mask(bundle, tokens, region, prompt, seed=seed, settings=settings, progress=progress,
-                           cancel=cancel)
+    out = _inpaint_mask(bundle, tokens, region, prompt, seed=seed, settings=settings, progress=progress,
+                        cancel=cancel)
     return out, {"regions": names, "steps": settings.steps, "guidance": settings.guidance, "seed": seed,
-                       "regenerated_texels": int(region.sum()), "used": ["text"] if prompt.strip() else []}
+                 "regenerated_texels": int(region.sum()), "used": ["text"] if prompt.strip() else []}
 
 
 MASK_SEEDS = (0, 1, 2, 3)   # fixed noise draws of the mask estimate (independent of the edit's seed)
@@ -103,13 +103,14 @@ def _atlas_blur(x: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
 
 
 def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seeds: tuple[int, ...] = MASK_SEEDS,
-              t: float = MASK_T, threshold: float = MASK_THRESHOLD, dilate: int = MASK_DILATE,
+              t: float = MASK_T, threshold: float | str = MASK_THRESHOLD, dilate: int = MASK_DILATE,
               snap: float | None = MASK_SNAP) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (mask (R, R) bool, inside the atlas; difference map (R, R) float in [0, 1], 0 outside the atlas).
 
     The normalised source is noised to t with each of `seeds`; the map is |v(prompt) - v(ref_prompt)| of the
     conditional DiT (no guidance: CFG only scales the difference), averaged over channels and seeds,
-    3x3-smoothed on the atlas and min-max normalised over the atlas. Masked: map >= threshold, dilated by
+    3x3-smoothed on the atlas and min-max normalised over the atlas. Masked: map >= threshold (a level, or
+    "otsu": `otsu_threshold` of the map), dilated by
     `dilate` texels, then (snap) every body region whose texels are at least `snap` masked is added whole.
     Identical prompts give identical velocities, so an all-zero map and an empty mask."""
     from backend.avatar.body_parts import REGION_NAMES
@@ -119,8 +120,8 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
     if threshold != "otsu" and not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
         raise ValueError(f"threshold must be in (0, 1] or 'otsu', got {threshold!r}")
     if not 0.0 < t < 1.0 or dilate < 0 or not seeds:
-        raise ValueError(f"edit_mask needs 0 < t < 1, 0 < threshold <= 1, dilate >= 0 and a seed; got t={t}, "
-                         f"threshold={threshold}, dilate={dilate}, seeds={seeds}")
+        raise ValueError(f"edit_mask needs 0 < t < 1, dilate >= 0 and a seed; got t={t}, dilate={dilate}, "
+                         f"seeds={seeds}")
     if snap is not None and not 0.0 < snap <= 1.0:
         raise ValueError(f"snap must be in (0, 1] or None, got {snap}")
     dit = bundle.dit
@@ -169,7 +170,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 64) -> float:
 
 
 def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seed: int = 0,
-                    settings: SamplerSettings | None = None, threshold: float = MASK_THRESHOLD,
+                    settings: SamplerSettings | None = None, threshold: float | str = MASK_THRESHOLD,
                     snap: float | None = MASK_SNAP, progress: Progress | None = None,
                     cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """tokens (C, R, R) -> (tokens with `edit_mask(prompt vs ref_prompt)` inpainted under `prompt`, info).
@@ -193,15 +194,14 @@ def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str =
     if not bool(mask.any()):
         src, _ = _source(bundle, tokens)
         return src.cpu().clone(), info
-    out, _ = _inpaint_mask(bundle, tokens, mask, prompt, seed=seed, settings=settings, progress=progress,
-                           cancel=cancel)
-    return out, info
+    return _inpaint_mask(bundle, tokens, mask, prompt, seed=seed, settings=settings, progress=progress,
+                         cancel=cancel), info
 
 
 def _inpaint_mask(bundle, tokens: torch.Tensor, mask: torch.Tensor, prompt: str, *, seed: int,
                   settings: SamplerSettings, progress: Progress | None,
-                  cancel: Cancel | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inpaint where mask (R, R) is True under `prompt`; the source tokens themselves elsewhere."""
+                  cancel: Cancel | None) -> torch.Tensor:
+    """(C, R, R): inpainted where mask (R, R) is True under `prompt`; the source tokens themselves elsewhere."""
     from backend.sampling.editing import inpaint
 
     dit = bundle.dit
@@ -214,4 +214,4 @@ def _inpaint_mask(bundle, tokens: torch.Tensor, mask: torch.Tensor, prompt: str,
                     shift=settings.shift, progress=_stepper(progress, "sample"), cancel=cancel)
         new = dit.denormalize(x)[0] * atlas
         out = torch.where(region[None], new, src)  # outside the mask: the source tokens themselves
-    return out.cpu(), region.cpu()
+    return out.cpu()

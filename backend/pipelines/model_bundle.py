@@ -99,36 +99,28 @@ class ModelBundle:
                 "photo_channels": list(self.photo_channels), "supports": self.supports}
 
 
-def token_channel_groups(cfg: Any) -> dict[str, tuple[int, ...]]:
-    """The meaning of each token channel under a decoder config (backend/avatar/tokens.py, "explicit"
-    layout): colour (SH DC), offset, opacity, scale, latent. The latent layout routes only the colour."""
-    from backend.avatar.tokens import EXPLICIT_CHANNELS
-
-    c = int(cfg.token_channels)
-    if cfg.token_layout != "explicit":
-        return {"colour": (0, 1, 2), "latent": tuple(range(3, c))}
-    return {"colour": (0, 1, 2), "offset": (3, 4, 5), "opacity": (6,), "scale": (7, 8, 9),
-            "latent": tuple(range(EXPLICIT_CHANNELS, c))}
-
-
 def photo_channel_indices(cfg: Any, pins: str) -> tuple[int, ...]:
-    """"colour" -> the decoder config's colour channels; "all" -> every channel."""
+    """"colour" -> the channels both token layouts route to the SH-DC colour; "all" -> every channel of cfg."""
+    from backend.avatar.tokens import COLOUR_CHANNELS
+
     if pins == "all":
         return tuple(range(int(cfg.token_channels)))
     if pins == "colour":
-        return token_channel_groups(cfg)["colour"]
+        return COLOUR_CHANNELS
     raise ValueError(f"photo_channels must be one of {PHOTO_CHANNELS}, got {pins!r}")
 
 
-# decoder config fields that change what a token decodes to (hidden sizes do not when the head is zero)
-_DECODING_FIELDS = ("token_channels", "gaussians_per_texel", "sh_degree", "max_offset", "base_scale",
-                    "normal_scale", "scale_range", "init_opacity", "token_layout", "region_reach")
+# decoder config fields that do not change what a token decodes to when the MLP head is zero
+_HIDDEN_FIELDS = ("hidden_channels", "hidden_layers")
 
 
 def decoding_difference(decoder: Any, reference: Any) -> str | None:
     """None when `decoder` decodes every token map exactly as `reference`, a fresh decoder whose MLP head
     is zero (the explicit routing); else what differs. Exact: the output is head bias + skip(tokens)."""
-    for name in _DECODING_FIELDS:
+    for field in dataclasses.fields(reference.config):
+        if field.name in _HIDDEN_FIELDS:
+            continue
+        name = field.name
         a, b = getattr(decoder.config, name), getattr(reference.config, name)
         if a != b:
             return f"decoder config {name} is {a!r}, the DiT's is {b!r}"
