@@ -26,7 +26,6 @@ own caption, so "hit" is the top still reading as captioned and every dE00 is dr
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import types
 from pathlib import Path
@@ -34,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from backend.model_options import add_model_options, use_threads
 from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, fetch_and_render
+from benchmarks.timing import write_json_atomic
 
 EDITABLE = {"upper_colour": "torso", "lower_colour": "legs"}  # attribute -> the body region its garment covers
 KEPT_REGIONS = {"upper_colour": ("legs", "head", "feet"), "lower_colour": ("torso", "head", "feet")}
@@ -162,27 +163,17 @@ def markdown(rows: list[dict[str, Any]], model: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default", help="a model package name under checkpoints/ or a folder")
+    add_model_options(parser)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.4, 0.6, 0.8])
     parser.add_argument("--pairs", type=int, default=6,
                         help="source people, each edited once per attribute and strength")
     parser.add_argument("--attributes", nargs="+", default=["upper_colour"], choices=sorted(EDITABLE))
-    parser.add_argument("--steps", type=int, default=25, help="sampler steps of a full generation (an edit runs "
-                        "round(steps x strength))")
-    parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0, help="sampler seed of every generate and edit")
     parser.add_argument("--pair-seed", type=int, default=0, help="seed of the people and their new colours")
     parser.add_argument("--size", type=int, default=128, help="render size in pixels (square)")
     parser.add_argument("--json", type=Path, default=None, help="write the per-edit results and the table rows here")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of the in-process backend")
     parser.add_argument("--invert", action="store_true", help="edit by ODE inversion to t = strength (Edit.invert) "
                         "instead of seeded noise")
     parser.add_argument("--region", default="", help="send Edit(region=...): 'auto' (inpaint what the new caption "
@@ -195,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"strengths must be in (0, 1], got {bad}")
     if args.region and args.invert:
         parser.error("--invert is a whole-body text edit's; it cannot go with --region")
-    import torch
-
-    torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     people = edit_pairs(args.pairs, tuple(args.attributes), args.pair_seed)
     results, layouts = [], {}
     t0 = time.perf_counter()
@@ -223,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
           f"renders {args.size}x{args.size} front + back, {time.perf_counter() - t0:.0f} s in all\n")
     print(markdown(rows, name))
     if args.json is not None:
-        _write_json_atomic(args.json, {"model": model, "args": {k: str(v) for k, v in vars(args).items()},
+        write_json_atomic(args.json, {"model": model, "args": {k: str(v) for k, v in vars(args).items()},
                                        "rows": rows, "results": results})
     return 0
 

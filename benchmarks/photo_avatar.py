@@ -28,7 +28,6 @@ Prints Markdown tables (per image, and medians per way); `--json PATH` also writ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.timing import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS = ("torso", "legs")
@@ -229,12 +230,6 @@ def _data(folder: str | None) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _write_json_atomic(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default", help="model package folder or name (default: the shipped "
@@ -275,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{len(images)} images in {time.perf_counter() - start:.0f} s (load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end)")
     if args.json:
-        _write_json_atomic(Path(args.json), {"model": model, "settings": vars(args), "rows": rows})
+        write_json_atomic(args.json, {"model": model, "settings": vars(args), "rows": rows}, indent=2)
 
 
 if __name__ == "__main__":

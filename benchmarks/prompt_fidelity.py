@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import socket
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from backend.model_options import add_model_options, use_threads
+from benchmarks.timing import write_json_atomic
 
 ATTRIBUTES = ("upper_colour", "lower_colour", "shoes_colour", "hair_colour")
 
@@ -210,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.size}x{args.size} front + back, {time.perf_counter() - t0:.0f} s in all\n")
     print(markdown(results, name))
     if args.out is not None:
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps([{k: v for k, v in r.items() if k not in ("views", "avatar")} for r in results],
-                                  indent=1))
-        tmp.replace(args.out)
+        write_json_atomic(args.out, [{k: v for k, v in r.items() if k not in ("views", "avatar")} for r in results])
     return 0
 
 

@@ -1,11 +1,14 @@
-"""What the benchmarks share: the median of timed runs after a warm-up, and the machine line they print."""
+"""What the benchmarks share: the median of timed runs after a warm-up, the machine line they print, and the
+atomic write of their --json results."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 
 def median_seconds(fn: Callable[[], object], runs: int, warm_up: bool = True) -> float:
@@ -36,3 +39,11 @@ def machine_line() -> str:
 
     return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def write_json_atomic(path: str | Path, value: Any, indent: int = 1) -> None:
+    """value as JSON at path, written beside it and renamed: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=indent))
+    os.replace(tmp, path)
