@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bridge.files import write_atomic
+
 
 def median_seconds(fn: Callable[[], object], runs: int, warm_up: bool = True) -> float:
     """Median wall-clock seconds of `runs` calls of fn, after one untimed warm-up call (unless warm_up=False:
@@ -43,7 +45,4 @@ def machine_line() -> str:
 
 def write_json_atomic(path: str | Path, value: Any, indent: int = 1) -> None:
     """value as JSON at path, written beside it and renamed: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=indent))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=indent))

@@ -1,4 +1,4 @@
-"""The bridge package (wire protocol, rig maps, PNG, camera maths) as the add-on sees it.
+"""The bridge package (wire protocol, rig maps, PNG, camera maths, atomic files) as the add-on sees it.
 
 The installed extension carries a copy of the repository's `bridge/` as a subpackage (`genlca.bridge`,
 made by build_addon.py with its imports turned relative); run from the repository (tests, development)
@@ -19,6 +19,7 @@ retarget = importlib.import_module(_PREFIX + ".retarget")
 contract = importlib.import_module(_PREFIX + ".contract")
 png = importlib.import_module(_PREFIX + ".png")
 cameras = importlib.import_module(_PREFIX + ".cameras")
+files = importlib.import_module(_PREFIX + ".files")
 
 
 def client_module() -> ModuleType:

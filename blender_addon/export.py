@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ._bridge import protocol
+from ._bridge import files, protocol
 
 
 AVATAR_EXTENSIONS = {"ply": ".ply", "safetensors": ".safetensors"}  # the only names the add-on writes for avatars
@@ -41,25 +40,13 @@ def safe_filename(name: str, fallback: str, fmt: str) -> str:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | np.ndarray) -> Path:
-    """Write `data` to `path` through a fresh, exclusively created temporary file in the same folder
-    (tempfile.mkstemp: an unpredictable name opened with O_CREAT | O_EXCL, so nothing planted there, a
-    symlink included, is followed or overwritten), then rename it over `path` (a rename replaces a symlink
-    at `path` itself, never the file it points to)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes() if isinstance(data, np.ndarray) else data)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    return path
+    """`data` (bytes or an array's raw bytes) to `path` through bridge.files.write_atomic: an exclusively
+    created temporary file renamed into place (no planted symlink is followed)."""
+    if isinstance(data, np.ndarray):
+        data = data.tobytes()
+    elif not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"write_atomic takes bytes or an array, not {type(data).__name__}")
+    return files.write_atomic(path, data)
 
 
 def export_avatar(session, avatar_id: str, fmt: str, out_dir: str | os.PathLike, *, scene_name: str = "",

@@ -20,11 +20,12 @@ import dataclasses
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bridge.files import write_atomic
 
 AVATAR_FORMAT = "genlca-avatar"
 AVATAR_VERSION = 1
@@ -114,22 +115,7 @@ def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
         offset += a.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    return _write_atomic(Path(path), [struct.pack("<Q", len(raw)), raw, *blobs])
-
-
-def _write_atomic(path: Path, chunks: list[bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, [struct.pack("<Q", len(raw)), raw, *blobs])
 
 
 # ------------------------------------------------------------------ the GenLCA avatar
@@ -240,7 +226,7 @@ def write_ply(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, y_up: b
     if y_up:
         arrays = rotate_splats(arrays, Z_UP_TO_Y_UP)
     flat = ply_vertices(arrays)
-    return _write_atomic(Path(path), [ply_header(len(flat), "y-up" if y_up else "z-up"), flat.tobytes()])
+    return write_atomic(path, [ply_header(len(flat), "y-up" if y_up else "z-up"), flat.tobytes()])
 
 
 def read_ply(path: str | os.PathLike) -> AvatarFile:

@@ -6,8 +6,8 @@
 The pair lives in `folder/client.key_secret` (the zmq certificate format: `zmq.auth.load_certificate`
 reads it) with 0600 permissions, and the public half in `folder/client.key` to hand to the server's
 operator (`genlca-backend keys --keys-dir K --add-client NAME --public-key <Z85>`). Files are written to a
-fresh temporary name created exclusively (O_EXCL, so nothing planted there is followed) and renamed
-into place. Standard library and pyzmq only: the Blender add-on calls this.
+fresh temporary name created exclusively (`bridge.files.write_atomic`: nothing planted there is
+followed) and renamed into place. Standard library and pyzmq only: the Blender add-on calls this.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import zmq
 from zmq.utils import z85
+
+from bridge.files import write_atomic
 
 SECRET_FILE = "client.key_secret"
 PUBLIC_FILE = "client.key"
@@ -49,28 +51,9 @@ def _certificate(public: bytes, secret: bytes | None, comment: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    """Write `text` to a new, exclusively created temporary file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)      # the umask may have narrowed or (on some systems) not applied
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_public_certificate(path: str | os.PathLike, public: str | bytes, comment: str = "") -> None:
     """A zmq public certificate (what ThreadAuthenticator reads from authorized_clients/)."""
-    _write_atomic(Path(path), _certificate(check_z85_key(public), None, comment or "public key"), 0o644)
+    write_atomic(path, _certificate(check_z85_key(public), None, comment or "public key"), durable=True)
 
 
 def read_keypair(path: str | os.PathLike) -> tuple[bytes, bytes]:
@@ -95,8 +78,8 @@ def load_or_create_client_keypair(folder: str | os.PathLike) -> tuple[bytes, byt
     if secret_path.is_symlink():
         raise ValueError(f"{secret_path} is a symlink; refusing to use or replace it")
     public, secret = zmq.curve_keypair()
-    _write_atomic(secret_path, _certificate(public, secret, "GenLCA client keypair; keep this file private"),
-                  0o600)
+    write_atomic(secret_path, _certificate(public, secret, "GenLCA client keypair; keep this file private"),
+                 mode=0o600, durable=True)
     write_public_certificate(folder / PUBLIC_FILE, public, "GenLCA client public key: give it to the server's "
                              "operator (genlca-backend keys --add-client NAME --public-key ...)")
     return public, secret

@@ -30,21 +30,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from bridge.files import write_atomic
+
 
 class ScalingError(RuntimeError):
     """Bad sizes, a data set that cannot serve them, or an output folder holding another recipe."""
 
 
-# ------------------------------------------------------------------------------ small file helpers
-def write_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
-
-
+# ------------------------------------------------------------------------------ locks
 @contextlib.contextmanager
 def size_lock(folder: Path) -> Iterator[None]:
     """Exclusive lock on one size's folder; ScalingError when another live process holds it."""

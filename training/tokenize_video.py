@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.render.camera import Camera
+from bridge.files import write_atomic
 from training.data.records import ClipRecord, iter_record_paths, load_record
 
 METHODS = ("mean", "fit", "tokenizer")
@@ -365,23 +366,15 @@ def main(args: argparse.Namespace) -> int:
         return 2
     table = markdown_table(rows)
     print(table)
-    _write_text_atomic(out / "scores.json", json.dumps({"config": dataclasses.asdict(cfg),
+    write_atomic(out / "scores.json", json.dumps({"config": dataclasses.asdict(cfg),
                                                         "checkpoint": args.checkpoint, "rows": rows}, indent=1))
-    _write_text_atomic(out / "table.md", table + "\n")
+    write_atomic(out / "table.md", table + "\n")
     if figure_maps is not None and cfg.crop:
         print(save_figure(model, figure_maps[0], figure_maps[1], cfg, args.figure))
     elif args.figure:
         print(f"no figure written: it shows person crops (not with --full-frame) of clip "
               f"{args.figure_clip or records[0].clip_id!r}", file=sys.stderr)
     return 0
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

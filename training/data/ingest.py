@@ -29,6 +29,7 @@ from backend.perception.fitting import KEYPOINT_FORMAT, FitConfig
 from backend.perception.media import (CorruptFileError, NoPersonError, PerceptionError, fit_size, media_kind,
                                       read_image, read_video)
 from backend.perception.observation import Perception, perception
+from bridge.files import write_atomic
 from training.data.records import ClipRecord, record_path, save_record
 
 __all__ = ["IngestConfig", "IngestError", "CorruptFileError", "NoPersonError", "TooFewFramesError",
@@ -156,13 +157,6 @@ def is_done(out_dir: Path, key: str) -> bool:
     return all(record_path(out_dir, c).exists() for c in clips)
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
-
-
 def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
     """Worker: one file -> records on disk and its done marker. Never raises for a bad file."""
     path, key, out_dir, config = job
@@ -173,7 +167,7 @@ def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
         torch.set_num_threads(1)  # workers are the parallelism; one thread each
         records = ingest_file(path, config, stem=key)
         clips = [save_record(r, out_dir).stem.removesuffix(".clip") for r in records]
-        _write_json_atomic(_done_marker(Path(out_dir), key), {"file": path, "clips": clips})
+        write_atomic(_done_marker(Path(out_dir), key), json.dumps({"file": path, "clips": clips}, indent=2))
         return {"file": path, "clips": clips, "frames": sum(r.num_frames for r in records),
                 "seconds": time.perf_counter() - t0}
     except IngestError as exc:
@@ -206,7 +200,7 @@ def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, con
         bar.update(1)
     bar.close()
     failures = [{k: r[k] for k in ("file", "error", "message")} for r in results if "error" in r]
-    _write_json_atomic(out_dir / "failures.json", failures)
+    write_atomic(out_dir / "failures.json", json.dumps(failures, indent=2))
     frames = sum(r.get("frames", 0) for r in results)
     seconds = time.perf_counter() - t0
     return {"files": len(files), "skipped": len(skipped), "processed": len(jobs), "failed": len(failures),
