@@ -61,7 +61,10 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
                               "Regenerate the texels the edit prompt changes against the avatar's own caption; "
                               "every other texel stays bit-identical")]
         + [(r, r.title(), f"Regenerate the {r}; every other region stays bit-identical")
-           for r in protocol.BODY_REGIONS])
+           for r in protocol.BODY_REGIONS],
+        # Auto by default: a whole-body noise edit at a strength low enough to keep the person barely changes
+        # the shipped model's output (docs/BENCHMARKS.md, "Editing"), while Auto changes what the prompt names
+        default=protocol.AUTO_REGION)
     export_format: bpy.props.EnumProperty(name="Format", items=[(f, f.upper() if f == "ply" else ".safetensors", "")
                                                                 for f in protocol.EXPORT_FORMATS])
     # connection and the job in flight (written by the session's timer)

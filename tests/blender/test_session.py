@@ -94,6 +94,11 @@ def test_operators_explain_why_they_are_disabled(scene):
     assert bpy.ops.genlca.generate.poll()
 
 
+def test_a_new_scene_edits_what_the_prompt_changes(scene):
+    scene.genlca.property_unset("region")  # what a scene that never touched the panel holds
+    assert scene.genlca.region == "auto"
+
+
 def test_client_keypair_is_persistent_and_outside_the_addon(addon):
     keys = addon_module("keys")
     folder = Path(keys.keys_folder())
