@@ -89,6 +89,11 @@ def test_eval_cli_end_to_end_on_a_tiny_checkpoint(tmp_path):
     assert row["people"] == 2 and 0.0 <= row["hole_fraction"]["back"] <= 1.0
     assert row["diversity"] > 0 and math.isfinite(row["frechet_region_colour"])
     assert "ground truth" in res and "| run (aware) |" in (tmp_path / "e.md").read_text()
+    # every miss is counted once as "truth -> predicted" under its attribute
+    accuracy, errors = row["attribute_accuracy"]["seen"], row["attribute_errors"]
+    for attr, acc in accuracy.items():
+        assert sum(errors.get(attr, {}).values()) == round((1 - acc) * 2)
+        assert all(" -> " in e and e.split(" -> ")[0] != e.split(" -> ")[1] for e in errors.get(attr, {}))
 
 
 def _painted_avatar(layout, regions, colours):

@@ -16,7 +16,8 @@ rarely show (the back, the back of the legs). Metrics, all pure functions below 
     the region -> the nearest named colour of training/data/vocabulary.py): upper_colour (torso),
     lower_colour (thighs), shoes_colour (feet), hair_colour (crown of the head; skipped for bald), as
     accuracy per attribute against the person's meta, separately for seen and held-out combinations.
-    The classifier's own accuracy on the ground-truth tokens is reported as the ceiling.
+    The classifier's own accuracy on the ground-truth tokens is reported as the ceiling, and every miss
+    as "truth -> predicted" (`attribute_errors`: a neighbouring shade, another garment's colour, ...).
     `classify_rendered_attributes` reads the same attributes off renders instead (front and back views,
     the regions' texels projected to pixels): what benchmarks/prompt_fidelity.py checks through the wire.
 (d) diversity: mean pairwise RMS distance of decoded texel colours between samples of one prompt.
@@ -26,6 +27,7 @@ rarely show (the back, the back of the legs). Metrics, all pure functions below 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import itertools
 import json
@@ -299,6 +301,7 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
     psnr: dict[str, list[float]] = {v: [] for v in silhouettes}
     rmse: dict[str, list[float]] = {v: [] for v in silhouettes}
     hits: dict[str, dict[str, list[bool]]] = {}
+    errors: dict[str, collections.Counter] = {}  # attribute -> "truth -> predicted" -> count
     div, feats = [], []
     atlas = renderer.layout.atlas_mask
     for i, person in enumerate(people):
@@ -308,8 +311,11 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
         first = tokens[0]
         feats.append(region_features(first, regions))
         div.append(diversity(texel_rgb(tokens.transpose(0, 1)).permute(1, 2, 3, 0)[:, atlas]))
-        for key, ok in attribute_hits(classify_attributes(first, regions), person["attributes"]).items():
+        predicted = classify_attributes(first, regions)
+        for key, ok in attribute_hits(predicted, person["attributes"]).items():
             hits.setdefault(combination_group(person["split"]), {}).setdefault(key, []).append(ok)
+            if not ok:
+                errors.setdefault(key, collections.Counter())[f"{person['attributes'][key]} -> {predicted[key]}"] += 1
         for view, sil in silhouettes.items():
             rgb, alpha = renderer(first, view)
             rgb_gt, _ = renderer(person["tokens"], view)
@@ -322,6 +328,7 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
             "psnr_db": {v: float(np.mean(x)) for v, x in psnr.items()},
             "rmse": {v: float(np.mean(x)) for v, x in rmse.items()},
             "attribute_accuracy": {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in hits.items()},
+            "attribute_errors": {k: dict(c.most_common()) for k, c in sorted(errors.items())},
             "diversity": float(np.mean(div)), "frechet_region_colour": frechet_distance(np.stack(feats), gt_feats),
             "people": len(people)}
 
@@ -403,6 +410,13 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
         for group, acc in sorted(r.get("attribute_accuracy", {}).items()):
             rows.append(f"| {name} | {group} | " + " | ".join(
                 f"{acc[a]:.2f}" if a in acc else "-" for a in attrs) + " |")
+    if any(r.get("attribute_errors") for r in results.values()):  # what the misses were, both groups together
+        rows += ["", "| model | " + " | ".join(f"{a} misses (truth -> predicted)" for a in attrs) + " |",
+                 "|---|" + "---|" * len(attrs)]
+        for name, r in results.items():
+            if "attribute_errors" in r:
+                rows.append(f"| {name} | " + " | ".join(", ".join(f"{e} x{n}" for e, n in list(
+                    r["attribute_errors"].get(a, {}).items())[:4]) or "-" for a in attrs) + " |")
     return "\n".join(rows) + "\n"
 
 
