@@ -247,3 +247,27 @@ def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(shar
     wider.model.hidden_size = 96
     with pytest.raises(CheckpointError, match="hidden_size"):
         td.train(wider)
+
+
+def test_region_weighting_gives_every_body_region_the_same_total_weight(shards):
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+
+    layout = load_layout(load_template("anny"), 32)
+    w = td.region_weights("anny", 32)
+    atlas = layout.atlas_mask
+    assert torch.allclose(w[atlas].mean(), torch.tensor(1.0), atol=1e-5) and float(w[~atlas].abs().max()) == 0.0
+    totals = [float(w[torch.from_numpy(m) & atlas].sum()) for m in layout.region_masks().values() if m.any()]
+    assert max(totals) == pytest.approx(min(totals), rel=1e-5)
+    # with weights that are all one on the atlas the loss is the unweighted one; with region weights it differs
+    cfg, ds, bank, model = _setup(shards, "aware")
+    batch = td.make_batch(0, ds, cfg, bank, model, runtime.init_distributed("cpu"))
+    with torch.no_grad():
+        plain = td.flow_loss(model, *batch)
+        ones = td.flow_loss(model, *batch, texel_weights=atlas.float())
+        weighted = td.flow_loss(model, *batch, texel_weights=w)
+    assert float(ones) == pytest.approx(float(plain), rel=1e-6) and float(weighted) != pytest.approx(float(plain), rel=1e-3)
+    flat = tiny_config(shards, Path("/nonexistent"), region_weighting=True)
+    flat.data.template = ""
+    with pytest.raises(ValueError, match="data.template"):
+        td.train(flat)

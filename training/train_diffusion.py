@@ -98,6 +98,8 @@ class TrainSection:
     t_std: float = 1.0
     visibility_mode: VisibilityMode = "aware"
     patch_visible_threshold: float = 0.5
+    region_weighting: bool = False   # weight a texel's loss by 1 / its body region's share of the atlas, so
+                                     # the feet (5 % of the texels) count as much as the head (35 %)
     log_every: int = 10
     ckpt_every: int = 200
     out_dir: str = "runs/diffusion"
@@ -222,16 +224,34 @@ def texel_loss_mask(visibility: torch.Tensor, atlas: torch.Tensor, mode: str) ->
     return visibility & atlas
 
 
+def region_weights(template: str, resolution: int) -> torch.Tensor:
+    """(R, R) float: 1 / (the texel's body region's share of the atlas texels), scaled to mean 1 over the
+    atlas (texels of no region: 1 before scaling; 0 outside the atlas)."""
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+
+    layout = load_layout(load_template(template), resolution)
+    atlas = layout.atlas_mask
+    weights = atlas.float()
+    for mask in layout.region_masks().values():
+        mask = torch.from_numpy(mask) & atlas
+        if mask.any():
+            weights[mask] = float(atlas.sum()) / float(mask.sum())
+    return weights / weights[atlas].mean()
+
+
 def flow_loss(model: TokenMapDiT, x_data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
               condition: dict[str, torch.Tensor], loss_mask: torch.Tensor,
-              patch_valid: torch.Tensor | None) -> torch.Tensor:
-    """Per-sample masked MSE of the velocity, averaged over samples.
+              patch_valid: torch.Tensor | None, texel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample masked (and, with texel_weights (R, R), weighted) MSE of the velocity, averaged over samples.
 
     x_data, noise (B, C, R, R), t (B,), loss_mask (B, R, R) bool, patch_valid (B, T) bool or None.
     """
     x_t, target = FlowPath().sample(x_data, noise, t)  # (B, C, R, R) ×2
     v = model(x_t, t, **condition, patch_valid=patch_valid)  # (B, C, R, R)
     m = loss_mask[:, None].to(v.dtype)  # (B, 1, R, R)
+    if texel_weights is not None:
+        m = m * texel_weights.to(m)
     per_sample = (((v.float() - target) ** 2) * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * v.shape[1]).clamp_min(1)
     return per_sample.mean()
 
@@ -338,6 +358,9 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
     if tr.init:
         init_weights(model, tr.init)
     ema = runtime.EMA(model, tr.ema_decay)
+    if tr.region_weighting and not cfg.data.template:
+        raise ValueError("train.region_weighting needs the body regions of data.template (it is empty)")
+    weights = region_weights(cfg.data.template, ds.tokens.shape[-1]).to(ctx.device) if tr.region_weighting else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay, betas=(0.9, 0.99))
     out = Path(tr.out_dir)
@@ -360,7 +383,7 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
                 g["lr"] = lr
             with runtime.autocast(ctx, tr.mixed_precision):
                 x_data, noise, t, cond, loss_mask, patch_valid = make_batch(step, ds, cfg, bank, model, ctx)
-                loss = flow_loss(model, x_data, noise, t, cond, loss_mask, patch_valid)
+                loss = flow_loss(model, x_data, noise, t, cond, loss_mask, patch_valid, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             runtime.allreduce_gradients(params, ctx)
