@@ -9,6 +9,7 @@ One step (per rank, on its slice of the global batch; all draws from runtime.ste
     t ~ logit-normal, noise ~ N(0, I);  x_t, v* = FlowPath.sample(x_data, noise, t)
     v = DiT(x_t, t, condition with CFG dropout, patch_valid)
     loss = mean over samples of [ sum over C and texels in M of (v - v*)² / (C * |M|) ]
+           (train.region_weighting: each texel weighted by 1 / its body region's share of the atlas)
 
 `train.visibility_mode` picks what the model sees and what the loss counts (M):
 
