@@ -142,7 +142,7 @@ def split_phrases(caption: str, max_phrases: int = 8) -> list[str]:
     return pieces
 
 
-class PhraseTextEncoder:
+class PhraseTextEncoder(_CachedEncoder):
     """A text encoder's word tokens followed by one token per noun phrase, each phrase encoded on its own.
 
     In a whole-caption encoding the colour of the shoes is spread over the word states of a long sentence,
@@ -155,28 +155,24 @@ class PhraseTextEncoder:
     """
 
     def __init__(self, words: SentenceTextEncoder, max_phrases: int = 8) -> None:
+        super().__init__(words.dim, words.max_tokens + max_phrases)
         self.words, self.max_phrases = words, max_phrases
-        self.dim, self.max_tokens = words.dim, words.max_tokens + max_phrases
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        new = sorted({c for c in captions if c not in self._cache})
-        if new:
-            tokens, mask, pooled = self.words.encode(new)
-            phrases = [split_phrases(c, self.max_phrases) for c in new]
-            unique = sorted({p for ps in phrases for p in ps})
-            states = dict(zip(unique, zip(*self.words.encode(unique)[:2]))) if unique else {}
-            for i, caption in enumerate(new):
-                slots = torch.zeros(self.max_phrases, self.dim)
-                used = torch.zeros(self.max_phrases, dtype=torch.bool)
-                for j, phrase in enumerate(phrases[i]):
-                    s, m = states[phrase]  # (L, dim), (L,)
-                    slots[j] = (s * m[:, None]).sum(0) / m.sum().clamp_min(1)
-                    used[j] = True
-                self._cache[caption] = (torch.cat([tokens[i], slots]), torch.cat([mask[i], used]), pooled[i])
-        items = [self._cache[c] for c in captions]
-        return (torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]),
-                torch.stack([i[2] for i in items]))
+    def _encode_new(self, captions: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        tokens, mask, pooled = self.words.encode(captions)
+        phrases = [split_phrases(c, self.max_phrases) for c in captions]
+        unique = sorted({p for ps in phrases for p in ps})
+        states = dict(zip(unique, zip(*self.words.encode(unique)[:2]))) if unique else {}
+        out = []
+        for i, caption_phrases in enumerate(phrases):
+            slots = torch.zeros(self.max_phrases, self.dim)
+            used = torch.zeros(self.max_phrases, dtype=torch.bool)
+            for j, phrase in enumerate(caption_phrases):
+                s, m = states[phrase]  # (L, dim), (L,)
+                slots[j] = (s * m[:, None]).sum(0) / m.sum().clamp_min(1)
+                used[j] = True
+            out.append((torch.cat([tokens[i], slots]), torch.cat([mask[i], used]), pooled[i]))
+        return out
 
 
 def load_text_encoder(name: str, max_tokens: int = 32, device: str = "cpu") -> TextEncoder:
