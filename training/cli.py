@@ -81,6 +81,12 @@ def _add_diffusion_commands(sub) -> None:
     p = sub.add_parser("eval", help="evaluate DiT checkpoints on held-out synthetic people")
     evaluate.build_parser(p)
     p.set_defaults(run=evaluate.run)
+    from training import diagnose
+
+    p = sub.add_parser("diagnose", help="where a DiT's compute goes: loss by t, channel group and texel class, "
+                                        "with and without the caption; caption coverage")
+    diagnose.build_parser(p)
+    p.set_defaults(run=diagnose.run)
     from training import scaling  # `genlca-train scaling`: the data-scaling curve (train + eval per size)
 
     scaling.add_subparser(sub)

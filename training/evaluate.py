@@ -20,6 +20,17 @@ rarely show (the back, the back of the legs). Metrics, all pure functions below 
     as "truth -> predicted" (`attribute_errors`: a neighbouring shade, another garment's colour, ...).
     `classify_rendered_attributes` reads the same attributes off renders instead (front and back views,
     the regions' texels projected to pixels): what benchmarks/prompt_fidelity.py checks through the wire.
+(b') every other attribute a prompt names (garment type of the top and the bottom, pattern, hair style,
+    shoe kind) is read by `AttributeProbe`: a linear classifier per attribute over statistics of the token
+    map's body-part cells, fitted on the ground-truth token maps of the training split (never on the people
+    it scores); its accuracy on the held-out ground truth is that reader's ceiling, in the same table.
+    Held-out combinations are also scored on the pair itself (`pair_accuracy`: both of its attributes right).
+    Every accuracy comes with a 95 % interval (Wilson for one attribute, a bootstrap over people for the
+    mean over attributes).
+(c) visual quality against the ground truth, front view: colour noise (the std of the rendered colour
+    inside each attribute region) and floaters (alpha outside the ground truth's silhouette dilated by
+    FLOATER_MARGIN_PX pixels, per image pixel), each as the ratio of the sample's mean to the ground
+    truth's own mean.
 (d) diversity: mean pairwise RMS distance of decoded texel colours between samples of one prompt.
 (e) Fréchet distance between generated and ground-truth avatars on region colour statistics (mean
     RGB of the six edit regions: an 18-D feature per avatar).
@@ -40,6 +51,8 @@ import numpy as np
 import torch
 
 REGIONS = ("head", "torso", "arms", "hands", "legs", "feet")
+PROBE_ATTRIBUTES = ("upper", "upper_pattern", "lower", "hair_style", "shoes")
+FLOATER_MARGIN_PX = 3
 
 
 # ------------------------------------------------------------------------------ metrics (pure)
@@ -231,6 +244,180 @@ def attribute_hits(predicted: dict[str, str], truth: dict[str, Any]) -> dict[str
     return out
 
 
+# ------------------------------------------------------------------------------ every other attribute
+def cell_index(layout: Any) -> tuple[torch.Tensor, int]:
+    """(R, R) long: each atlas texel's cell, -1 outside. A cell is a body part split at its median height
+    and front / back (the sign of y about the part's mean anchor): sleeves, hems, hair length and a chest
+    print change different cells."""
+    parts = layout.part_ids
+    atlas = layout.atlas_mask
+    anchors = layout.anchors
+    cells = torch.full(parts.shape, -1, dtype=torch.long)
+    n = int(parts.max()) + 1
+    for p in range(n):
+        m = (parts == p) & atlas
+        if not bool(m.any()):
+            continue
+        z, y = anchors[..., 2], anchors[..., 1]
+        upper = z >= z[m].median()
+        back = y >= y[m].mean()
+        cells[m] = (p * 4 + upper.long() * 2 + back.long())[m]
+    return cells, 4 * n
+
+
+def token_features(tokens: torch.Tensor, cells: torch.Tensor, num_cells: int, channels: int = 10) -> torch.Tensor:
+    """(B, C, R, R) -> (B, F): per cell, mean and std of the first `channels` (explicit) channels, and the
+    colour's mean absolute step between neighbouring texels along each atlas axis inside a cell (stripes
+    and checks)."""
+    b = tokens.shape[0]
+    x = tokens[:, :channels].flatten(2).double()  # (B, Ch, R²)
+    flat = cells.reshape(-1)
+    inside = flat >= 0
+    one = torch.zeros(num_cells, flat.numel(), dtype=torch.float64)
+    one[flat[inside], torch.nonzero(inside)[:, 0]] = 1.0
+    count = one.sum(1).clamp_min(1)  # (cells,)
+    mean = x @ one.T / count  # (B, Ch, cells)
+    var = ((x ** 2) @ one.T / count - mean ** 2).clamp_min(0)
+    feats = [mean.flatten(1), var.sqrt().flatten(1)]
+    colour = tokens[:, :3].double()
+    for dim in (2, 3):
+        a = colour.narrow(dim, 1, colour.shape[dim] - 1)
+        c0 = cells.narrow(dim - 2, 1, cells.shape[dim - 2] - 1)
+        c1 = cells.narrow(dim - 2, 0, cells.shape[dim - 2] - 1)
+        same = (c0 == c1) & (c0 >= 0)
+        step = (a - colour.narrow(dim, 0, colour.shape[dim] - 1)).abs().mean(1)  # (B, ., .)
+        one_s = torch.zeros(num_cells, same.numel(), dtype=torch.float64)
+        idx = torch.nonzero(same.reshape(-1))[:, 0]
+        one_s[c0.reshape(-1)[idx], idx] = 1.0
+        feats.append(step.flatten(1) @ one_s.T / one_s.sum(1).clamp_min(1))
+    return torch.cat(feats, 1).float().reshape(b, -1)
+
+
+class AttributeProbe:
+    """A linear classifier per categorical attribute (PROBE_ATTRIBUTES) over `token_features`, fitted on
+    ground-truth token maps with their attributes (full-batch Adam on the cross-entropy, L2, standardised
+    features; deterministic)."""
+
+    def __init__(self, layout: Any) -> None:
+        self.cells, self.num_cells = cell_index(layout)
+        self.heads: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        self.mu = self.sd = None
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        f = token_features(tokens, self.cells, self.num_cells)
+        return (f - self.mu) / self.sd if self.mu is not None else f
+
+    def fit(self, tokens: torch.Tensor, attributes: list[dict[str, Any]], steps: int = 300,
+            weight_decay: float = 1e-3, seed: int = 0) -> "AttributeProbe":
+        raw = token_features(tokens, self.cells, self.num_cells)
+        self.mu, self.sd = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        x = (raw - self.mu) / self.sd
+        torch.manual_seed(seed)
+        for key in PROBE_ATTRIBUTES:
+            labels = sorted({a[key] for a in attributes if key in a})
+            if len(labels) < 2:
+                continue
+            keep = [i for i, a in enumerate(attributes) if key in a]
+            y = torch.tensor([labels.index(attributes[i][key]) for i in keep])
+            w = torch.zeros(x.shape[1], len(labels), requires_grad=True)
+            bias = torch.zeros(len(labels), requires_grad=True)
+            opt = torch.optim.Adam([w, bias], lr=0.05)
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(x[keep] @ w + bias, y) + weight_decay * (w ** 2).sum()
+                loss.backward()
+                opt.step()
+            self.heads[key] = (labels, w.detach(), bias.detach())
+        return self
+
+    def predict(self, tokens: torch.Tensor) -> list[dict[str, str]]:
+        """(B, C, R, R) -> per map {attribute: value}."""
+        x = self.features(tokens)
+        out: list[dict[str, str]] = [{} for _ in range(x.shape[0])]
+        for key, (labels, w, bias) in self.heads.items():
+            for i, j in enumerate((x @ w + bias).argmax(1).tolist()):
+                out[i][key] = labels[j]
+        return out
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion hits / n ((nan, nan) for n = 0)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_mean_interval(per_person: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of per-person scores."""
+    x = np.asarray([v for v in per_person if not math.isnan(v)], np.float64)
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(draws, len(x)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def pair_hits(person_attributes: dict[str, Any], predicted: dict[str, str]) -> dict[str, bool]:
+    """For each held-out combination the person shows ("key=value+key=value"): both attributes read right."""
+    from training.data.vocabulary import heldout_combinations_in
+
+    out = {}
+    for combo in heldout_combinations_in(person_attributes):
+        keys = [part.split("=", 1)[0] for part in combo.split("+")]
+        out[combo] = all(predicted.get(k) == person_attributes.get(k) for k in keys)
+    return out
+
+
+def read_all_attributes(tokens: torch.Tensor, regions: "RegionTexels", probe: AttributeProbe | None) -> dict[str, str]:
+    """Colours from the regions (classify_attributes) and, with a probe, every other attribute."""
+    predicted = classify_attributes(tokens, regions)
+    if probe is not None:
+        predicted.update(probe.predict(tokens[None])[0])
+    return predicted
+
+
+def summarise_hits(hits: dict[str, dict[str, list[bool]]]) -> dict[str, Any]:
+    """{group: {attribute: [bool]}} -> accuracy, Wilson interval and count per attribute and group."""
+    out: dict[str, Any] = {}
+    for group, by_attr in hits.items():
+        out[group] = {k: {"accuracy": float(np.mean(v)), "interval": wilson_interval(int(sum(v)), len(v)),
+                          "n": len(v)} for k, v in sorted(by_attr.items())}
+    return out
+
+
+def mean_accuracy_interval(per_person: dict[str, list[float]]) -> dict[str, Any]:
+    """{group: [per-person mean over attributes]} -> the mean and its bootstrap interval."""
+    return {g: {"mean": float(np.mean(v)), "interval": bootstrap_mean_interval(v), "people": len(v)}
+            for g, v in per_person.items() if v}
+
+
+def region_colour_noise(view: "RenderedView", layout: Any, regions: "RegionTexels", min_alpha: float = 0.5) -> float:
+    """Mean over the attribute regions seen from the view of the std of the rendered colour on the
+    region's pixels (a garment's colour noise; NaN when no region shows)."""
+    rgb = np.asarray(view.rgb, np.float64)
+    alpha = np.asarray(view.alpha, np.float64)
+    valid = layout.valid_indices.numpy()
+    px, visible = visible_texels(layout, view.camera)
+    stds = []
+    for region in ATTRIBUTE_REGIONS.values():
+        seen = visible & regions.masks[region].reshape(-1).numpy()[valid]
+        x, y = px[seen, 0], px[seen, 1]
+        keep = alpha[y, x] >= min_alpha
+        if keep.sum() >= 8:
+            stds.append(float(rgb[y[keep], x[keep]].std(0).mean()))
+    return float(np.mean(stds)) if stds else float("nan")
+
+
+def floater_mass(alpha: torch.Tensor, reference_alpha: torch.Tensor, margin: int = FLOATER_MARGIN_PX) -> float:
+    """Alpha outside the reference silhouette (alpha >= 0.5) dilated by `margin` pixels, per pixel."""
+    sil = (reference_alpha >= 0.5).float()[None, None]
+    grown = torch.nn.functional.max_pool2d(sil, 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0
+    return float(alpha[~grown].sum()) / float(alpha.numel())
+
+
 # ------------------------------------------------------------------------------ sampling and rendering
 @torch.no_grad()
 def sample_tokens(model: Any, condition: dict[str, torch.Tensor], steps: int = 25, method: str = "euler",
@@ -293,8 +480,10 @@ def template_tokens(layout: Any, decoder_config: Any) -> torch.Tensor:
 # ------------------------------------------------------------------------------ the evaluation
 def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], renderer: Renderer,
                         regions: RegionTexels, silhouettes: dict[str, torch.Tensor], samples: int = 2,
-                        steps: int = 25, text_scale: float = 4.0, seed: int = 0) -> dict[str, Any]:
-    """people: dicts with gt tokens (C, R, R), caption, attributes, split."""
+                        steps: int = 25, text_scale: float = 4.0, seed: int = 0,
+                        probe: AttributeProbe | None = None, shift: float = 1.0) -> dict[str, Any]:
+    """people: dicts with gt tokens (C, R, R), caption, attributes, split. With a probe, every attribute
+    the caption names is scored (module docstring (b')), with pairs, intervals and visual ratios."""
     from backend.models.conditioning import text_condition
 
     holes: dict[str, list[float]] = {v: [] for v in silhouettes}
@@ -303,19 +492,36 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
     hits: dict[str, dict[str, list[bool]]] = {}
     errors: dict[str, collections.Counter] = {}  # attribute -> "truth -> predicted" -> count
     div, feats = [], []
+    pairs: dict[str, list[bool]] = {}
+    per_person: dict[str, list[float]] = {}
+    noise, noise_gt, floaters, floaters_gt = [], [], [], []
     atlas = renderer.layout.atlas_mask
     for i, person in enumerate(people):
         cond = text_condition(encoder, [person["caption"]] * samples, model.config.image_dim)
         tokens = sample_tokens(model, cond, steps=steps, text_scale=text_scale, seed=seed + 1000 * i,
-                               atlas_mask=atlas)  # (S, C, R, R)
+                               atlas_mask=atlas, shift=shift)  # (S, C, R, R)
         first = tokens[0]
         feats.append(region_features(first, regions))
         div.append(diversity(texel_rgb(tokens.transpose(0, 1)).permute(1, 2, 3, 0)[:, atlas]))
-        predicted = classify_attributes(first, regions)
-        for key, ok in attribute_hits(predicted, person["attributes"]).items():
-            hits.setdefault(combination_group(person["split"]), {}).setdefault(key, []).append(ok)
+        predicted = read_all_attributes(first, regions, probe)
+        group = combination_group(person["split"])
+        scored = attribute_hits(predicted, person["attributes"])
+        for key, ok in scored.items():
+            hits.setdefault(group, {}).setdefault(key, []).append(ok)
             if not ok:
                 errors.setdefault(key, collections.Counter())[f"{person['attributes'][key]} -> {predicted[key]}"] += 1
+        per_person.setdefault(group, []).append(float(np.mean(list(scored.values()))) if scored else float("nan"))
+        for combo, ok in pair_hits(person["attributes"], predicted).items():
+            pairs.setdefault(combo, []).append(ok)
+        if probe is not None and "front" in renderer.cameras:
+            rgb, alpha = renderer(first, "front")
+            rgb_gt, alpha_gt = renderer(person["tokens"], "front")
+            cam = renderer.cameras["front"]
+            noise.append(region_colour_noise(RenderedView(rgb.numpy(), alpha.numpy(), cam), renderer.layout, regions))
+            noise_gt.append(region_colour_noise(RenderedView(rgb_gt.numpy(), alpha_gt.numpy(), cam), renderer.layout,
+                                                regions))
+            floaters.append(floater_mass(alpha, alpha_gt))
+            floaters_gt.append(floater_mass(alpha_gt, alpha_gt))
         for view, sil in silhouettes.items():
             rgb, alpha = renderer(first, view)
             rgb_gt, _ = renderer(person["tokens"], view)
@@ -324,7 +530,19 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
             rmse[view].append(e)
             psnr[view].append(p)
     gt_feats = np.stack([region_features(p["tokens"], regions) for p in people])
-    return {"hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
+    extra: dict[str, Any] = {}
+    if probe is not None:
+        pair_all = [ok for v in pairs.values() for ok in v]
+        extra = {"attribute_detail": summarise_hits(hits), "mean_accuracy": mean_accuracy_interval(per_person),
+                 "pair_accuracy": {"all": {"accuracy": float(np.mean(pair_all)) if pair_all else float("nan"),
+                                           "interval": wilson_interval(int(sum(pair_all)), len(pair_all)),
+                                           "n": len(pair_all)},
+                                   **{c: {"accuracy": float(np.mean(v)), "n": len(v)} for c, v in sorted(pairs.items())}},
+                 "visual": {"colour_noise": float(np.nanmean(noise)), "colour_noise_gt": float(np.nanmean(noise_gt)),
+                            "colour_noise_ratio": float(np.nanmean(noise) / np.nanmean(noise_gt)),
+                            "floaters": float(np.mean(floaters)), "floaters_gt": float(np.mean(floaters_gt)),
+                            "floaters_ratio": float(np.mean(floaters) / max(np.mean(floaters_gt), 1e-9))}}
+    return {**extra, "hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
             "psnr_db": {v: float(np.mean(x)) for v, x in psnr.items()},
             "rmse": {v: float(np.mean(x)) for v, x in rmse.items()},
             "attribute_accuracy": {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in hits.items()},
@@ -339,22 +557,37 @@ def combination_group(split: str) -> str:
 
 
 def ground_truth_row(people: list[dict[str, Any]], renderer: Renderer, regions: RegionTexels,
-                     silhouettes: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The same metrics on the ground truth itself: the ceiling of attribute accuracy and the holes that
-    the decoder leaves on a perfect token map."""
+                     silhouettes: dict[str, torch.Tensor], probe: AttributeProbe | None = None) -> dict[str, Any]:
+    """The same metrics on the ground truth itself: the ceiling of attribute accuracy (the readers' own
+    accuracy) and the holes that the decoder leaves on a perfect token map."""
     hits: dict[str, dict[str, list[bool]]] = {}
     holes: dict[str, list[float]] = {v: [] for v in silhouettes}
+    pairs: list[bool] = []
+    per_person: dict[str, list[float]] = {}
     for person in people:
-        for key, ok in attribute_hits(classify_attributes(person["tokens"], regions), person["attributes"]).items():
+        predicted = read_all_attributes(person["tokens"], regions, probe)
+        scored = attribute_hits(predicted, person["attributes"])
+        for key, ok in scored.items():
             hits.setdefault(combination_group(person["split"]), {}).setdefault(key, []).append(ok)
+        per_person.setdefault(combination_group(person["split"]), []).append(float(np.mean(list(scored.values()))))
+        pairs += list(pair_hits(person["attributes"], predicted).values())
         for view, sil in silhouettes.items():
             holes[view].append(hole_fraction(renderer(person["tokens"], view)[1], sil))
-    return {"hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
+    extra: dict[str, Any] = {}
+    if probe is not None:
+        extra = {"attribute_detail": summarise_hits(hits), "mean_accuracy": mean_accuracy_interval(per_person),
+                 "pair_accuracy": {"all": {"accuracy": float(np.mean(pairs)) if pairs else float("nan"),
+                                           "interval": wilson_interval(int(sum(pairs)), len(pairs)), "n": len(pairs)}}}
+    return {**extra, "hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
             "attribute_accuracy": {s: {k: float(np.mean(v)) for k, v in d.items()} for s, d in hits.items()}}
 
 
-def load_people(folder: str | Path, splits: list[str], max_people: int) -> tuple[list[dict[str, Any]], dict]:
-    """One entry per person (first clip of each `meta['person']`, else per clip), ground-truth tokens."""
+def load_people(folder: str | Path, splits: list[str], max_people: int,
+                recaption: bool = False) -> tuple[list[dict[str, Any]], dict]:
+    """One entry per person (first clip of each `meta['person']`, else per clip), ground-truth tokens.
+    recaption: the prompt is the canonical caption of the person's attributes (vocabulary.captions' first,
+    which names every attribute), not the first stored caption."""
+    from training.data import vocabulary
     from training.data.shards import iter_shards
 
     people, seen, source = [], set(), {}
@@ -368,8 +601,11 @@ def load_people(folder: str | Path, splits: list[str], max_people: int) -> tuple
                 continue
             seen.add(key)
             per_split[split] += 1
+            attrs = meta.get("attributes", {})
+            caption = (vocabulary.phrasing(vocabulary.caption_parts(attrs), 0) if recaption and vocabulary.can_caption(attrs)
+                       else shard.captions[i][0])
             people.append({"tokens": torch.from_numpy(shard.tokens[i].astype(np.float32)),
-                           "caption": shard.captions[i][0], "attributes": meta.get("attributes", {}),
+                           "caption": caption, "attributes": attrs,
                            "split": split, "clip_id": shard.clip_ids[i]})
     return people, source
 
@@ -410,6 +646,29 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
         for group, acc in sorted(r.get("attribute_accuracy", {}).items()):
             rows.append(f"| {name} | {group} | " + " | ".join(
                 f"{acc[a]:.2f}" if a in acc else "-" for a in attrs) + " |")
+    detailed = {n: r for n, r in results.items() if "attribute_detail" in r}
+    if detailed:
+        keys = sorted({k for r in detailed.values() for g in r["attribute_detail"].values() for k in g})
+        rows += ["", "Every attribute the prompt names, accuracy [95 % interval] (n people); the ground-truth row is "
+                 "the readers' ceiling:", "",
+                 "| model | group | mean [95 %] | " + " | ".join(keys) + " | held-out pairs |",
+                 "|---|---|---|" + "---|" * len(keys) + "---|"]
+        for name, r in detailed.items():
+            for group, acc in sorted(r["attribute_detail"].items()):
+                m = r.get("mean_accuracy", {}).get(group, {})
+                mean = (f"{m['mean']:.2f} [{m['interval'][0]:.2f}, {m['interval'][1]:.2f}] ({m['people']})"
+                        if m else "-")
+                cells = [f"{acc[k]['accuracy']:.2f} [{acc[k]['interval'][0]:.2f}, {acc[k]['interval'][1]:.2f}]"
+                         if k in acc else "-" for k in keys]
+                pair = r.get("pair_accuracy", {}).get("all") if group == "heldout" else None
+                pair_cell = (f"{pair['accuracy']:.2f} [{pair['interval'][0]:.2f}, {pair['interval'][1]:.2f}] "
+                             f"({pair['n']})" if pair else "-")
+                rows.append(f"| {name} | {group} | {mean} | " + " | ".join(cells) + f" | {pair_cell} |")
+        visual = {n: r["visual"] for n, r in detailed.items() if "visual" in r}
+        if visual:
+            rows += ["", "| model | colour noise in regions (x ground truth) | floaters (x ground truth) |", "|---|---|---|"]
+            rows += [f"| {n} | {v['colour_noise']:.4f} ({v['colour_noise_ratio']:.2f}x) | "
+                     f"{v['floaters']:.5f} ({v['floaters_ratio']:.2f}x) |" for n, v in visual.items()]
     if any(r.get("attribute_errors") for r in results.values()):  # what the misses were, both groups together
         rows += ["", "| model | " + " | ".join(f"{a} misses (truth -> predicted)" for a in attrs) + " |",
                  "|---|" + "---|" * len(attrs)]
@@ -436,6 +695,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", default=None, help="JSON results")
     parser.add_argument("--markdown", default=None, help="write the table here too")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--probe-shards", default=None,
+                        help="shards whose train split fits the attribute probe (default: --shards)")
+    parser.add_argument("--probe-people", type=int, default=1500,
+                        help="training people the probe is fitted on (0: no probe, colours only)")
+    parser.add_argument("--stored-captions", action="store_true",
+                        help="prompt with each person's first stored caption (default: the canonical caption "
+                             "of its attributes, which names every attribute)")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="sampling timestep shift (default: the checkpoint's sampling_shift, else 1)")
     parser.add_argument("--loss-png", default=None,
                         help="also plot the training loss of each checkpoint (metrics.jsonl beside it) into this PNG")
     return parser
@@ -478,7 +746,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    people, source = load_people(args.shards, args.splits, args.max_people)
+    people, source = load_people(args.shards, args.splits, args.max_people, recaption=not args.stored_captions)
     if not people:
         raise SystemExit(f"{args.shards}: no people in splits {args.splits}")
     r, c = people[0]["tokens"].shape[-1], people[0]["tokens"].shape[0]
@@ -488,15 +756,25 @@ def run(args: argparse.Namespace) -> int:
     regions = RegionTexels.from_layout(layout)
     tmpl = template_tokens(layout, dec_cfg)
     silhouettes = {v: renderer(tmpl, v)[1] >= 0.5 for v in ("back", "legs_back")}
-    results: dict[str, Any] = {"ground truth": ground_truth_row(people, renderer, regions, silhouettes)}
+    probe = None
+    if args.probe_people > 0:
+        train_people, _ = load_people(args.probe_shards or args.shards, ["train"], args.probe_people)
+        scored = {p["clip_id"] for p in people}
+        train_people = [p for p in train_people if p["clip_id"] not in scored]
+        if len(train_people) >= 20:
+            probe = AttributeProbe(layout).fit(torch.stack([p["tokens"] for p in train_people]),
+                                               [p["attributes"] for p in train_people])
+    results: dict[str, Any] = {"ground truth": ground_truth_row(people, renderer, regions, silhouettes, probe)}
     for path in args.checkpoints:
         ckpt = load_checkpoint(path, "dit", training_state=False)
         model = dit_from_checkpoint(ckpt)
         encoder = load_text_encoder(args.text_encoder or ckpt.config.get("text_encoder", "minilm"),
                                     int(ckpt.config.get("max_text_tokens", 32)))
         name = f"{Path(path).parent.name} ({ckpt.config.get('visibility_mode', '?')})"
+        shift = args.shift if args.shift is not None else float(ckpt.config.get("sampling_shift", 1.0))
         results[name] = evaluate_checkpoint(model, encoder, people, renderer, regions, silhouettes, args.samples,
-                                            args.steps, args.text_scale, args.seed)
+                                            args.steps, args.text_scale, args.seed, probe=probe, shift=shift)
+        results[name]["sampling_shift"] = shift
         results[name]["checkpoint"] = str(path)
         print(json.dumps({name: results[name]}), flush=True)
     table = markdown_table(results)

@@ -142,10 +142,12 @@ class EMA:
         self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        """One EMA step; `decay` overrides the configured one for this step (warm-up schedules)."""
+        d = self.decay if decay is None else decay
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach().float(), alpha=1.0 - self.decay)
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1.0 - d)
             else:
                 self.shadow[k].copy_(v)
 

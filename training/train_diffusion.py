@@ -5,15 +5,25 @@
 
 One step (per rank, on its slice of the global batch; all draws from runtime.step_generator(seed, step)):
 
-    x_data = normalize(tokens)                   per-channel stats of the training set's valid texels
-    t ~ logit-normal, noise ~ N(0, I);  x_t, v* = FlowPath.sample(x_data, noise, t)
+    x_data = normalize(tokens)                   per-channel stats (data.statistics: of the valid texels,
+                                                 or of every atlas texel as the model sees them)
+    t = shift(sigmoid(N(t_mean, t_std)), t_shift), noise ~ N(0, I);  x_t, v* = FlowPath.sample(x_data, noise, t)
     v = DiT(x_t, t, condition with CFG dropout, patch_valid)
-    loss = mean over samples of [ sum over C and texels in M of (v - v*)² / (C * |M|) ]
-           (train.region_weighting: each texel weighted by 1 / its body region's share of the atlas)
+    loss = mean over samples of [ sum over C and texels in M of w_c (v - v*)² / (sum_c w_c * |M|) ]
+           (w_c: train.channel_weights per channel group, e.g. colour 3, latent 0;
+            train.region_weighting: each texel weighted by 1 / its body region's share of the atlas)
+
+Where the compute goes (`genlca-train diagnose` measures it; docs/BENCHMARKS.md, "Prompt fidelity: the
+recipe"): a garment is hundreds of texels of one colour, so x_t still shows its colour until t ~ 0.9 and
+only steps near t = 1 make the model take colour from the text. `train.t_shift` (SD3's resolution shift,
+t' = s t / (1 + (s - 1) t)) moves the draws there; the checkpoint records it and sampling uses the same
+shift by default.
 
 `train.visibility_mode` picks what the model sees and what the loss counts (M):
 
-    aware      invalid patches -> MASK embedding;  M = visible AND atlas      (the GenLCA recipe)
+    aware      invalid patches -> MASK embedding;  M = visible AND atlas AND in a valid patch (the GenLCA
+             recipe; a texel of a MASKed patch is left out: the model never saw its noise, so its
+             velocity cannot be predicted: `train.loss_in_masked_patches` puts it back)
     loss_mask  raw tokens in;                       M = visible AND atlas      (ablation baseline)
     naive      raw tokens in;                       M = atlas                  (ablation baseline)
 
@@ -48,7 +58,7 @@ import torch
 from backend.config import apply_overrides, load_config, to_dict
 from backend.models.conditioning import cfg_dropout, drop, load_text_encoder
 from backend.models.dit import DiT_models, TokenMapDiT, patch_geometry, patch_validity, synthetic_geometry
-from backend.sampling.path import FlowPath, sample_logit_normal
+from backend.sampling.path import FlowPath, sample_logit_normal, shift_time
 from training import runtime
 
 VisibilityMode = Literal["aware", "naive", "loss_mask"]
@@ -73,6 +83,10 @@ class DataSection:
     unseen_fill: Literal["transparent_mean", "mean", "zero", "none"] = "transparent_mean"
     max_items: int = 0               # 0: all
     template: str = "anny"           # for the atlas geometry of the positional encoding; "" = a flat grid
+    statistics: Literal["visible", "atlas"] = "visible"  # normalisation over the valid texels, or over every
+                                     # atlas texel after the unseen fill (no fill lands at tens of sigmas)
+    recaption: bool = False          # synthetic people: captions rewritten from meta["attributes"] by
+                                     # training/data/vocabulary.py (every attribute named), not the stored ones
 
 
 @dataclasses.dataclass
@@ -99,6 +113,12 @@ class TrainSection:
     t_std: float = 1.0
     visibility_mode: VisibilityMode = "aware"
     patch_visible_threshold: float = 0.5
+    t_shift: float = 1.0             # SD3 timestep shift of the training draws (and the default at sampling)
+    channel_weights: dict[str, float] = dataclasses.field(default_factory=dict)  # per channel group
+                                     # (colour, offset, opacity, scale, latent; explicit layout), default 1
+    loss_in_masked_patches: bool = False  # aware mode: count visible texels of MASKed patches (irreducible)
+    ema_warmup: bool = False         # EMA decay min(ema_decay, (1 + step) / (10 + step)) (a fresh run's
+                                     # EMA then forgets its random initial weights)
     region_weighting: bool = False   # weight a texel's loss by 1 / its body region's share of the atlas, so
                                      # the feet (5 % of the texels) count as much as the head (35 %)
     log_every: int = 10
@@ -185,6 +205,16 @@ def token_statistics(tokens: torch.Tensor, visibility: torch.Tensor, atlas: torc
     return mean, var.sqrt().clamp_min(min_std)
 
 
+def recaption(ds: TokenDataset, count: int = 4) -> TokenDataset:
+    """Captions rewritten from each synthetic person's attributes (vocabulary.captions, seeded by the person
+    id: the same captions every run); clips without attributes keep theirs."""
+    from training.data import vocabulary
+
+    caps = [vocabulary.captions(m["attributes"], vocabulary.caption_rng(str(m.get("person_id", i))), count)
+            if vocabulary.can_caption(m.get("attributes", {})) else c for i, (c, m) in enumerate(zip(ds.captions, ds.metas))]
+    return dataclasses.replace(ds, captions=caps)
+
+
 def fill_unseen(ds: TokenDataset, mean: torch.Tensor, mode: str) -> TokenDataset:
     """Replace unseen atlas texels as a tokenizer would have left them (module docstring)."""
     if mode == "none":
@@ -225,6 +255,13 @@ def texel_loss_mask(visibility: torch.Tensor, atlas: torch.Tensor, mode: str) ->
     return visibility & atlas
 
 
+def texels_of_patches(patch_valid: torch.Tensor, patch_size: int, resolution: int) -> torch.Tensor:
+    """(B, T) bool per patch -> (B, R, R) bool per texel (row-major patches, as dit.patch_validity)."""
+    g = resolution // patch_size
+    grid = patch_valid.reshape(-1, g, g)
+    return grid.repeat_interleave(patch_size, 1).repeat_interleave(patch_size, 2)
+
+
 def region_weights(template: str, resolution: int) -> torch.Tensor:
     """(R, R) float: 1 / (the texel's body region's share of the atlas texels), scaled to mean 1 over the
     atlas (texels of no region: 1 before scaling; 0 outside the atlas)."""
@@ -241,20 +278,57 @@ def region_weights(template: str, resolution: int) -> torch.Tensor:
     return weights / weights[atlas].mean()
 
 
+def channel_weight_vector(weights: dict[str, float], channels: int) -> torch.Tensor | None:
+    """(C,) loss weight per channel from weights per group (backend/avatar/tokens.EXPLICIT_CHANNEL_GROUPS;
+    "latent" = the channels after them); None when no weight is given."""
+    if not weights:
+        return None
+    groups = channel_groups(channels)
+    unknown = sorted(set(weights) - set(groups))
+    if unknown:
+        raise ValueError(f"train.channel_weights: unknown group(s) {unknown}; expected some of {sorted(groups)}")
+    w = torch.ones(channels)
+    for name, value in weights.items():
+        if not (math.isfinite(float(value)) and float(value) >= 0):
+            raise ValueError(f"train.channel_weights.{name}: expected a finite weight >= 0, got {value!r}")
+        w[list(groups[name])] = float(value)
+    if float(w.sum()) <= 0:
+        raise ValueError("train.channel_weights: every channel has weight 0")
+    return w
+
+
+def channel_groups(channels: int) -> dict[str, tuple[int, ...]]:
+    from backend.avatar.tokens import EXPLICIT_CHANNEL_GROUPS, EXPLICIT_CHANNELS
+
+    return {**EXPLICIT_CHANNEL_GROUPS, "latent": tuple(range(EXPLICIT_CHANNELS, channels))}
+
+
 def flow_loss(model: TokenMapDiT, x_data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
               condition: dict[str, torch.Tensor], loss_mask: torch.Tensor,
-              patch_valid: torch.Tensor | None, texel_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample masked (and, with texel_weights (R, R), weighted) MSE of the velocity, averaged over samples.
+              patch_valid: torch.Tensor | None, texel_weights: torch.Tensor | None = None,
+              channel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample masked (and, with texel_weights (R, R) / channel_weights (C,), weighted) MSE of the
+    velocity, averaged over samples.
 
     x_data, noise (B, C, R, R), t (B,), loss_mask (B, R, R) bool, patch_valid (B, T) bool or None.
     """
+    return per_sample_flow_loss(model, x_data, noise, t, condition, loss_mask, patch_valid, texel_weights,
+                                channel_weights).mean()
+
+
+def per_sample_flow_loss(model: TokenMapDiT, x_data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                         condition: dict[str, torch.Tensor], loss_mask: torch.Tensor,
+                         patch_valid: torch.Tensor | None, texel_weights: torch.Tensor | None = None,
+                         channel_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the loss of `flow_loss` per sample."""
     x_t, target = FlowPath().sample(x_data, noise, t)  # (B, C, R, R) ×2
     v = model(x_t, t, **condition, patch_valid=patch_valid)  # (B, C, R, R)
     m = loss_mask[:, None].to(v.dtype)  # (B, 1, R, R)
     if texel_weights is not None:
         m = m * texel_weights.to(m)
-    per_sample = (((v.float() - target) ** 2) * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * v.shape[1]).clamp_min(1)
-    return per_sample.mean()
+    w = torch.ones(v.shape[1], device=v.device) if channel_weights is None else channel_weights.to(v.device)
+    err = ((v.float() - target) ** 2) * w[None, :, None, None]  # (B, C, R, R)
+    return (err * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * w.sum()).clamp_min(1e-8)
 
 
 class ConditionBank:
@@ -281,7 +355,7 @@ def make_batch(step: int, ds: TokenDataset, cfg: DiffusionConfig, bank: Conditio
     idx_all = runtime.global_batch_indices(step, len(ds), bg, tr.seed)  # (Bg,)
     c, r = ds.tokens.shape[1], ds.tokens.shape[2]
     noise_all = torch.randn(bg, c, r, r, generator=gen)  # (Bg, C, R, R)
-    t_all = sample_logit_normal(bg, tr.t_mean, tr.t_std, generator=gen)  # (Bg,)
+    t_all = shift_time(sample_logit_normal(bg, tr.t_mean, tr.t_std, generator=gen), tr.t_shift)  # (Bg,)
     drop_text_all, drop_image_all = cfg_dropout(bg, cc.p_drop_text, cc.p_drop_image, cc.p_drop_both, gen)
     pick_all = torch.randint(0, 1 << 30, (bg,), generator=gen)
     sl = runtime.rank_slice(bg, ctx)
@@ -307,12 +381,15 @@ def make_batch(step: int, ds: TokenDataset, cfg: DiffusionConfig, bank: Conditio
     loss_mask = texel_loss_mask(vis, atlas, tr.visibility_mode)
     patch_valid = (patch_validity(vis, atlas, model.config.patch_size, tr.patch_visible_threshold)
                    if tr.visibility_mode == "aware" else None)
+    if patch_valid is not None and not tr.loss_in_masked_patches:
+        loss_mask = loss_mask & texels_of_patches(patch_valid, model.config.patch_size, r)
     return x_data, noise_all[sl].to(dev), t_all[sl].to(dev), cond, loss_mask, patch_valid
 
 
 # ------------------------------------------------------------------------------ the loop
 def checkpoint_config(cfg: DiffusionConfig, model: TokenMapDiT, ds: TokenDataset) -> dict[str, Any]:
     return {"model": dataclasses.asdict(model.config), "train_config": to_dict(cfg),
+            "sampling_shift": cfg.train.t_shift,
             "text_encoder": cfg.condition.text_encoder, "max_text_tokens": cfg.condition.max_text_tokens,
             "visibility_mode": cfg.train.visibility_mode, "token_source": ds.source,
             "dataset_size": len(ds)}
@@ -349,8 +426,12 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
         torch.set_num_threads(tr.threads)
     torch.manual_seed(tr.seed)
     ds = dataset if dataset is not None else load_dataset(cfg.data.shards, cfg.data.splits, cfg.data.max_items)
+    if cfg.data.recaption:
+        ds = recaption(ds)
     mean, std = token_statistics(ds.tokens, ds.visibility, ds.atlas_mask)
     ds = fill_unseen(ds, mean, cfg.data.unseen_fill)
+    if cfg.data.statistics == "atlas":  # what the model sees: every atlas texel, unseen ones as filled
+        mean, std = token_statistics(ds.tokens, torch.ones_like(ds.visibility), ds.atlas_mask)
     encoder = load_text_encoder(cfg.condition.text_encoder, cfg.condition.max_text_tokens)
     bank = ConditionBank(encoder, ds.captions)
     model = build_model(cfg, ds.tokens.shape[-1], ds.tokens.shape[1], encoder.dim).to(ctx.device)
@@ -362,6 +443,7 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
     if tr.region_weighting and not cfg.data.template:
         raise ValueError("train.region_weighting needs the body regions of data.template (it is empty)")
     weights = region_weights(cfg.data.template, ds.tokens.shape[-1]).to(ctx.device) if tr.region_weighting else None
+    cweights = channel_weight_vector(tr.channel_weights, ds.tokens.shape[1])
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay, betas=(0.9, 0.99))
     out = Path(tr.out_dir)
@@ -384,13 +466,13 @@ def train(cfg: DiffusionConfig, *, stop_at: int | None = None, resume: bool = Tr
                 g["lr"] = lr
             with runtime.autocast(ctx, tr.mixed_precision):
                 x_data, noise, t, cond, loss_mask, patch_valid = make_batch(step, ds, cfg, bank, model, ctx)
-                loss = flow_loss(model, x_data, noise, t, cond, loss_mask, patch_valid, weights)
+                loss = flow_loss(model, x_data, noise, t, cond, loss_mask, patch_valid, weights, cweights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             runtime.allreduce_gradients(params, ctx)
             grad_norm = runtime.clip_gradients(params, tr.grad_clip)
             optimizer.step()
-            ema.update(model)
+            ema.update(model, decay=min(tr.ema_decay, (1 + step) / (10 + step)) if tr.ema_warmup else None)
             value = runtime.allreduce_mean(float(loss.detach()), ctx)
             losses.append(value)
             done = step + 1

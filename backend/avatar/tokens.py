@@ -80,6 +80,7 @@ class TokenDecoderConfig:
 
 EXPLICIT_CHANNELS = 10
 COLOUR_CHANNELS = (0, 1, 2)  # the SH-DC colour, in both layouts (the channels a photo's colour pins)
+EXPLICIT_CHANNEL_GROUPS = {"colour": COLOUR_CHANNELS, "offset": (3, 4, 5), "opacity": (6,), "scale": (7, 8, 9)}
 DEFAULT_REGION_REACH = {"head": 0.45, "torso": 0.30, "arms": 0.12, "hands": 0.03, "legs": 0.40, "feet": 0.05}
 
 

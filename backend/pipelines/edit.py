@@ -43,7 +43,7 @@ def edit_text(bundle, tokens: torch.Tensor, prompt: str, *, strength: float = 0.
 
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(bundle.config)
     dit = bundle.dit
     src, atlas = _source(bundle, tokens)
     steps = max(1, round(settings.steps * strength)) if strength > 0 else 0
@@ -79,7 +79,7 @@ def regenerate_region(bundle, tokens: torch.Tensor, regions: str | list[str], pr
     unknown = [n for n in names if n not in REGION_NAMES]
     if not names or unknown:
         raise ValueError(f"unknown region(s) {unknown or names}; expected some of {list(REGION_NAMES)}")
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(bundle.config)
     region = bundle.layout.region_mask(names)  # (R, R)
     out = _inpaint_mask(bundle, tokens, region, prompt, seed=seed, settings=settings, progress=progress,
                         cancel=cancel)
@@ -179,7 +179,7 @@ def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str =
     the mask, so there is no strength here. An empty mask returns the source unchanged."""
     if not prompt.strip():
         raise ValueError("an auto-region edit needs a prompt (the mask is what that prompt changes)")
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(bundle.config)
     if progress is not None:
         progress("mask", 0, 1)
     mask, _ = edit_mask(bundle, tokens, prompt, ref_prompt, threshold=threshold, snap=snap)

@@ -34,7 +34,8 @@ class SamplerSettings:
     guidance: float = 4.0          # text CFG scale (1 = the conditional model alone)
     image_guidance: float = 1.0    # image CFG scale
     method: str = "euler"          # "euler" | "heun"
-    shift: float = 1.0             # timestep shift (backend/sampling/path.py)
+    shift: float | None = None     # timestep shift (backend/sampling/path.py); None: the model's own
+                                   # (its checkpoint's sampling_shift, the shift it was trained with; else 1)
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 1000:
@@ -45,8 +46,15 @@ class SamplerSettings:
             raise ValueError(f"image_guidance must be in [0, 30], got {self.image_guidance}")
         if self.method not in ("euler", "heun"):
             raise ValueError(f"method must be 'euler' or 'heun', got {self.method!r}")
-        if not (np.isfinite(self.shift) and 0.05 <= self.shift <= 20.0):
+        if self.shift is not None and not (np.isfinite(self.shift) and 0.05 <= self.shift <= 20.0):
             raise ValueError(f"shift must be in [0.05, 20], got {self.shift}")
+
+
+    def resolved(self, model_config: dict[str, Any]) -> "SamplerSettings":
+        """These settings with the model's defaults filled in (the shift it was trained with)."""
+        if self.shift is not None:
+            return self
+        return dataclasses.replace(self, shift=float(model_config.get("sampling_shift", 1.0)))
 
 
 @dataclasses.dataclass
@@ -98,7 +106,7 @@ def generate_tokens(bundle, prompt: str, *, seed: int = 0, settings: SamplerSett
     """-> (tokens (C, R, R) in decoder space, info). Deterministic for (model, prompt, photo, seed, settings)."""
     from backend.sampling.editing import inpaint, noise_like, sample
 
-    settings = settings or SamplerSettings()
+    settings = (settings or SamplerSettings()).resolved(bundle.config)
     dit, layout = bundle.dit, bundle.layout
     device = next(dit.parameters()).device
     c, r = dit.config.token_channels, dit.config.resolution

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: captions name every attribute, from their own stream (people unchanged)
 KEYPOINT_JOINTS = ("head", "neck01", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
                    "wrist.L", "wrist.R", "root", "upperleg01.L", "upperleg01.R", "lowerleg01.L",
                    "lowerleg01.R", "foot.L", "foot.R", "toe1-1.L", "toe1-1.R")
@@ -106,6 +106,7 @@ class Context:
         self.joint_ids = [self.template.joint_index(n) for n in KEYPOINT_JOINTS]
         self.valid = self.layout.valid_indices.numpy()
         self.texel_size = self.layout.gather("texel_size").numpy().astype(np.float64)
+        self.rest_inv = self.skeleton._rest_inv.double().numpy()  # (J, 4, 4)
 
 
 # ------------------------------------------------------------------ person
@@ -136,7 +137,8 @@ def make_person(ctx: Context, index: int, rng: np.random.Generator) -> Person:
                  stature="tall" if stature > 1.69 else "short" if stature < 1.63 else None,
                  stature_m=round(stature, 3))
     split = vocabulary.assign_split(attrs, rng)
-    caps = vocabulary.captions(attrs, rng)
+    rng.permutation(4)  # the draw the captions once took from the person's stream (keeps every person as it was)
+    caps = vocabulary.captions(attrs, vocabulary.caption_rng(f"p{ctx.config.seed}-{index:06d}"))
     params = appearance.paint(layout, lm, attrs, disp, rng)
     frames = layout.frames.numpy().astype(np.float64)  # (R, R, 3, 3) columns t, b, n
     local = np.einsum("rcji,rcj->rci", frames, params.offset)  # F^T d
@@ -237,6 +239,35 @@ def _motion(ctx: Context, rng: np.random.Generator, source: str | None = None):
     return ctx.walk.window(float(rng.uniform(0, ctx.walk.period)), f, step)
 
 
+@dataclasses.dataclass
+class ClipPlan:
+    """What one clip shows, drawn before anything is rendered: motion, cameras, occluders, colours."""
+
+    motion: Any
+    joints: np.ndarray            # (F, J, 4, 4) posed joint matrices
+    cameras: list
+    camera_meta: dict[str, Any]
+    occluders: list[list[int]]
+    background: np.ndarray        # (3,)
+    occluder_colours: np.ndarray  # (max(1, O), 3)
+
+
+def plan_clip(ctx: Context, rng: np.random.Generator, view: str | None = None, occlude: bool | None = None,
+              motion_source: str | None = None) -> ClipPlan:
+    """The draws of one clip, in the order of the person's stream (make_clip and make_shard_item share them)."""
+    cfg = ctx.config
+    mot = _motion(ctx, rng, motion_source)
+    drawn = VIEWS[int(rng.choice(len(VIEWS), p=VIEW_PROBS))]
+    view = view or drawn
+    _, fwd, joints = _yaw_of_root(ctx, mot.joint_rotations, mot.root_translation)
+    cams, cam_meta = _plan_cameras(ctx, rng, view, fwd, joints)
+    drawn_occ = rng.random() < OCCLUDER_PROB
+    occluders = _occluders(rng, cfg.width, cfg.height) if (drawn_occ if occlude is None else occlude) else []
+    bg = rng.uniform(0.35, 0.9, size=3) * rng.uniform(0.8, 1.0)
+    occ_colour = rng.uniform(0.1, 0.7, size=(max(len(occluders), 1), 3))
+    return ClipPlan(mot, joints, cams, cam_meta, occluders, bg, occ_colour)
+
+
 def make_clip(ctx: Context, person: Person, rng: np.random.Generator, view: str | None = None,
               occlude: bool | None = None, motion_source: str | None = None):
     """One clip of `person`. view / occlude / motion_source force what is otherwise drawn from `rng`
@@ -249,15 +280,9 @@ def make_clip(ctx: Context, person: Person, rng: np.random.Generator, view: str 
     from training.data.vocabulary import heldout_combinations_in
 
     cfg = ctx.config
-    mot = _motion(ctx, rng, motion_source)
-    drawn = VIEWS[int(rng.choice(len(VIEWS), p=VIEW_PROBS))]
-    view = view or drawn
-    _, fwd, joints = _yaw_of_root(ctx, mot.joint_rotations, mot.root_translation)
-    cams, cam_meta = _plan_cameras(ctx, rng, view, fwd, joints)
-    drawn_occ = rng.random() < OCCLUDER_PROB
-    occluders = _occluders(rng, cfg.width, cfg.height) if (drawn_occ if occlude is None else occlude) else []
-    bg = rng.uniform(0.35, 0.9, size=3) * rng.uniform(0.8, 1.0)
-    occ_colour = rng.uniform(0.1, 0.7, size=(max(len(occluders), 1), 3))
+    plan = plan_clip(ctx, rng, view, occlude, motion_source)
+    mot, joints, cams, cam_meta, occluders, bg, occ_colour = (plan.motion, plan.joints, plan.cameras, plan.camera_meta,
+                                                              plan.occluders, plan.background, plan.occluder_colours)
     g = gaussians_of(ctx, person.tokens)
     k = ctx.cfg.gaussians_per_texel
     frames, masks, seen = [], [], []
@@ -307,6 +332,176 @@ def make_clip(ctx: Context, person: Person, rng: np.random.Generator, view: str 
                       joint_rotations=mot.joint_rotations, root_translation=mot.root_translation, keypoints=kps,
                       shape=person.shape, meta=meta,
                       extras={"gt_tokens": person.tokens.numpy().astype(np.float32), "visibility": visibility})
+
+
+# ------------------------------------------------------------------ tokens only (no frames)
+def zbuffer_depth(means_cam: np.ndarray, intrinsics: np.ndarray, width: int, height: int,
+                  radius_m: np.ndarray | float = 0.0, near: float = 0.05, max_radius: int = 6) -> np.ndarray:
+    """(H, W) nearest depth of points (N, 3) in camera space, each written as a square of its projected
+    radius (`radius_m` metres, e.g. half a texel's edge; at least its own pixel), 0 where no point lands:
+    the depth map `visibility.points_visibility` tests against, without rendering."""
+    z = means_cam[:, 2]
+    ok = z > near
+    fx = intrinsics[0, 0]
+    u = np.floor(fx * means_cam[ok, 0] / z[ok] + intrinsics[0, 2]).astype(np.int64)
+    v = np.floor(intrinsics[1, 1] * means_cam[ok, 1] / z[ok] + intrinsics[1, 2]).astype(np.int64)
+    zz = z[ok]
+    rad = np.clip(np.ceil(np.broadcast_to(radius_m, z.shape)[ok] * fx / zz - 0.5), 0, max_radius).astype(np.int64)
+    depth = np.full(height * width, np.inf)
+    for r in range(int(rad.max(initial=0)) + 1):
+        sel = rad >= r
+        for du in range(-r, r + 1):
+            for dv in range(-r, r + 1):
+                if max(abs(du), abs(dv)) != r:
+                    continue  # the ring at distance r (inner rings were written by smaller r)
+                uu, vv = u[sel] + du, v[sel] + dv
+                inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
+                np.minimum.at(depth, vv[inside] * width + uu[inside], zz[sel][inside])
+    depth[~np.isfinite(depth)] = 0.0
+    return depth.reshape(height, width)
+
+
+def crop_camera(intrinsics: np.ndarray, points_px: np.ndarray, size: int, margin: float = 0.1) -> tuple[np.ndarray, tuple]:
+    """Intrinsics of a size x size image that shows the square `observation.reference_crop` cuts around
+    the points' bounding box (pixels (P, 2) of the full frame), and the affine map frame px -> crop px."""
+    lo, hi = points_px.min(0), points_px.max(0)
+    cx, cy = (lo + hi) / 2
+    half = max(hi - lo) / 2 * (1 + margin) + 1
+    scale = size / (2 * half)
+    k = intrinsics.astype(np.float64).copy()
+    k[0, 0] *= scale
+    k[1, 1] *= scale
+    k[0, 2] = (k[0, 2] + 0.5 - (cx + 0.5 - half)) * scale - 0.5
+    k[1, 2] = (k[1, 2] + 0.5 - (cy + 0.5 - half)) * scale - 0.5
+    return k, (scale, cx + 0.5 - half, cy + 0.5 - half)
+
+
+def make_shard_item(ctx: Context, person: Person, rng: np.random.Generator, crop_size: int = 64) -> dict[str, Any]:
+    """One person for a token shard, without rendering its frames: the ground-truth tokens, the
+    visibility of the clip that `make_clip` would render (same draws; the depth test against a z-buffer
+    of the posed Gaussian centres instead of the rendered depth, one Gaussian per texel), and the
+    reference crop (the first frame rendered straight into the crop's window)."""
+    from backend.avatar.skinning import pose, quat_to_matrix
+    from backend.render import RenderOptions, render
+    from backend.render.camera import Camera
+    from training.data import visibility as vis
+    from training.data.vocabulary import heldout_combinations_in
+
+    cfg = ctx.config
+    plan = plan_clip(ctx, rng)
+    mot = plan.motion
+    g = gaussians_of(ctx, person.tokens)
+    k = ctx.cfg.gaussians_per_texel
+    first = g[torch.arange(0, len(g), k)]  # one Gaussian per texel
+    # LBS of one Gaussian per texel for every frame at once: A_f = G_f R^-1 blended by the skin weights
+    a_all = (plan.joints.astype(np.float64) @ ctx.rest_inv[None])  # (F, J, 4, 4)
+    idx, wts = first.skin_indices.long().numpy(), first.skin_weights.double().numpy()  # (M, k)
+    blend = np.einsum("mk,fmkij->fmij", wts, a_all[:, idx])  # (F, M, 4, 4)
+    rest_means = first.means.double().numpy()
+    rest_normals = quat_to_matrix(first.rotations.double())[:, :, 2].numpy()  # (M, 3)
+    means_f = np.einsum("fmij,mj->fmi", blend[..., :3, :3], rest_means) + blend[..., :3, 3]  # (F, M, 3)
+    normals_f = np.einsum("fmij,mj->fmi", blend[..., :3, :3], rest_normals)
+    seen = []
+    for i, cam in enumerate(plan.cameras):
+        m = means_f[i]
+        cam_pts = m @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
+        depth = zbuffer_depth(cam_pts, cam.intrinsics, cfg.width, cfg.height, radius_m=0.5 * ctx.texel_size)
+        seen.append(vis.points_visibility(m, normals_f[i], depth, cam.world_to_camera, cam.intrinsics,
+                                          plan.occluders, ctx.texel_size, 1))
+        if i == 0:
+            uv, z = cam.project(m)
+            front = np.isfinite(uv).all(1) & (z > cam.near)
+            k_crop, (scale, x0, y0) = crop_camera(cam.intrinsics, uv[front], crop_size)
+            crop_cam = Camera(cam.world_to_camera, k_crop, crop_size, crop_size, near=cam.near, far=cam.far)
+            posed_all = pose(g, ctx.skeleton, torch.from_numpy(mot.joint_rotations[0]), torch.from_numpy(mot.root_translation[0]))
+            with torch.no_grad():
+                out = render(posed_all, crop_cam, options=RenderOptions(background=tuple(float(c) for c in plan.background),
+                                                                        backend="torch"))
+            crop = out.rgb[0].numpy()
+            for (a0, b0, a1, b1), col in zip(plan.occluders, plan.occluder_colours):
+                xa, xb = int(round((a0 - x0) * scale)), int(round((a1 - x0) * scale))
+                ya, yb = int(round((b0 - y0) * scale)), int(round((b1 - y0) * scale))
+                crop[max(ya, 0):max(yb, 0), max(xa, 0):max(xb, 0)] = col
+    visibility = vis.clip_visibility(np.stack(seen), ctx.valid, cfg.resolution)
+    meta = {"captions": person.captions, "source": "synthetic", "licence": LICENCE, "template": "anny",
+            "person_id": person.person_id, "split": person.split, "attributes": person.attributes,
+            "heldout_combinations": heldout_combinations_in(person.attributes),
+            "token_resolution": cfg.resolution, "motion": mot.source, "camera": plan.camera_meta,
+            "occluders": plan.occluders, "seed": cfg.seed, "generator_version": GENERATOR_VERSION,
+            "visibility_rule": {"depth": "z-buffer of posed Gaussian centres (tokens only)",
+                                "depth_tolerance_m": vis.DEPTH_TOLERANCE, "min_footprint_px": vis.MIN_FOOTPRINT_PX,
+                                "shard_min_frames": vis.MIN_FRAMES}}
+    return {"clip_id": clip_id(cfg.seed, int(person.person_id.rsplit("-", 1)[1])),
+            "tokens": person.tokens.numpy().astype(np.float32),
+            "visibility": vis.shard_mask(visibility, cfg.frames), "visibility_fraction": visibility,
+            "crop": np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8), "captions": person.captions, "meta": meta}
+
+
+def _shard_work(index: int) -> dict[str, Any]:
+    assert _WORKER_CTX is not None
+    rng = person_rng(_WORKER_CTX.config.seed, index)
+    return make_shard_item(_WORKER_CTX, make_person(_WORKER_CTX, index, rng), rng)
+
+
+def generate_shards(config: SynthConfig, people: int, shard_dir: str | os.PathLike, workers: int = 1,
+                    start: int = 0, shard_size: int = 256, progress: bool = True) -> dict[str, Any]:
+    """Ground-truth token shards straight from the generator, no frames rendered (`synth --tokens-only`):
+    what the DiT trains on. Deterministic (every person from its own seeded stream, shards in index
+    order) and resumable (people already in the manifest are skipped)."""
+    from backend.avatar.template import load_template
+    from backend.avatar.uv_layout import load_layout
+    from backend.config import to_dict
+    from training.data.shards import TokenShard, add_to_manifest, done_clip_ids, read_manifest, save_shard
+
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    done = done_clip_ids(shard_dir)
+    todo = [i for i in range(start, start + people) if clip_id(config.seed, i) not in done]
+    atlas = load_layout(load_template("anny"), config.resolution).atlas_mask.numpy().astype(np.uint8)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="person", desc="synth (tokens only)", file=sys.stderr)
+    next_index = len(read_manifest(shard_dir)["shards"])
+    pool = None
+    if workers > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(config,))
+    else:
+        _init_worker(config)
+    try:
+        for s in range(0, len(todo), shard_size):
+            chunk = todo[s:s + shard_size]
+            items = []
+            for item in (pool.imap(_shard_work, chunk, chunksize=4) if pool else map(_shard_work, chunk)):
+                items.append(item)
+                if bar:
+                    bar.update()
+            decoder = to_dict(decoder_config())
+            for it in items:
+                it["meta"]["decoder_config"] = decoder
+            shard = TokenShard(tokens=np.stack([it["tokens"] for it in items]),
+                               visibility=np.stack([it["visibility"] for it in items]), atlas_mask=atlas,
+                               clip_ids=[it["clip_id"] for it in items], captions=[it["captions"] for it in items],
+                               metas=[it["meta"] for it in items], ref_crops=np.stack([it["crop"] for it in items]),
+                               source={"kind": "synthetic-ground-truth", "decoder_config": decoder,
+                                       "generator_version": GENERATOR_VERSION, "frames": "not rendered (tokens only)"})
+            name = f"synth-s{config.seed}-{chunk[0]:06d}.tokens.safetensors"
+            sha = save_shard(shard, shard_dir / name)
+            add_to_manifest(shard_dir, name, shard.clip_ids, sha)
+            next_index += 1
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+        if bar:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    return {"shards": str(shard_dir), "requested": people, "generated": len(todo), "skipped": people - len(todo),
+            "seconds": round(seconds, 2), "people_per_min": round(60 * len(todo) / seconds, 1) if todo else None}
 
 
 def clip_id(seed: int, index: int) -> str:
@@ -438,12 +633,26 @@ def add_subparser(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--shards", default=None, help="also write ground-truth token shards into this folder")
     p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--tokens-only", action="store_true",
+                   help="write token shards (--shards) straight from the generator, no frames rendered: what the "
+                        "DiT trains on, several times faster (the visibility's depth test uses a z-buffer of the "
+                        "posed Gaussian centres)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_cli)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     config = SynthConfig(seed=args.seed, frames=args.frames, width=args.size[0], height=args.size[1], bvh=args.bvh)
+    if args.tokens_only:
+        if not args.shards:
+            print("genlca-train synth: --tokens-only writes token shards only: name their folder with --shards",
+                  file=sys.stderr)
+            return 2
+        report = generate_shards(config, args.people, args.shards, workers=args.workers, start=args.start,
+                                 shard_size=args.shard_size, progress=not args.no_progress)
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
     report = generate(config, args.people, args.out, workers=args.workers, start=args.start,
                       progress=not args.no_progress)
     if args.shards:

@@ -32,8 +32,17 @@ def frame_visibility(means: torch.Tensor, rotations: torch.Tensor, depth: np.nda
     occluders: [x0, y0, x1, y1] pixel rectangles; texel_size (M,) metres -> (M,) bool seen."""
     from backend.avatar.skinning import quat_to_matrix
 
+    normals = quat_to_matrix(rotations.double())[:, :, 2].numpy()  # (N, 3) world
+    return points_visibility(means.double().numpy(), normals, depth, viewmat, intrinsics, occluders, texel_size,
+                             k, near)
+
+
+def points_visibility(means: np.ndarray, normals: np.ndarray, depth: np.ndarray, viewmat: np.ndarray,
+                      intrinsics: np.ndarray, occluders: list[list[int]], texel_size: np.ndarray,
+                      k: int, near: float = 0.05) -> np.ndarray:
+    """`frame_visibility` of posed points (N, 3) with their surface normals (N, 3), numpy float64."""
     h, w = depth.shape
-    p = means.double().numpy() @ viewmat[:3, :3].T.astype(np.float64) + viewmat[:3, 3]  # (N, 3) camera
+    p = means @ viewmat[:3, :3].T.astype(np.float64) + viewmat[:3, 3]  # (N, 3) camera
     z = p[:, 2]
     safe_z = np.where(z > near, z, 1.0)
     u = intrinsics[0, 0] * p[:, 0] / safe_z + intrinsics[0, 2]
@@ -41,9 +50,8 @@ def frame_visibility(means: torch.Tensor, rotations: torch.Tensor, depth: np.nda
     ok = (z > near) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     for x0, y0, x1, y1 in occluders:
         ok &= ~((u >= x0) & (u < x1) & (v >= y0) & (v < y1))
-    normals = quat_to_matrix(rotations.double())[:, :, 2].numpy()  # (N, 3) world
     centre = -viewmat[:3, :3].T @ viewmat[:3, 3]
-    ok &= ((centre[None] - means.double().numpy()) * normals).sum(1) > 0
+    ok &= ((centre[None] - means) * normals).sum(1) > 0
     ui, vi = np.clip(u.astype(np.int64), 0, w - 1), np.clip(v.astype(np.int64), 0, h - 1)
     d = depth[vi, ui]
     ok &= (d > 0) & (z <= d + DEPTH_TOLERANCE)

@@ -16,6 +16,7 @@ one person's clips never straddle two splits), except that a person whose attrib
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -107,26 +108,48 @@ def assign_split(attrs: dict[str, Any], rng: np.random.Generator) -> str:
 
 
 # ------------------------------------------------------------------ captions
+# Every caption names every attribute the person has (a model cannot learn what its captions omit): the
+# gender (with stature / build when they apply), skin tone, hair style and colour, the top (colour,
+# pattern, garment), the bottom (colour, garment) or the dress, and the shoes (colour, kind). Phrasings
+# vary the order and the wording; synonyms are the words a user types for the same value. The first
+# caption is the canonical one (the evaluation prompts with it); the others draw their wording.
+COLOUR_SYNONYMS = {"navy": ("navy", "dark blue"), "grey": ("grey", "gray"), "purple": ("purple", "violet")}
+HAIR_COLOUR_SYNONYMS = {"blonde": ("blonde", "blond")}
+GARMENT_SYNONYMS = {
+    "t-shirt": ("t-shirt", "tee"), "long-sleeve shirt": ("long-sleeve shirt", "long-sleeved top"),
+    "tank top": ("tank top", "sleeveless top"), "hoodie": ("hoodie", "hooded sweatshirt"),
+    "jacket": ("jacket",), "trousers": ("trousers", "pants"), "shorts": ("shorts",), "skirt": ("skirt",),
+    "dress": ("dress",), "sneakers": ("sneakers", "trainers"), "boots": ("boots",), "sandals": ("sandals",),
+}
+CAPTION_PHRASINGS = 5
+
+
+def _word(value: str, table: dict[str, tuple[str, ...]], rng: np.random.Generator | None) -> str:
+    options = table.get(value, (value,))
+    return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+
+def _article(words: str) -> str:
+    return "an" if words[0] in "aeiou" else "a"
+
+
 def _garment_phrase(colour: str, garment: str, pattern: str = "plain") -> str:
     if pattern == "stripes":
         return f"a striped {colour} {garment}"
     if pattern == "checks":
         return f"a {colour} checked {garment}"
     if pattern == "chest print":
-        return f"a {colour} {garment} with a print on the chest"
-    article = "an" if colour[0] in "aeiou" else "a"
-    return f"{article} {colour} {garment}"
+        return f"{_article(colour)} {colour} {garment} with a print on the chest"
+    return f"{_article(colour)} {colour} {garment}"
 
 
 def _plural_lower(colour: str, lower: str) -> str:
-    if lower in ("shorts", "trousers"):
+    if lower in ("shorts", "trousers", "pants"):
         return f"{colour} {lower}"
-    article = "an" if colour[0] in "aeiou" else "a"
-    return f"{article} {colour} {lower}"
+    return f"{_article(colour)} {colour} {lower}"
 
 
-def _hair_phrase(attrs: dict[str, Any]) -> str:
-    style, colour = attrs["hair_style"], attrs["hair_colour"]
+def _hair_phrase(style: str, colour: str) -> str:
     if style == "bald":
         return "a bald head"
     if style == "bun":
@@ -134,27 +157,96 @@ def _hair_phrase(attrs: dict[str, Any]) -> str:
     return f"{style} {colour} hair"
 
 
-def captions(attrs: dict[str, Any], rng: np.random.Generator, count: int = 4) -> list[str]:
-    """Several phrasings of one person's attributes (the first is the most complete)."""
-    noun = attrs["gender"]
+def caption_parts(attrs: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, str]:
+    """The phrase of each attribute group: person, skin, hair, outfit (top and bottom, or the dress), shoes.
+    rng None: the canonical words; else synonyms are drawn."""
     adjs = [a for a in (attrs.get("stature"), attrs.get("build")) if a]
-    person = " ".join(adjs + [noun])
-    art = "an" if person[0] in "aeiou" else "a"
-    hair = _hair_phrase(attrs)
+    colour = {k: _word(attrs[k], COLOUR_SYNONYMS, rng) for k in ("upper_colour", "lower_colour", "shoes_colour")}
     if attrs["lower"] == "dress":
-        outfit = _garment_phrase(attrs["upper_colour"], "dress", attrs["upper_pattern"])
+        outfit = _garment_phrase(colour["upper_colour"], "dress", attrs["upper_pattern"])
     else:
-        outfit = (_garment_phrase(attrs["upper_colour"], attrs["upper"], attrs["upper_pattern"]) + " and "
-                  + _plural_lower(attrs["lower_colour"], attrs["lower"]))
-    shoes = f"{attrs['shoes_colour']} {attrs['shoes']}"
-    skin = f"{attrs['skin_tone']} skin"
-    options = [
-        f"{art} {person} with {hair} in {outfit}, wearing {shoes}",
-        f"{art} {person} with {skin} and {hair}, dressed in {outfit}",
-        f"{person} wearing {outfit} and {shoes}; {hair}",
-        f"full-body photo of {art} {attrs.get('age_group', 'adult')} {noun} in {outfit}",
-        f"{outfit} on {art} {noun} with {hair} and {skin}",
-    ]
-    first, rest = options[0], options[1:]
-    order = rng.permutation(len(rest))
-    return [first] + [rest[i] for i in order[:max(0, count - 1)]]
+        outfit = (_garment_phrase(colour["upper_colour"], _word(attrs["upper"], GARMENT_SYNONYMS, rng),
+                                  attrs["upper_pattern"]) + " and "
+                  + _plural_lower(colour["lower_colour"], _word(attrs["lower"], GARMENT_SYNONYMS, rng)))
+    return {"person": " ".join(adjs + [attrs["gender"]]), "noun": attrs["gender"],
+            "age": attrs.get("age_group", "adult"), "skin": f"{attrs['skin_tone']} skin",
+            "hair": _hair_phrase(attrs["hair_style"], _word(attrs["hair_colour"], HAIR_COLOUR_SYNONYMS, rng)),
+            "outfit": outfit, "shoes": f"{colour['shoes_colour']} {_word(attrs['shoes'], GARMENT_SYNONYMS, rng)}"}
+
+
+def phrasing(parts: dict[str, str], which: int) -> str:
+    """One of CAPTION_PHRASINGS sentence shapes; each names every part."""
+    p = parts
+    art = _article(p["person"])
+    options = (
+        f"{art} {p['person']} with {p['skin']} and {p['hair']} in {p['outfit']}, wearing {p['shoes']}",
+        f"{art} {p['person']} with {p['hair']}, dressed in {p['outfit']} and {p['shoes']}, {p['skin']}",
+        f"{p['person']} wearing {p['outfit']} and {p['shoes']}; {p['hair']}; {p['skin']}",
+        f"full-body photo of {_article(p['age'])} {p['age']} {p['noun']} with {p['hair']} and {p['skin']} "
+        f"in {p['outfit']}, {p['shoes']}",
+        f"{p['outfit']} and {p['shoes']} on {art} {p['person']} with {p['hair']} and {p['skin']}",
+    )
+    return options[which]
+
+
+def captions(attrs: dict[str, Any], rng: np.random.Generator, count: int = 4) -> list[str]:
+    """Several phrasings of one person's attributes: the first is the canonical one (canonical words,
+    the first sentence shape), the others draw a shape and synonyms from `rng`. Every caption names
+    every attribute (`caption_coverage` checks it)."""
+    out = [phrasing(caption_parts(attrs), 0)]
+    for which in rng.permutation(CAPTION_PHRASINGS)[:max(0, count - 1)]:
+        out.append(phrasing(caption_parts(attrs, rng), int(which)))
+    return out
+
+
+def can_caption(attrs: dict[str, Any]) -> bool:
+    """Whether `captions` can describe these attributes (a synthetic person's full set)."""
+    return all(k in attrs for k in ("gender", "skin_tone", "hair_style", "hair_colour", "upper", "upper_colour",
+                                    "upper_pattern", "lower", "lower_colour", "shoes", "shoes_colour"))
+
+
+def caption_rng(person_id: str) -> np.random.Generator:
+    """The caption stream of a person (separate from the person's own stream, so captions can be rewritten
+    without changing the people): seeded by the person id."""
+    return np.random.default_rng(list(person_id.encode()))
+
+
+def attribute_words(key: str, value: str) -> tuple[str, ...]:
+    """Words that name `value` of attribute `key` in a caption (synonyms included)."""
+    if key in ("upper_colour", "lower_colour", "shoes_colour"):
+        return COLOUR_SYNONYMS.get(value, (value,))
+    if key == "hair_colour":
+        return HAIR_COLOUR_SYNONYMS.get(value, (value,))
+    if key in ("upper", "lower", "shoes"):
+        return GARMENT_SYNONYMS.get(value, (value,))
+    if key == "upper_pattern":
+        return {"plain": ("",), "stripes": ("striped",), "checks": ("checked",), "chest print": ("print",)}[value]
+    if key == "skin_tone":
+        return (f"{value} skin",)
+    return (value,)
+
+
+CAPTION_ATTRIBUTES = ("gender", "skin_tone", "hair_style", "hair_colour", "upper", "upper_colour",
+                      "upper_pattern", "lower", "lower_colour", "shoes", "shoes_colour")
+
+
+def caption_coverage(attrs: dict[str, Any], caption: str) -> dict[str, bool]:
+    """Which of the person's attributes the caption names (a word of the value appears; hair colour of a
+    bald person and the lower garment of a dress, which the dress names, count as named)."""
+    text = f" {caption.lower()} "
+    out = {}
+    for key in CAPTION_ATTRIBUTES:
+        value = attrs.get(key)
+        if value is None:
+            continue
+        if (key == "hair_colour" and attrs.get("hair_style") == "bald") or (key == "upper_pattern" and value == "plain"):
+            out[key] = True
+            continue
+        if key in ("upper", "upper_colour") and attrs.get("lower") == "dress" and key == "upper":
+            out[key] = " dress" in text
+            continue
+        if key == "hair_style" and value == "bald":
+            out[key] = "bald" in text
+            continue
+        out[key] = any(re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text) for w in attribute_words(key, value))
+    return out

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Reproduces the shipped model checkpoints/genlca-small from an empty checkout, on a CPU machine:
+#   data generation -> DiT training (stage 3 of the ledger) -> package -> eval.
+# Stage 3 continues the stage-2 package (git show 95a681cbcf05-era weights: the package in the repository
+# before this script's first run), so its ledger adds up; the ledger is in the package note and in
+# docs/BENCHMARKS.md ("The shipped model"). Steps 1-2 of the ledger: training/configs/diffusion_small.yaml.
+#
+#   scripts/train_shipped_model.sh              # everything (about 2 h of training on 2 cores)
+#   STAGE=eval scripts/train_shipped_model.sh   # only the evaluation of the package in checkpoints/
+# Environment: WORKERS (data generation processes, default 2), INIT (the package stage 3 starts from,
+# default checkpoints/genlca-small), OUT (where the new package goes, default runs/genlca-small-stage3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+scripts/setup_env.sh main
+WORKERS=${WORKERS:-2}
+INIT=${INIT:-checkpoints/genlca-small}
+OUT=${OUT:-runs/genlca-small-stage3}
+STAGE=${STAGE:-all}
+mkdir -p runs/eval logs
+
+if [ "$STAGE" = all ]; then
+  # 3,000 synthetic people (generator v2), token shards straight from the generator: ~2,400 train people,
+  # ~300 val/test and ~330 held-out-combination people for the evaluation. Deterministic and resumable.
+  $PY -m training.cli synth --tokens-only --people 3000 --seed 0 --workers "$WORKERS" \
+      --shards data/people_s0 --shard-size 250 --no-progress
+  $PY -m training.cli diffusion --config training/configs/diffusion_small_stage3.yaml --set train.init="$INIT"
+  $PY -m training.cli package --dit runs/stage3/last.safetensors --out "$OUT" --weights ema --dtype float16 \
+      --note "stage 3 of genlca-small: scripts/train_shipped_model.sh (training/configs/diffusion_small_stage3.yaml \
+from the stage-2 package; data: genlca-train synth --tokens-only --people 3000 --seed 0, generator v2)"
+  cp "$INIT/tokenizer.safetensors" "$OUT/tokenizer.safetensors"  # the small tokenizer is unchanged
+  MODEL=$OUT
+else
+  MODEL=${MODEL:-checkpoints/genlca-small}
+fi
+
+# Every attribute the prompt names, >= 100 people per group, 95 % intervals, the readers' ceiling.
+$PY -m training.cli eval --checkpoints "$MODEL/dit.safetensors" --shards data/people_s0 \
+    --splits val test heldout-combo --max-people 110 --samples 1 --steps 25 --threads 2 \
+    --out runs/eval/shipped.json --markdown runs/eval/shipped.md
+$PY -m training.cli diagnose --dit "$MODEL" --shards data/people_s0 --people 32 \
+    --out runs/eval/diagnose.json --markdown runs/eval/diagnose.md
