@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from bridge.wire import protocol
-from bridge.wire.codec import check_array
+from bridge.wire.codec import bad_array
+from bridge.wire.contract import check_arrays
 from bridge.wire.protocol import Request
 from backend.service.queue import HandlerError, JobContext
 from backend.pipelines.store import AvatarStore
@@ -100,11 +101,7 @@ def placeholder_handlers(store: AvatarStore | None = None) -> dict[str, Any]:
         assert isinstance(request, protocol.Generate)
         if not 1 <= request.steps <= MAX_STEPS:
             raise HandlerError(protocol.E_INVALID, f"steps must be in 1..{MAX_STEPS}, got {request.steps}")
-        if "image" in arrays:
-            check_array(arrays, "image", "|u1", "H,W,3")
-        extra = sorted(set(arrays) - {"image"})
-        if extra:
-            raise HandlerError(protocol.E_BAD_ARRAY, f"generate takes only an optional 'image' array, got {extra}")
+        check_arrays(arrays, protocol.IMAGE_ARRAY, error=bad_array, optional={"image"}, allow_extra=False)
         gaussians = placeholder_cloud(request.seed, request.steps, ctx)
         avatar_id = uuid.uuid4().hex
         meta = {"generator": GENERATOR, "prompt": request.prompt, "seed": request.seed, "steps": request.steps,

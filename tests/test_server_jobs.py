@@ -15,7 +15,8 @@ from backend.pipelines.store import AvatarStore
 from backend.service.server import BackendServer
 from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
-from bridge.wire.codec import check_arrays, decode, encode, request_header
+from bridge.wire.codec import decode, encode, request_header
+from bridge.wire.contract import check_arrays
 from tests.placeholder_pipeline import placeholder_handlers
 
 

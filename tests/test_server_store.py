@@ -8,7 +8,7 @@ import pytest
 
 from backend.pipelines.store import AvatarStore
 from bridge.wire import protocol
-from bridge.wire.codec import check_arrays
+from bridge.wire.contract import check_arrays
 from tests.placeholder_pipeline import placeholder_cloud
 
 

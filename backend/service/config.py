@@ -70,9 +70,7 @@ class ServiceConfig:
         if isinstance(request, protocol.Render):
             rotations = arrays.get("joint_rotations")
             frames = int(rotations.shape[0]) if rotations is not None and rotations.ndim >= 1 else 0
-            if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192):
-                raise ProtocolError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of "
-                                    f"range (1..8192 each)")
+            check_render_size(request.width, request.height, self.max_render_pixels)
             cost = request.width * request.height * frames
             if cost > self.max_render_cost:
                 raise ProtocolError(protocol.E_TOO_COSTLY, f"render of {frames} frames at {request.width}x"
@@ -84,3 +82,12 @@ class ServiceConfig:
             if pixels > self.max_image_pixels:
                 raise ProtocolError(protocol.E_TOO_LARGE, f"reference image of {image.shape[1]}x{image.shape[0]} "
                                     f"pixels is above the limit of {self.max_image_pixels} pixels")
+
+
+def check_render_size(width: int, height: int, max_pixels: int) -> None:
+    """A render's frame size: each side in 1..MAX_RENDER_SIDE and at most `max_pixels` pixels; else
+    ProtocolError(invalid_argument) naming the size and the bound."""
+    side = protocol.MAX_RENDER_SIDE
+    if not (1 <= width <= side and 1 <= height <= side) or width * height > max_pixels:
+        raise ProtocolError(protocol.E_INVALID, f"render size {width}x{height} is out of range (each side "
+                            f"1..{side}, at most {max_pixels} pixels)")

@@ -30,9 +30,11 @@ from backend.pipelines.model_bundle import load_bundle
 from backend.pipelines.photo import observe_photo
 from backend.pipelines.store import AvatarStore
 from backend.sampling.solvers import SamplingCancelled
-from backend.service.config import ServiceConfig
+from backend.service.config import ServiceConfig, check_render_size
 from backend.service.queue import HandlerError, JobContext
 from bridge.wire import protocol
+from bridge.wire.codec import bad_array
+from bridge.wire.contract import check_arrays
 from bridge.wire.protocol import Request
 
 
@@ -241,38 +243,26 @@ def avatar_arrays(record) -> dict[str, np.ndarray]:
 
 
 def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, config: ServiceConfig):
-    """Validate a render request's arrays against RENDER_ARRAYS and the optional RENDER_POSE_ARRAYS; returns
-    joint_rotations, root_translations, world_to_camera, intrinsics, joint_locations and joint_scales as
-    float32 numpy (the last two None when absent; one alone gets the other's neutral value)."""
-    if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192) or \
-            request.width * request.height > config.max_render_pixels:
-        raise HandlerError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of range "
-                           f"(at most {config.max_render_pixels} pixels)")
+    """Validate a render request's arrays against RENDER_ARRAYS and the optional RENDER_POSE_ARRAYS (the one
+    contract check, J bound to the avatar's joints); returns joint_rotations, root_translations,
+    world_to_camera, intrinsics, joint_locations and joint_scales as writable float32 numpy (the last two None
+    when absent; one alone gets the other's neutral value)."""
+    check_render_size(request.width, request.height, config.max_render_pixels)
     if len(request.background) != 3 or not all(np.isfinite(c) for c in request.background):
         raise HandlerError(protocol.E_INVALID, f"background must be 3 finite floats, got {request.background!r}")
-    missing = [n for n in protocol.RENDER_ARRAYS if n not in arrays]
-    extra = sorted(set(arrays) - set(protocol.RENDER_ARRAYS) - set(protocol.RENDER_POSE_ARRAYS))
-    if missing or extra:
-        raise HandlerError(protocol.E_BAD_ARRAY, f"render needs arrays {list(protocol.RENDER_ARRAYS)}; "
-                           f"missing {missing}, unexpected {extra}")
-    frames = arrays["joint_rotations"].shape[0] if arrays["joint_rotations"].ndim == 3 else -1
-    expect = {"joint_rotations": (frames, joints, 4), "root_translations": (frames, 3),
-              "world_to_camera": (frames, 4, 4), "intrinsics": (frames, 3, 3)}
-    fitted = {"joint_locations": (frames, joints, 3), "joint_scales": (frames, joints)}
-    if any(name in arrays for name in fitted):  # a skeleton fitted to another armature's proportions
-        neutral = {"joint_locations": np.zeros, "joint_scales": np.ones}
-        expect.update(fitted)
-        arrays = {**{name: neutral[name]((max(frames, 0), *shape[1:]), np.float32) for name, shape in fitted.items()},
-                  **arrays}
-    out = []
-    for name, shape in expect.items():
-        a = arrays[name]
-        if a.dtype != np.float32 or tuple(a.shape) != shape:
-            raise HandlerError(protocol.E_BAD_ARRAY,
-                               f"expected {name} of dtype float32 and shape {shape}, got {a.dtype} {a.shape}")
-        if not np.isfinite(a).all():
+    dims = check_arrays(arrays, {**protocol.RENDER_ARRAYS, **protocol.RENDER_POSE_ARRAYS}, {"J": joints},
+                        error=bad_array, optional=protocol.RENDER_POSE_ARRAYS, allow_extra=False)
+    frames = dims["F"]
+    names = list(protocol.RENDER_ARRAYS)
+    if any(name in arrays for name in protocol.RENDER_POSE_ARRAYS):  # a skeleton fitted to another armature
+        neutral = {"joint_locations": np.zeros((frames, joints, 3), np.float32),
+                   "joint_scales": np.ones((frames, joints), np.float32)}
+        arrays = {**neutral, **arrays}
+        names += list(protocol.RENDER_POSE_ARRAYS)
+    for name in names:
+        if not np.isfinite(arrays[name]).all():
             raise HandlerError(protocol.E_BAD_ARRAY, f"{name} contains NaN or inf")
-        out.append(np.array(a, dtype=np.float32, order="C", copy=True))  # writable: torch.from_numpy shares it
+    out = [np.array(arrays[name], dtype=np.float32, order="C", copy=True) for name in names]  # torch shares them
     norms = np.linalg.norm(out[0], axis=-1)   # (F, J)
     if (norms < 1e-6).any():
         f, j = np.argwhere(norms < 1e-6)[0]

@@ -222,7 +222,7 @@ class Worker(threading.Thread):
                                                 f"was cancelled"), None, False)
         except HandlerError as exc:
             self._send(FINAL, job, error_header(request.id, exc.code, exc.message), None, False)
-        except ProtocolError as exc:   # bridge.wire.codec.check_array in a handler
+        except ProtocolError as exc:   # a handler checked its arrays with bridge.wire.codec.bad_array
             self._send(FINAL, job, error_header(request.id, exc.code, exc.message), None, False)
         except Exception as exc:  # a bug in a handler ends its job, never the server
             log.error("%s %r failed:\n%s", request.op, request.id, traceback.format_exc())

@@ -42,7 +42,8 @@ import zmq.auth
 import zmq.auth.thread
 
 from bridge.wire import protocol
-from bridge.wire.codec import ProtocolError, check_arrays, decode, encode, request_from_header
+from bridge.wire.codec import ProtocolError, bad_array, decode, encode, request_from_header
+from bridge.wire.contract import check_arrays
 from bridge.wire.protocol import PROTOCOL_VERSION, Request
 from backend.service.queue import FINAL, Handler, Job, JobQueue, QueueFull, Worker, error_header, reply_header
 
@@ -407,15 +408,9 @@ class BackendServer:
         rid, op = request.id, request.op
         contract = protocol.REQUEST_ARRAYS.get(op)
         if contract is not None:
-            optional = protocol.OPTIONAL_ARRAYS.get(op, frozenset())
-            missing = [name for name in contract if name not in arrays and name not in optional]
-            extra = sorted(set(arrays) - set(contract))
-            if missing or extra:
-                takes = f"{op} takes arrays {sorted(contract)}" if contract else f"{op} takes no arrays"
-                raise ProtocolError(protocol.E_BAD_ARRAY, f"{takes}{f' ({sorted(optional)} optional)' if optional else ''}"
-                                    f"; missing {missing}, unexpected {extra}", rid)
             try:
-                check_arrays(arrays, contract, optional=optional)
+                check_arrays(arrays, contract, error=bad_array, optional=protocol.OPTIONAL_ARRAYS.get(op, ()),
+                             allow_extra=False)
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, f"{op}: {exc.message}", rid) from None
         if self.admission is not None:
