@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from backend.models.tokenizer import Tokenizer
-from backend.perception.observation import reference_crop as crop_around_mask, tokenize_views
+from backend.perception.observation import tokenize_views
 from training.data.records import ClipRecord, iter_record_paths, load_record
-from training.data.shards import (FORMAT as SHARD_FORMAT, MANIFEST, SUFFIX as SHARD_SUFFIX, TokenShard, save_shard,
-                                  write_manifest_entry)
+from training.data.shards import (FORMAT as SHARD_FORMAT, MANIFEST, SUFFIX as SHARD_SUFFIX, TokenShard, reference_crop,
+                                  save_shard, write_manifest_entry)
 
 
 def rank_manifest(rank: int) -> str:
@@ -60,12 +60,6 @@ def library_paths(library: str | os.PathLike) -> list[Path]:
     if library.is_file():
         return [(library.parent / line.strip()) for line in library.read_text().splitlines() if line.strip()]
     return list(iter_record_paths(library))
-
-
-def reference_crop(record: ClipRecord, size: int = 64, margin: float = 0.1) -> np.ndarray:
-    """(size, size, 3) uint8: a square around the person's mask in the first frame (whole frame if empty);
-    the same crop photo -> avatar gives the DiT (backend/perception/observation.py)."""
-    return crop_around_mask(record.frames[0], record.masks[0], size, margin)
 
 
 def tokenize_clip(model: Tokenizer, record: ClipRecord, input_frames: int = 8) -> tuple[np.ndarray, np.ndarray]:
