@@ -17,8 +17,9 @@ from backend.models.tokenizer import Tokenizer, TokenizerConfig, tokenizer_model
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 from training.eval_tokenizer import mask_iou, psnr, render_gt, toy_clip, toy_tokens
 from training.fit_clip import fit_clip
+from backend.models.tokenizer import load_tokenizer
 from training.train_tokenizer import (LossWeights, TrainConfig, DataSource, clip_inputs, clip_views,
-                                      load_tokenizer, photometric_losses, render_tokens, ssim, total_loss, train)
+                                      photometric_losses, render_tokens, ssim, total_loss, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 

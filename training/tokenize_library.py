@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backend.models.tokenizer import Tokenizer
+from backend.models.tokenizer import Tokenizer, load_tokenizer
 from backend.perception.observation import tokenize_views
 from training.data.records import ClipRecord, iter_record_paths, load_record
 from training.data.shards import (FORMAT as SHARD_FORMAT, MANIFEST, SUFFIX as SHARD_SUFFIX, TokenShard, reference_crop,
@@ -145,7 +145,7 @@ def merge_manifests(out: str | os.PathLike) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from backend.models.checkpoint import file_sha256
-    from training.train_tokenizer import dist_env, load_tokenizer
+    from training.train_tokenizer import dist_env
 
     rank, world, _ = dist_env()
     if args.threads:

@@ -38,13 +38,10 @@ import torch.nn.functional as F
 
 from backend.avatar.skinning import Skeleton, pose
 from backend.avatar.tokens import EXPLICIT_CHANNELS, decode
-from backend.models.tokenizer import Tokenizer, TokenizerConfig
+from backend.models.tokenizer import CHECKPOINT_KIND, Tokenizer, TokenizerConfig
 from backend.render import RenderOptions, render
 from backend.render.camera import Camera
 from training.data.records import ClipRecord, iter_record_paths, load_record
-
-CHECKPOINT_KIND = "tokenizer"
-
 
 @dataclasses.dataclass
 class DataSource:
@@ -265,17 +262,6 @@ def init_distributed() -> tuple[int, int, torch.device]:
 # ------------------------------------------------------------------ checkpoints
 def build_model(config: TokenizerConfig) -> Tokenizer:
     return Tokenizer.build(config)
-
-
-def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> Tokenizer:
-    """A trained tokenizer from its checkpoint (EMA weights by default), in eval mode."""
-    from backend.config import from_dict
-    from backend.models.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, CHECKPOINT_KIND, training_state=False)
-    model = build_model(from_dict(ckpt.config["model"], TokenizerConfig))
-    model.load_state_dict(ckpt.ema if use_ema and ckpt.ema else ckpt.model)
-    return model.eval()
 
 
 def _save(path: Path, cfg: TrainConfig, model: Tokenizer, ema: Tokenizer, opt, step: int, note: str) -> None:
