@@ -50,6 +50,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from backend.sampling import recipe
+
 REGIONS = ("head", "torso", "arms", "hands", "legs", "feet")
 PROBE_ATTRIBUTES = ("upper", "upper_pattern", "lower", "hair_style", "shoes")
 FLOATER_MARGIN_PX = 3
@@ -424,21 +426,10 @@ def sample_tokens(model: Any, condition: dict[str, torch.Tensor], steps: int = 2
                   shift: float = 1.0, text_scale: float = 4.0, image_scale: float = 1.0, seed: int = 0,
                   atlas_mask: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None,
                   cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """condition (B, ...) -> token maps (B, C, R, R) in decoder space (zero outside the atlas)."""
-    from backend.models.conditioning import guidance_variants
-    from backend.sampling.editing import noise_like, sample
-    from backend.sampling.guidance import GuidedVelocity
-
-    cfg = model.config
-    b = condition["text_mask"].shape[0]
-    no_text, null = guidance_variants(condition)
-    velocity = GuidedVelocity(model, condition, no_text, null, text_scale=text_scale, image_scale=image_scale)
-    noise = noise_like(torch.zeros(b, cfg.token_channels, cfg.resolution, cfg.resolution), seed)
-    x = sample(velocity, noise, steps, method, shift, progress=progress, cancel=cancel)  # (B, C, R, R)
-    tokens = model.denormalize(x)
-    if atlas_mask is not None:
-        tokens = tokens * atlas_mask.to(tokens.dtype)
-    return tokens
+    """condition (B, ...) -> token maps (B, C, R, R) in decoder space (zero outside the atlas): the
+    service's own recipe (backend/sampling/recipe.py), so the eval scores what the service samples."""
+    return recipe.sample_tokens(model, condition, steps, method, shift, text_scale, image_scale, seed, atlas_mask,
+                                progress, cancel)
 
 
 def eval_cameras(size: int = 128) -> dict[str, Any]:

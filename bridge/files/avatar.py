@@ -2,11 +2,12 @@
 
 The Blender add-on opens and re-exports avatars with no backend running (a file from a colleague, a splat
 from another tool), and cannot import torch or the `safetensors` package, so both formats are read and
-written here with numpy alone. The backend (`backend/avatar/avatar_file.py`, `backend/avatar/ply.py`)
-writes the same bytes; tests hold the two sides against each other.
+written here with numpy alone. This is the only reader and writer of the avatar `.safetensors`: the
+backend's `backend/avatar/avatar_file.py` turns what it reads into torch. The backend writes the `.ply`
+with `backend/avatar/ply.py`; tests hold the two sides against each other.
 
     avatar = read_avatar_file(path)        # .safetensors (rigged) or .ply (splats, unrigged)
-    avatar.arrays                          # the bridge.protocol.AVATAR_ARRAYS names (skin/skeleton only if rigged)
+    avatar.arrays                          # the bridge.wire.protocol.AVATAR_ARRAYS names (skin/skeleton only if rigged)
     write_ply(path, avatar.arrays, y_up=True)   # for viewers that expect Y-up
 
 Axes: GenLCA is metres, right-handed, Z-up (Blender's world). The PLY header says so in a comment
@@ -25,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
+from bridge.wire import protocol
+from bridge.wire.contract import check_arrays
 
 AVATAR_FORMAT = "genlca-avatar"
 AVATAR_VERSION = 1
@@ -53,6 +56,7 @@ class AvatarFile:
     arrays: dict[str, np.ndarray]   # AVATAR_ARRAYS names; skin_* and skeleton only when rigged
     joint_names: list[str]
     meta: dict[str, Any]
+    tokens: np.ndarray | None = None   # (C, R, R) float32: the token map it was decoded from (the backend edits it)
 
     @property
     def rigged(self) -> bool:
@@ -120,10 +124,9 @@ def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
 
 # ------------------------------------------------------------------ the GenLCA avatar
 def read_avatar(path: str | os.PathLike) -> AvatarFile:
-    """A GenLCA avatar `.safetensors` (rigged Gaussians + skeleton + meta), checked like wire arrays."""
-    from bridge import protocol
-    from bridge.codec import ProtocolError, check_arrays
-
+    """A GenLCA avatar `.safetensors` (rigged Gaussians + skeleton + optional token map + meta), checked like
+    wire arrays (bridge.wire.contract). The only reader of the format: the backend's
+    `backend.avatar.avatar_file.load_avatar` wraps this one in torch."""
     path = Path(path)
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != AVATAR_FORMAT:
@@ -136,6 +139,8 @@ def read_avatar(path: str | os.PathLike) -> AvatarFile:
         meta = json.loads(metadata.get("meta", "{}"))
     except json.JSONDecodeError as exc:
         raise AvatarFileError(f"{path}: damaged metadata ({exc})") from None
+    if not isinstance(joint_names, list):
+        raise AvatarFileError(f"{path}: joint_names must be a JSON list")
     arrays: dict[str, np.ndarray] = {}
     for key in GAUSSIAN_KEYS:
         if f"gaussians.{key}" in tensors:
@@ -143,14 +148,17 @@ def read_avatar(path: str | os.PathLike) -> AvatarFile:
     for key in SKELETON_KEYS:
         if f"skeleton.{key}" in tensors:
             arrays[key] = tensors[f"skeleton.{key}"]
-    contract = protocol.AVATAR_ARRAYS
-    arrays = {k: _as_wire_dtype(path, k, v, contract[k][0]) for k, v in arrays.items()}
-    try:
-        dims = check_arrays(arrays, contract)
-    except ProtocolError as exc:
-        raise AvatarFileError(f"{path}: {exc}") from None
+    spec = protocol.AVATAR_ARRAYS
+    arrays = {k: _as_wire_dtype(path, k, v, spec[k][0]) for k, v in arrays.items()}
+    dims = check_arrays(arrays, spec, error=lambda message: AvatarFileError(f"{path}: {message}"))
     check_avatar_values(path, arrays, dims, joint_names)
-    return AvatarFile(arrays, [str(n) for n in joint_names], meta if isinstance(meta, dict) else {})
+    tokens = tensors.get("tokens")
+    if tokens is not None:
+        if tokens.dtype.kind != "f" or tokens.ndim != 3 or not np.isfinite(tokens).all():
+            raise AvatarFileError(f"{path}: tokens must be a finite float (C, R, R) map, got {tokens.dtype} "
+                                  f"{tokens.shape}")
+        tokens = tokens.astype(np.float32)
+    return AvatarFile(arrays, [str(n) for n in joint_names], meta if isinstance(meta, dict) else {}, tokens)
 
 
 def _as_wire_dtype(path: Path, name: str, a: np.ndarray, dtype: str) -> np.ndarray:
@@ -181,17 +189,23 @@ def check_avatar_values(path: Any, arrays: dict[str, np.ndarray], dims: dict[str
     parents = arrays["joint_parents"]
     if (parents >= np.arange(j)).any() or (parents < -1).any():
         raise AvatarFileError(f"{path}: joint_parents must name an earlier joint or -1")
+    if len(set(joint_names)) != j:
+        raise AvatarFileError(f"{path}: joint_names has duplicates")
     if "skin_indices" in arrays and arrays["skin_indices"].size and int(arrays["skin_indices"].max()) >= j:
         raise AvatarFileError(f"{path}: skin_indices reach joint {int(arrays['skin_indices'].max())}, "
                               f"the skeleton has {j}")
+    if "skin_weights" in arrays and arrays["skin_weights"].size and float(arrays["skin_weights"].min()) < 0:
+        raise AvatarFileError(f"{path}: skin_weights has negative weights")
 
 
 def write_avatar(path: str | os.PathLike, avatar: AvatarFile) -> Path:
-    """Write a GenLCA avatar `.safetensors` (the layout `backend/avatar/avatar_file.py` reads)."""
+    """Write a GenLCA avatar `.safetensors` atomically (the one writer: the backend's `save_avatar` calls it)."""
     tensors = {f"gaussians.{k}": avatar.arrays[k] for k in GAUSSIAN_KEYS if k in avatar.arrays}
     if "gaussians.skin_indices" in tensors:  # the backend's files hold int64 (torch's index type)
         tensors["gaussians.skin_indices"] = tensors["gaussians.skin_indices"].astype(np.int64)
     tensors.update({f"skeleton.{k}": avatar.arrays[k] for k in SKELETON_KEYS if k in avatar.arrays})
+    if avatar.tokens is not None:
+        tensors["tokens"] = avatar.tokens
     metadata = {"format": AVATAR_FORMAT, "version": str(AVATAR_VERSION),
                 "joint_names": json.dumps(list(avatar.joint_names)), "meta": json.dumps(avatar.meta)}
     return write_safetensors(path, tensors, metadata)
