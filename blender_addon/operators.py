@@ -192,6 +192,11 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
                                           description="Play the action at its clip's own frame rate (a BVH's "
                                                       "Frame Time, known when it was imported through GenLCA "
                                                       "or named below)")
+    bake_motion: bpy.props.BoolProperty(
+        name="Bake Motion", default=True,
+        description="Bake the bound motion over the scene's frame range into an action on the avatar's "
+                    "armature, so the file animates without the add-on (render farms, FBX / glTF export). "
+                    "Off: the add-on poses the avatar live on every frame change (add-on only)")
     clip_path: bpy.props.StringProperty(name="BVH File", subtype="FILE_PATH", default="",
                                         description="The BVH the armature's action came from (optional): its "
                                                     "Frame Time sets the scene's frame rate")
@@ -225,14 +230,45 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
         ap = avatar.genlca
         edited = ap.map_armature == source and len(ap.bone_map) > 0
         try:
+            scene = context.scene
             mapping = binding.bind(avatar, source, bone_map=binding.bone_map(avatar) if edited else None,
-                                   rig=ap.rig if edited else None)
+                                   rig=ap.rig if edited else None,
+                                   bake=(scene.frame_start, scene.frame_end) if self.bake_motion else False)
         except (ValueError, KeyError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         ap.map_armature = source
         self.report({"INFO"}, f"Bound {avatar.name} to {source.name} ({avatar.genlca.rig}, {len(mapping)} "
                               f"bones mapped)" + "".join(f"; {n}" for n in notes))
+        return {"FINISHED"}
+
+
+class GENLCA_OT_bake_motion(bpy.types.Operator):
+    """Bake the bound avatar's motion again over the scene's frame range (after changing the bone map,
+    Fit Proportions or the driving armature's animation), so the file animates without the add-on"""
+
+    bl_idname = "genlca.bake_motion"
+    bl_label = "Bake Motion"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = properties.active_avatar(context.scene.genlca)
+        if item is None or item.armature is None or item.armature.genlca.source_armature is None:
+            cls.poll_message_set("Select a bound avatar in the GenLCA list")
+            return False
+        return True
+
+    def execute(self, context):
+        avatar = properties.active_avatar(context.scene.genlca).armature
+        scene = context.scene
+        try:
+            action = binding.bake_motion(avatar, scene.frame_start, scene.frame_end, scene)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Baked frames {scene.frame_start}-{scene.frame_end} of {avatar.name}"
+                              + (f" into {action.name}" if action is not None else " (a still pose)"))
         return {"FINISHED"}
 
 
@@ -516,7 +552,7 @@ def _export_menu(self, context):
 
 
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
-           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
+           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_bake_motion, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
            GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
            GENLCA_OT_unbind_armature, GENLCA_OT_render,
            GENLCA_OT_export, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)

@@ -67,6 +67,12 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
         default=protocol.AUTO_REGION)
     export_format: bpy.props.EnumProperty(name="Format", items=[(f, f.upper() if f == "ply" else ".safetensors", "")
                                                                 for f in protocol.EXPORT_FORMATS])
+    fast_preview: bpy.props.BoolProperty(
+        name="Fast preview (add-on only)", default=False,
+        description="Import avatars without vertex groups or an Armature modifier: the add-on's handlers pose "
+                    "the splats in numpy (faster for very large avatars). A file saved this way shows the "
+                    "avatar frozen in its rest pose wherever the add-on is not installed (render farms, "
+                    "exporters, colleagues). Off: a standard rig that Blender poses itself")
     # connection and the job in flight (written by the session's timer)
     connection: bpy.props.StringProperty(name="Connection", default="not connected")
     connected: bpy.props.BoolProperty(default=False)
