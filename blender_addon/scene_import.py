@@ -68,8 +68,7 @@ def bone_frames_object(mesh_obj: bpy.types.Object) -> bpy.types.Object | None:
     splats = mesh_obj.modifiers.get(SPLAT_MODIFIER)
     if splats is None or splats.type != "NODES" or splats.node_group is None:
         return None
-    socket = splat_nodes.input_identifier(splats.node_group, "Bone Frames")
-    return splats.get(socket) if socket else None
+    return splat_nodes.get_modifier_input(splats, "Bone Frames")
 
 
 def is_rigged(arrays: Mapping[str, np.ndarray]) -> bool:
@@ -200,7 +199,7 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     splats = obj.modifiers.new(SPLAT_MODIFIER, "NODES")
     splats.node_group = splat_nodes.splat_tree()
     if frames is not None:
-        splats[splat_nodes.input_identifier(splats.node_group, "Bone Frames")] = frames
+        splat_nodes.set_modifier_input(splats, "Bone Frames", frames)
     mesh.materials.append(splat_nodes.splat_material())
     target = _collection(context, collection)
     target.objects.link(obj)

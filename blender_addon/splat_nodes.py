@@ -68,6 +68,30 @@ def input_identifier(tree: bpy.types.NodeTree, name: str) -> str | None:
     return None
 
 
+def set_modifier_input(modifier: bpy.types.Modifier, name: str, value) -> None:
+    """Set a Geometry Nodes modifier's input `name` (an ID property up to Blender 5.2; from 5.3 through
+    `modifier.properties.inputs`)."""
+    identifier = input_identifier(modifier.node_group, name)
+    if identifier is None:
+        raise KeyError(f"node group {modifier.node_group.name!r} has no input {name!r}")
+    try:
+        modifier[identifier] = value
+    except TypeError:  # Blender 5.3+: inputs are RNA properties
+        getattr(modifier.properties.inputs, identifier).value = value
+
+
+def get_modifier_input(modifier: bpy.types.Modifier, name: str):
+    """A Geometry Nodes modifier's input `name`, or None."""
+    identifier = input_identifier(modifier.node_group, name) if modifier.node_group is not None else None
+    if identifier is None:
+        return None
+    try:
+        return modifier.get(identifier)
+    except TypeError:
+        socket = getattr(modifier.properties.inputs, identifier, None)
+        return getattr(socket, "value", None)
+
+
 def _named_attribute(nodes: bpy.types.Nodes, name: str, data_type: str) -> bpy.types.Node:
     node = nodes.new("GeometryNodeInputNamedAttribute")
     node.data_type = data_type
@@ -184,13 +208,10 @@ def splat_tree() -> bpy.types.GeometryNodeTree:
     frames = frames_info.outputs["Geometry"]
     count = nodes.new("GeometryNodeAttributeDomainSize")
     links.new(frames, count.inputs["Geometry"])
-    has_frames = nodes.new("FunctionNodeCompare")
-    has_frames.data_type, has_frames.operation = "INT", "GREATER_THAN"
-    links.new(count.outputs["Point Count"], has_frames.inputs[2])
-    has_frames.inputs[3].default_value = 0
+    has_frames = _math(nodes, links, "GREATER_THAN", count.outputs["Point Count"], 0.5)  # 1.0 / 0.0
     skinned = nodes.new("GeometryNodeSwitch")
     skinned.input_type = "ROTATION"
-    links.new(has_frames.outputs[0], skinned.inputs["Switch"])
+    links.new(has_frames, skinned.inputs["Switch"])
     links.new(orient.outputs["Output"], skinned.inputs["False"])
     links.new(_skinned_orientation(nodes, links, frames, rotation.outputs["Attribute"]), skinned.inputs["True"])
     orient = skinned

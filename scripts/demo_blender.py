@@ -164,7 +164,7 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             run_op(op, **kwargs)
             pump(lambda: len(props.avatars) > before, name)
             item = props.avatars[props.avatar_index]
-            (mesh,) = item.armature.children
+            (mesh,) = addon_module("binding").splat_meshes(item.armature)
             info = {"avatar_id": item.avatar_id, "label": item.label, "armature": item.armature.name,
                     "gaussians": len(mesh.data.vertices)}
             summary["avatars"][name] = info

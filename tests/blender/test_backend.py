@@ -314,7 +314,7 @@ def _edit_through_panel(session, scene, source_mesh):
                300)
     assert not scene.genlca.message_is_error, scene.genlca.message
     edited = scene.genlca.avatars[-1].armature
-    (edited_mesh,) = edited.children
+    (edited_mesh,) = addon_module("binding").splat_meshes(edited)
     a, b = scene_import.avatar_arrays(source_mesh), scene_import.avatar_arrays(edited_mesh)
     assert a["means"].shape == b["means"].shape
     changed = np.zeros(len(a["means"]), bool)
