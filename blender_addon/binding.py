@@ -491,7 +491,7 @@ def _plan(avatar: bpy.types.Object, source: bpy.types.Object, mapping: Mapping[s
 def solved_channels(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The avatar's pose channels (location (J, 3), rotation_quaternion (J, 4) wxyz, uniform scale (J,),
-    joint order) that follow its bound source armature's current evaluated pose (`bridge.retarget.solve`;
+    joint order) that follow its bound source armature's current evaluated pose (`bridge.rig.retarget.solve`;
     with `fit_proportions` the avatar's joints land on the source's); None when it is not bound."""
     source = avatar.genlca.source_armature
     if source is None or source.type != "ARMATURE":  # Blender < 5.0 lets the picker take any object

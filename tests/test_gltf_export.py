@@ -19,7 +19,7 @@ import pytest
 
 from backend.avatar.template import load_template
 from backend.export import avatar_mesh, gltf
-from bridge import avatar_files
+from bridge.files import avatar as avatar_files
 from tests.export_avatars import template_avatar
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@
                              [--motion motion.npz --fps 30] [--keep-template-names] [--no-displace]
 
 AVATAR.safetensors: a GenLCA avatar (the backend's `export` op, the add-on's *Save File*). --motion: an
-.npz with the arrays of a render request's pose (bridge.protocol RENDER_ARRAYS: joint_rotations (F, J, 4)
+.npz with the arrays of a render request's pose (bridge.wire.protocol RENDER_ARRAYS: joint_rotations (F, J, 4)
 wxyz, root_translations (F, 3); optional joint_locations (F, J, 3), joint_scales (F, J)), written as the
 glTF animation. Numpy only (no torch): runs wherever the backend's environment does.
 """
@@ -19,7 +19,7 @@ import numpy as np
 
 from backend.avatar.template import load_template
 from backend.export import avatar_mesh, gltf
-from bridge import avatar_files
+from bridge.files import avatar as avatar_files
 
 MOTION_KEYS = ("joint_rotations", "root_translations")
 OPTIONAL_MOTION_KEYS = ("joint_locations", "joint_scales")

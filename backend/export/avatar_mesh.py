@@ -1,7 +1,7 @@
 """A generated avatar as a rigged, textured mesh for game engines (numpy only: no torch, no bpy).
 
 `avatar_mesh(template, arrays, joint_names)` takes the body template (backend/avatar/template.py: a mesh
-with UVs and dense skin weights) and the avatar's wire arrays (bridge.protocol.AVATAR_ARRAYS: the
+with UVs and dense skin weights) and the avatar's wire arrays (bridge.wire.protocol.AVATAR_ARRAYS: the
 Gaussians and the skeleton) and makes a `gltf.SkinnedMesh`:
 
 - geometry: the template's triangles, split where UVs are split; moved onto the avatar's skeleton (each
@@ -14,7 +14,7 @@ Gaussians and the skeleton) and makes a `gltf.SkinnedMesh`:
   into a texture_size² image with those colours interpolated, dilated past the charts' borders (no seams
   under mipmaps), stored as PNG;
 - skin: the template's top-4 weights, renormalised; joints renamed to the Mixamo / Unity-humanoid
-  convention where the template has a counterpart (`bridge.rigmaps.MIXAMO`: Hips, Spine, LeftArm, ..),
+  convention where the template has a counterpart (`bridge.rig.rigmaps.MIXAMO`: Hips, Spine, LeftArm, ..),
   the others keep their template names;
 - space: Blender/template Z-up metres -> glTF +Y up metres (x, y, z) -> (x, z, -y), the avatar facing +Z;
 - motion: `pose_matrices` (F, J, 4, 4) armature-space pose matrices at `fps` -> a glTF animation
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.export.gltf import Animation, SkinnedMesh, decompose, local_matrices, png_bytes
-from bridge import rigmaps
+from bridge.rig import rigmaps
 
 Z_UP_TO_Y_UP = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])
 SH_C0 = 0.28209479177387814
@@ -47,7 +47,7 @@ def float32_weights(weights: np.ndarray) -> np.ndarray:
 
 
 def standard_joint_names(names: list[str]) -> list[str]:
-    """Template joint names -> Mixamo names where `bridge.rigmaps.MIXAMO` maps one, else unchanged."""
+    """Template joint names -> Mixamo names where `bridge.rig.rigmaps.MIXAMO` maps one, else unchanged."""
     to_mixamo = {joint: bone for bone, joint in rigmaps.MIXAMO.items()}
     out = [to_mixamo.get(n, n) for n in names]
     if len(set(out)) != len(out):
@@ -221,7 +221,7 @@ def bake_texture(uvs: np.ndarray, colours: np.ndarray, faces: np.ndarray, size: 
 def pose_matrices_from_wire(rest: np.ndarray, parents: np.ndarray, joint_rotations: np.ndarray,
                             root_translations: np.ndarray, joint_locations: np.ndarray | None = None,
                             joint_scales: np.ndarray | None = None) -> np.ndarray:
-    """A render request's pose (bridge.protocol RENDER_ARRAYS: joint_rotations (F, J, 4) wxyz relative to
+    """A render request's pose (bridge.wire.protocol RENDER_ARRAYS: joint_rotations (F, J, 4) wxyz relative to
     rest in each bone's rest frame, root_translations (F, 3); optional joint_locations (F, J, 3),
     joint_scales (F, J)) -> armature-space pose matrices (F, J, 4, 4), as the backend's forward kinematics:
     G_root = T(t) rest_root B_root, G_j = G_parent rest_parent⁻¹ rest_j B_j, B = T(location) R scale."""

@@ -1,79 +1,45 @@
-"""The avatar operations the backend serves, as a thin protocol adapter over the pipelines.
+"""The avatar operations the backend serves: each handler checks its request, calls the pipelines
+(backend/pipelines: generate, edit, photo, avatars) with the job's progress callback and cancel check, and
+maps the pipelines' domain errors to wire errors (HandlerError with a bridge.wire.protocol code):
 
-`AvatarService` checks each request, calls a pipeline (`generate.py`, `edit.py`; posing and rendering
-here) with the job's progress callback and cancel check, decodes token maps into rigged Gaussians and
-keeps the avatar in the store. The model comes from a checkpoint (`ServiceConfig.model`, resolved by
-`model_bundle.load_bundle`): resolution, channels, Gaussians per texel, SH degree and template are the
-checkpoint's, never the service's. Every generate/edit reply's `meta` names the model (name, version,
-sha256 prefix) and what the request used.
+    AvatarNotFound -> not_found    BadInput -> bad_array    PerceptionError, any other ValueError -> invalid_argument
+    SamplingCancelled -> the job's own cancellation
+
+The model comes from a checkpoint (`ServiceConfig.model`, resolved by `model_bundle.load_bundle`):
+resolution, channels, Gaussians per texel, SH degree and template are the checkpoint's, never the
+service's. Every generate/edit reply's `meta` names the model (name, version, sha256 prefix) and what the
+request used. `default_service()` is what `genlca-backend serve` runs; `default_handlers()` gives just its
+handlers.
 """
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 import threading
 import uuid
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from bridge import protocol
-from bridge.protocol import Request
-
-
-@dataclasses.dataclass
-class ServiceConfig:
-    """What `genlca-backend serve --config FILE.yaml` (or `--set key=value`) sets (backend/config.py)."""
-
-    model: str = "default"         # a model package under checkpoints/, a folder, or a dit .safetensors
-    text_encoder: str = ""         # "" = the checkpoint's own; else "minilm", "hashing" or a folder
-    max_render_pixels: int = 2048 * 2048
-    max_frames: int = 2000
-    max_steps: int = 200            # sampler steps one generate/edit may ask for
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Bounds on what clients can make the backend hold or do (docs/ARCHITECTURE.md, "Threat model").
-    max_render_cost: int = 1024 * 1024 * 1000   # width x height x frames of one render job
-    max_image_pixels: int = 4096 * 4096         # generate's reference image
-    max_queued_mb: float = 2048.0               # bytes of all queued and running requests
-    max_client_jobs: int = 8                    # jobs one client may have queued or running
-    send_hwm: int = 256                         # replies waiting for one client before it counts as not reading
-
-    def __post_init__(self) -> None:
-        for name in ("max_render_pixels", "max_frames", "max_steps", "max_render_cost", "max_image_pixels",
-                     "max_queued_mb", "max_client_jobs", "send_hwm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def check_request(self, request: Request, arrays: dict[str, np.ndarray]) -> None:
-        """Per-job cost limits, checked by the server before a job is queued (BackendServer admission).
-        Raises bridge.codec.ProtocolError with too_costly / too_large / invalid_argument."""
-        from bridge.codec import ProtocolError
-
-        if isinstance(request, protocol.Render):
-            rotations = arrays.get("joint_rotations")
-            frames = int(rotations.shape[0]) if rotations is not None and rotations.ndim >= 1 else 0
-            if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192):
-                raise ProtocolError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of "
-                                    f"range (1..8192 each)")
-            cost = request.width * request.height * frames
-            if cost > self.max_render_cost:
-                raise ProtocolError(protocol.E_TOO_COSTLY, f"render of {frames} frames at {request.width}x"
-                                    f"{request.height} is {cost} pixel-frames, the limit per job is "
-                                    f"{self.max_render_cost}; render fewer frames or smaller")
-        elif isinstance(request, protocol.Generate) and "image" in arrays:
-            image = arrays["image"]
-            pixels = int(np.prod(image.shape[:2])) if image.ndim >= 2 else 0
-            if pixels > self.max_image_pixels:
-                raise ProtocolError(protocol.E_TOO_LARGE, f"reference image of {image.shape[1]}x{image.shape[0]} "
-                                    f"pixels is above the limit of {self.max_image_pixels} pixels")
+from backend.perception.media import PerceptionError
+from backend.pipelines.avatars import (decode_avatar, export_avatar, find_avatar, render_frames,
+                                       resolve_device)
+from backend.pipelines.edit import edit_text, regenerate_auto, regenerate_region
+from backend.pipelines.errors import AvatarNotFound, BadInput
+from backend.pipelines.generate import SamplerSettings, generate_tokens
+from backend.pipelines.model_bundle import load_bundle
+from backend.pipelines.photo import observe_photo
+from backend.pipelines.store import AvatarStore
+from backend.sampling.solvers import SamplingCancelled
+from backend.service.config import ServiceConfig
+from backend.service.queue import HandlerError, JobContext
+from bridge.wire import protocol
+from bridge.wire.protocol import Request
 
 
 class AvatarService:
     """The model bundle (loaded once) and the handlers over it.
 
-    Handlers follow backend.jobs' signature: (request, arrays, ctx) -> (header fields, arrays).
+    Handlers follow backend.service.queue's signature: (request, arrays, ctx) -> (header fields, arrays).
     """
 
     def __init__(self, store, config: ServiceConfig | None = None, bundle=None) -> None:
@@ -85,17 +51,12 @@ class AvatarService:
     # ------------------------------------------------------------------ set-up
     @property
     def device(self) -> torch.device:
-        want = self.config.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.device(want)
+        return resolve_device(self.config.device)
 
     def bundle(self):
         """The model package (backend.pipelines.model_bundle); loaded on first use. Raises ModelError."""
         with self._lock:
             if self._bundle is None:
-                from backend.pipelines.model_bundle import load_bundle
-
                 self._bundle = load_bundle(self.config.model, str(self.device), self.config.text_encoder or None)
             return self._bundle
 
@@ -109,45 +70,22 @@ class AvatarService:
                 "render": self.render, "export": self.export}
 
     # ------------------------------------------------------------------ helpers
-    def _decode_and_store(self, tokens: torch.Tensor, meta: dict[str, Any], ctx) -> dict[str, Any]:
-        from backend.avatar.avatar_file import AvatarRecord
-        from backend.avatar.tokens import decode
-
-        bundle = self.bundle()
+    def _decode_and_store(self, tokens: torch.Tensor, meta: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ctx.progress("decode", 0, 1)
-        with torch.no_grad():
-            gaussians = decode(tokens.to(self.device), bundle.layout, bundle.decoder).to("cpu")
+        record = decode_avatar(self.bundle(), tokens, meta, self.device)
         ctx.check_cancelled()
-        template = bundle.template
-        model = bundle.describe()
-        record = AvatarRecord(
-            gaussians=gaussians.detach(), tokens=tokens.detach().cpu(), joint_names=list(template.joint_names),
-            joint_parents=np.asarray(template.joint_parents, dtype=np.int32),
-            rest_matrices=np.asarray(template.rest_matrices, dtype=np.float32),
-            joint_tails=np.asarray(template.joint_tails, dtype=np.float32),
-            meta={**meta, "generator": f"genlca-dit {model['name']}",
-                  "model": {k: model[k] for k in ("name", "version", "sha256")}, "template": template.name,
-                  "resolution": bundle.resolution, "gaussians": len(gaussians)})
         avatar_id = uuid.uuid4().hex[:12]
         self.store.put(avatar_id, record)
         ctx.progress("decode", 1, 1)
         return {"avatar_id": avatar_id, "meta": record.meta}
 
     def _record(self, avatar_id: str):
-        from backend.jobs import HandlerError
+        try:
+            return find_avatar(self.store, avatar_id)
+        except AvatarNotFound as exc:
+            raise HandlerError(protocol.E_NOT_FOUND, str(exc)) from None
 
-        record = self.store.get(avatar_id)
-        if record is None:
-            folder = getattr(self.store, "folder", None)
-            where = f"in memory or in {folder}" if folder is not None else \
-                "in memory (this backend keeps avatars in memory only: --no-persist)"
-            raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} {where}; generate it again")
-        return record
-
-    def _settings(self, request):
-        from backend.jobs import HandlerError
-        from backend.pipelines.generate import SamplerSettings
-
+    def _settings(self, request) -> SamplerSettings:
         if not 1 <= request.steps <= self.config.max_steps:
             raise HandlerError(protocol.E_INVALID, f"steps must be in 1..{self.config.max_steps}, got {request.steps}")
         try:
@@ -156,11 +94,8 @@ class AvatarService:
             raise HandlerError(protocol.E_INVALID, str(exc)) from None
 
     @staticmethod
-    def _run(fn, ctx):
+    def _run(fn: Callable, ctx: JobContext):
         """Run a pipeline with the job's progress and cancel; a cancel between steps ends the job."""
-        from backend.jobs import HandlerError
-        from backend.sampling.solvers import SamplingCancelled
-
         try:
             return fn(lambda stage, i, n: ctx.progress(stage, i, n), lambda: bool(getattr(ctx, "cancelled", False)))
         except SamplingCancelled:
@@ -170,11 +105,7 @@ class AvatarService:
             raise HandlerError(protocol.E_INVALID, str(exc)) from None
 
     # ------------------------------------------------------------------ generate / edit
-    def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.jobs import HandlerError
-        from backend.pipelines.generate import generate_tokens
-        from backend.pipelines.photo import PerceptionError, observe_photo
-
+    def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Generate)
         image = arrays.get("image")
         if image is not None and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3
@@ -208,10 +139,7 @@ class AvatarService:
             meta["photo"] = photo.info
         return self._decode_and_store(tokens, meta, ctx), {}
 
-    def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.jobs import HandlerError
-        from backend.pipelines.edit import edit_text, regenerate_auto, regenerate_region
-
+    def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Edit)
         if arrays:
             raise HandlerError(protocol.E_BAD_ARRAY, f"edit takes no arrays, got {sorted(arrays)}")
@@ -253,66 +181,48 @@ class AvatarService:
         return self._decode_and_store(tokens, meta, ctx), {}
 
     # ------------------------------------------------------------------ get / render / export
-    def get_avatar(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+    def get_avatar(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.GetAvatar)
         record = self._record(request.avatar_id)
         return ({"avatar_id": request.avatar_id, "joint_names": list(record.joint_names), "meta": record.meta},
                 avatar_arrays(record))
 
-    def render(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.avatar.skinning import pose
-        from backend.jobs import HandlerError
-        from backend.render import RenderOptions, render
-        from backend.render.camera import Camera
-
+    def render(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Render)
         record = self._record(request.avatar_id)
         poses, roots, w2c, intr, locations, scales = check_render_request(request, arrays, len(record.joint_names),
                                                                           self.config)
-        skeleton = record_skeleton(record)
-        device = self.device
-        gaussians = record.gaussians.to(device)
-        options = RenderOptions(background=tuple(float(c) for c in request.background))
         frames = poses.shape[0]
-        for f in range(frames):
-            ctx.check_cancelled()
-            fitted = {} if scales is None else {"joint_locations": torch.from_numpy(locations[f]),
-                                                "joint_scales": torch.from_numpy(scales[f])}
-            posed = pose(gaussians, skeleton, torch.from_numpy(poses[f]), torch.from_numpy(roots[f]), **fitted)
-            try:
-                camera = Camera(world_to_camera=torch.from_numpy(w2c[f]), intrinsics=torch.from_numpy(intr[f]),
-                                width=request.width, height=request.height)
-            except ValueError as exc:
-                raise HandlerError(protocol.E_BAD_ARRAY, f"frame {f}: {exc}") from None
-            with torch.no_grad():
-                out = render(posed, camera, options=options)
-            rgba = torch.cat([out.rgb[0], out.alpha[0]], dim=-1)  # (H, W, 4)
-            rgba8 = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-            ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
+        try:
+            for f, rgba8 in enumerate(render_frames(record, poses, roots, w2c, intr, request.width, request.height,
+                                                    request.background, self.device, joint_locations=locations,
+                                                    joint_scales=scales, check_cancelled=ctx.check_cancelled)):
+                ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
+        except BadInput as exc:
+            raise HandlerError(protocol.E_BAD_ARRAY, str(exc)) from None
         return {"frames": frames, "avatar_id": request.avatar_id}, {}
 
-    def export(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.avatar.avatar_file import save_avatar
-        from backend.avatar.ply import save_ply
-        from backend.jobs import HandlerError
-
+    def export(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Export)
         if request.format not in protocol.EXPORT_FORMATS:
             raise HandlerError(protocol.E_INVALID,
                                f"unknown export format {request.format!r}; expected one of {protocol.EXPORT_FORMATS}")
         record = self._record(request.avatar_id)
-        suffix = ".ply" if request.format == "ply" else ".safetensors"
-        with tempfile.TemporaryDirectory(prefix="genlca-export-") as tmp:
-            path = Path(tmp) / f"avatar{suffix}"
-            if request.format == "ply":
-                save_ply(path, record.gaussians)
-            else:
-                save_avatar(path, record)
-            data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        data, suffix = export_avatar(record, request.format)
         return {"filename": f"genlca-{request.avatar_id}{suffix}", "format": request.format}, {"file": data}
 
 
-# ---------------------------------------------------------------------- free functions
+def default_service(store=None, config: ServiceConfig | None = None) -> AvatarService:
+    """What `genlca-backend serve` runs: the model package named by ServiceConfig.model (diffusion model,
+    token decoder, optional tokenizer) over the avatar core; avatars in `store` (default: in memory)."""
+    return AvatarService(store if store is not None else AvatarStore(), config)
+
+
+def default_handlers(store=None, config: ServiceConfig | None = None) -> dict[str, Any]:
+    return default_service(store, config).handlers()
+
+
+# ---------------------------------------------------------------------- wire <-> record
 def avatar_arrays(record) -> dict[str, np.ndarray]:
     """The AVATAR_ARRAYS of a stored avatar, as wire dtypes."""
     g = record.gaussians
@@ -330,19 +240,10 @@ def avatar_arrays(record) -> dict[str, np.ndarray]:
     }
 
 
-def record_skeleton(record):
-    from backend.avatar.skinning import Skeleton
-
-    return Skeleton(list(record.joint_names), torch.as_tensor(np.asarray(record.joint_parents), dtype=torch.long),
-                    torch.as_tensor(np.asarray(record.rest_matrices), dtype=torch.float32))
-
-
 def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, config: ServiceConfig):
     """Validate a render request's arrays against RENDER_ARRAYS and the optional RENDER_POSE_ARRAYS; returns
     joint_rotations, root_translations, world_to_camera, intrinsics, joint_locations and joint_scales as
     float32 numpy (the last two None when absent; one alone gets the other's neutral value)."""
-    from backend.jobs import HandlerError
-
     if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192) or \
             request.width * request.height > config.max_render_pixels:
         raise HandlerError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of range "
