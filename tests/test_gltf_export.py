@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from backend.avatar.template import load_template
-from backend.export import avatar_mesh, gltf
+from backend.export import avatar_mesh, fidelity, gltf
 from bridge.files import avatar as avatar_files
 from tests.export_avatars import template_avatar
 
@@ -143,20 +143,33 @@ def test_skeleton_skin_and_texture_of_the_file(template, trousers):
 
 @pytest.mark.parametrize("kind", ["dress", "long_hair"])
 def test_geometry_beyond_the_body_is_carried(template, kind):
-    """The skirt's / hair's Gaussians lie on the exported mesh (within 3 cm of a vertex), which the bare
-    template misses."""
+    """The skirt / hair shows in the mesh's silhouettes: over 8 views around the body, the exported mesh's
+    silhouette overlaps the opaque Gaussians' (backend/export/fidelity.py) clearly better than the bare
+    template's. The floor of this numpy metric at 256 px is ~0.9 for a body that matches exactly (the
+    splats' 2-sigma discs overhang the surface by ~2 px): tests/test_gltf_export.py prints the trousers'."""
     header, arrays = template_avatar(template, kind, n=30_000)
-    extra = slice(30_000, None)  # the skirt or hair Gaussians come after the body's
+    _, opacity = avatar_mesh.gaussian_colours(arrays)
+    radii = 2.0 * np.exp(arrays["log_scales"]).max(1)
 
-    def near(mesh) -> float:
+    def iou(mesh) -> np.ndarray:
         pos = mesh.positions.astype(np.float64) @ avatar_mesh.Z_UP_TO_Y_UP[:3, :3]  # back to Z-up
-        idx = avatar_mesh.nearest_points(arrays["means"][extra], pos)
-        return float((np.linalg.norm(pos[idx] - arrays["means"][extra], axis=1) < 0.03).mean())
+        return fidelity.silhouette_iou(fidelity.silhouettes(arrays["means"], radii, opacity, pos,
+                                                            mesh.indices.astype(np.int64)))
 
-    carried = near(avatar_mesh.avatar_mesh(template, arrays, header["joint_names"], texture_size=64))
-    bare = near(avatar_mesh.avatar_mesh(template, arrays, header["joint_names"], texture_size=64, displace=False))
-    print(f"{kind}: Gaussians within 3 cm of the mesh {carried:.2f} (bare template {bare:.2f})")
-    assert carried > 0.9 and carried > bare + 0.2
+    def gap(mesh) -> float:  # median distance of the skirt's / hair's Gaussians to the nearest mesh vertex
+        pos = mesh.positions.astype(np.float64) @ avatar_mesh.Z_UP_TO_Y_UP[:3, :3]
+        extra = arrays["means"][30_000:].astype(np.float64)
+        return float(np.median(np.linalg.norm(pos[avatar_mesh.nearest_points(extra, pos)] - extra, axis=1)))
+
+    with_it = avatar_mesh.avatar_mesh(template, arrays, header["joint_names"], texture_size=64)
+    bare_mesh = avatar_mesh.avatar_mesh(template, arrays, header["joint_names"], texture_size=64, displace=False)
+    carried, bare = iou(with_it), iou(bare_mesh)
+    print(f"{kind}: silhouette IoU over 8 views, mean {carried.mean():.3f} min {carried.min():.3f} "
+          f"(bare template: mean {bare.mean():.3f} min {bare.min():.3f}); median gap of its Gaussians "
+          f"{gap(with_it) * 100:.1f} cm (bare {gap(bare_mesh) * 100:.1f} cm)")
+    assert carried.min() > 0.84 and carried.mean() > bare.mean() and gap(with_it) < 0.5 * gap(bare_mesh)
+    if kind == "dress":  # a skirt widens the silhouette a lot
+        assert carried.min() > bare.min() + 0.05
 
 
 def test_nearest_by_joint_matches_brute_force_where_regions_agree(template, trousers):

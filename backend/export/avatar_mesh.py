@@ -32,6 +32,8 @@ SH_C0 = 0.28209479177387814
 MAX_DISPLACEMENT = 0.5  # metres a vertex may move out to reach the avatar's Gaussians
 OPAQUE = 0.5  # Gaussians at least this opaque define the surface the mesh is pushed out to
 INFLUENCES = 4  # JOINTS_0 / WEIGHTS_0
+REGION_REACH = 0.03  # metres: a Gaussian further than this from its region's vertices looks at all of them
+NORMAL_CONE = 0.5  # a Gaussian pushes a vertex out only within 60 degrees of its normal (cos)
 _NEAREST_CHUNK = 4096
 
 
@@ -73,9 +75,10 @@ def nearest_points(queries: np.ndarray, points: np.ndarray, chunk: int = _NEARES
 def nearest_vertices_by_joint(means: np.ndarray, gaussian_joint: np.ndarray, vertices: np.ndarray,
                               vertex_skin: np.ndarray) -> np.ndarray:
     """For each Gaussian, the nearest template vertex among those whose two heaviest joints include the
-    Gaussian's heaviest joint (the region it is skinned to); Gaussians of a joint no vertex leans on
-    search all. Brute force per joint: sum over joints of Gaussians x vertices there, ~100x less work
-    than all pairs for a 104-joint template."""
+    Gaussian's heaviest joint (the region it is skinned to); a Gaussian whose nearest such vertex is more
+    than REGION_REACH away (a joint that many regions lean on a little, e.g. the root) and those of a joint
+    no vertex leans on search all vertices. Brute force per joint: sum over joints of Gaussians x vertices
+    there, ~100x less work than all pairs for a 104-joint template."""
     top2 = np.argsort(-vertex_skin, axis=1, kind="stable")[:, :2]  # (V, 2)
     out = np.empty(len(means), np.int64)
     order = np.argsort(gaussian_joint, kind="stable")
@@ -87,6 +90,9 @@ def nearest_vertices_by_joint(means: np.ndarray, gaussian_joint: np.ndarray, ver
         if len(candidates) == 0:
             candidates = np.arange(len(vertices))
         out[group] = candidates[nearest_points(means[group], vertices[candidates])]
+    far = np.flatnonzero(np.linalg.norm(vertices[out] - means, axis=1) > REGION_REACH)
+    if len(far):
+        out[far] = nearest_points(means[far], vertices)
     return out
 
 
@@ -163,11 +169,14 @@ def fit_to_skeleton(template, rest_matrices: np.ndarray) -> np.ndarray:
 def displacement(vertices: np.ndarray, normals: np.ndarray, edges: np.ndarray, means: np.ndarray,
                  opacity: np.ndarray, nearest: np.ndarray) -> np.ndarray:
     """(V,) how far each vertex moves out along its normal: the largest offset of the opaque Gaussians
-    nearest to it (0 when none lies outside), smoothed over the edges, at most MAX_DISPLACEMENT."""
-    opaque = opacity >= OPAQUE
-    offset = np.einsum("ij,ij->i", means[opaque] - vertices[nearest[opaque]], normals[nearest[opaque]])
+    nearest to it that lie within NORMAL_CONE of the normal (0 when none), smoothed over the edges, at most
+    MAX_DISPLACEMENT. (The cone keeps a hand hanging beside a skirt from being pushed sideways into it.)"""
+    opaque = np.flatnonzero(opacity >= OPAQUE)
+    d = means[opaque] - vertices[nearest[opaque]]
+    offset = np.einsum("ij,ij->i", d, normals[nearest[opaque]])
+    inside = offset >= NORMAL_CONE * np.linalg.norm(d, axis=1)
     out = np.zeros(len(vertices))
-    np.maximum.at(out, nearest[opaque], offset)
+    np.maximum.at(out, nearest[opaque[inside]], offset[inside])
     # keep the shell where the Gaussians are: smoothing must not pull it back inside them
     smoothed = _smooth(out, edges, 3)
     return np.clip(np.maximum(smoothed, 0.5 * out), 0.0, MAX_DISPLACEMENT)
