@@ -1,5 +1,7 @@
 """Thin operators: check, start a job through `workflows`, report. Work happens in the session's timer."""
 
+from pathlib import Path
+
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
@@ -435,7 +437,8 @@ class GENLCA_OT_render(bpy.types.Operator):
 
 
 class GENLCA_OT_export(bpy.types.Operator):
-    """Export the selected avatar as a 3DGS PLY or a GenLCA .safetensors file into the output folder"""
+    """Export the selected avatar into the output folder: a 3DGS PLY, a GenLCA .safetensors file, or a rigged,
+    textured mesh for game engines (GLB, FBX) with its animation over the scene's frames"""
 
     bl_idname = "genlca.export"
     bl_label = "Export Avatar"
@@ -446,8 +449,37 @@ class GENLCA_OT_export(bpy.types.Operator):
 
     def execute(self, context):
         props = context.scene.genlca
-        return _start(self, workflows.export_file, context.scene, properties.active_avatar(props).avatar_id,
-                      props.export_format, preferences.output_dir(context))
+        item = properties.active_avatar(props)
+        return _start(self, workflows.export_file, context.scene, item.avatar_id, props.export_format,
+                      preferences.output_dir(context), armature=item.armature)
+
+
+class GENLCA_OT_export_mesh(bpy.types.Operator, ExportHelper):
+    """Export the selected avatar as a rigged, textured mesh for game engines (the backend makes it from the
+    body template; its animation over the scene's frames goes with it)"""
+
+    bl_idname = "genlca.export_mesh"
+    bl_label = "Export Avatar Mesh"
+
+    filename_ext = ".glb"
+    filter_glob: bpy.props.StringProperty(default="*.glb;*.fbx", options={"HIDDEN"})
+    mesh_format: bpy.props.EnumProperty(name="Format", items=[
+        ("glb", "glTF Binary (.glb)", "Unity, Unreal, Godot, three.js"),
+        ("fbx", "FBX (.fbx)", "Through Blender's glTF importer and FBX exporter")])
+
+    @classmethod
+    def poll(cls, context):
+        return _active_item(cls, context) is not None and _idle(cls, context)
+
+    def check(self, context):
+        self.filename_ext = "." + self.mesh_format
+        return super().check(context)
+
+    def execute(self, context):
+        item = properties.active_avatar(context.scene.genlca)
+        path = bpy.path.ensure_ext(self.filepath, "." + self.mesh_format)
+        return _start(self, workflows.export_file, context.scene, item.avatar_id, self.mesh_format,
+                      str(Path(path).parent), armature=item.armature, filepath=path)
 
 
 class GENLCA_OT_notify(bpy.types.Operator):
@@ -549,13 +581,14 @@ def _import_menu(self, context):
 
 def _export_menu(self, context):
     self.layout.operator(GENLCA_OT_export_file.bl_idname, text="GenLCA Avatar / Splats (.safetensors, .ply)")
+    self.layout.operator(GENLCA_OT_export_mesh.bl_idname, text="GenLCA Avatar Mesh for Game Engines (.glb, .fbx)")
 
 
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
            GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_bake_motion, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
            GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
            GENLCA_OT_unbind_armature, GENLCA_OT_render,
-           GENLCA_OT_export, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)
+           GENLCA_OT_export, GENLCA_OT_export_mesh, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)
 _register, _unregister = bpy.utils.register_classes_factory(classes)
 
 
