@@ -209,11 +209,11 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
 
 
 def import_avatar(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                  collection: bpy.types.Collection | None = None, name: str | None = None
-                  ) -> tuple[bpy.types.Object, bpy.types.Object]:
+                  collection: bpy.types.Collection | None = None, name: str | None = None,
+                  rig: str | None = None) -> tuple[bpy.types.Object, bpy.types.Object]:
     """Import in one go: returns (armature object, splat mesh object)."""
     out: dict = {}
-    for _ in import_steps(context, header, arrays, collection, name, out):
+    for _ in import_steps(context, header, arrays, collection, name, out, rig=rig):
         pass
     return out["armature"], out["mesh"]
 

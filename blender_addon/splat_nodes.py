@@ -23,7 +23,7 @@ import bpy
 
 SPLAT_TREE = "GenLCA Splats"
 SPLAT_MATERIAL = "GenLCA Splat"
-SPLAT_TREE_VERSION = 3  # 3: the Bone Frames input (standard rig); 2: "posed_rotation" only
+SPLAT_TREE_VERSION = 4  # 4: the Bone Frames input (standard rig), fresh points; 2: "posed_rotation" only
 MAX_SKIN_SLOTS = 8  # the tree reads genlca_skin_0..7 (a missing slot reads 0: weight 0)
 _WEIGHT_SCALE = 65536.0  # packed skin: joint * 65536 + weight (exact in float32 below 2**24: < 256 joints)
 
@@ -220,10 +220,38 @@ def splat_tree() -> bpy.types.GeometryNodeTree:
     scaled.operation = "SCALE"
     links.new(scale.outputs["Attribute"], scaled.inputs[0])
     links.new(group_in.outputs["Splat Size"], scaled.inputs["Scale"])
+    # Instance on Points would carry every point attribute to the instances (each vertex group is one, and
+    # each stored SH band): ~8x the evaluation. Fresh points get only what the instances and the material
+    # use, sampled from the splat mesh by index.
+    source = group_in.outputs["Geometry"]
+    points_count = nodes.new("GeometryNodeAttributeDomainSize")
+    links.new(source, points_count.inputs["Geometry"])
+    index = nodes.new("GeometryNodeInputIndex")
+
+    def sample(value: bpy.types.NodeSocket, data_type: str) -> bpy.types.NodeSocket:
+        node = nodes.new("GeometryNodeSampleIndex")
+        node.data_type, node.domain = data_type, "POINT"
+        links.new(source, node.inputs["Geometry"])
+        links.new(value, node.inputs["Value"])
+        links.new(index.outputs[0], node.inputs["Index"])
+        return node.outputs[0]
+
+    points = nodes.new("GeometryNodePoints")
+    links.new(points_count.outputs["Point Count"], points.inputs["Count"])
+    links.new(sample(nodes.new("GeometryNodeInputPosition").outputs[0], "FLOAT_VECTOR"), points.inputs["Position"])
     instance = nodes.new("GeometryNodeInstanceOnPoints")
-    links.new(group_in.outputs["Geometry"], instance.inputs["Points"])
+    links.new(points.outputs[0], instance.inputs["Points"])
     links.new(material.outputs["Geometry"], instance.inputs["Instance"])
-    links.new(orient.outputs["Output"], instance.inputs["Rotation"])
-    links.new(scaled.outputs["Vector"], instance.inputs["Scale"])
-    links.new(instance.outputs["Instances"], group_out.inputs[0])
+    links.new(sample(orient.outputs["Output"], "QUATERNION"), instance.inputs["Rotation"])
+    links.new(sample(scaled.outputs["Vector"], "FLOAT_VECTOR"), instance.inputs["Scale"])
+    geometry = instance.outputs["Instances"]
+    for name, data_type in (("color", "FLOAT_COLOR"), ("opacity", "FLOAT")):  # what the material reads
+        store = nodes.new("GeometryNodeStoreNamedAttribute")
+        store.data_type, store.domain = data_type, "INSTANCE"
+        store.inputs["Name"].default_value = name
+        links.new(geometry, store.inputs["Geometry"])
+        links.new(sample(_named_attribute(nodes, name, data_type).outputs["Attribute"], data_type),
+                  store.inputs["Value"])
+        geometry = store.outputs["Geometry"]
+    links.new(geometry, group_out.inputs[0])
     return tree
