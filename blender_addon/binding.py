@@ -11,9 +11,22 @@ avatar's joints (aimed by positions; with fitting also placed and uniformly scal
 pose channels (location, quaternion, scale), written in bulk. The avatar's rest data are never touched:
 `unbind` resets the channels and the avatar is exactly at rest.
 
-The splats follow the bones through `scene_import.update_splat_pose` (centres "position" and orientations
-"posed_rotation", linear blend skinning in numpy: no vertex groups, no Armature modifier), called by three
-handlers: frame changes (after `apply_binding` for bound avatars, from the pose just written; from the
+The bound motion is baked (the default for the standard rig, `bake_motion`): at bind, the solver runs once
+per frame of the source's action (or the scene's range, from the operator) and its pose channels become
+an action on the avatar armature, one linear key per frame (channels that do not move get no F-curve).
+Why an action and not bone constraints to the source: the solver aims joints by positions, fits
+proportions and keeps the feet on the source's floor, which Copy Rotation / Child Of cannot express (they
+would follow the source bones' own axes, which CMU's zero-length BVH bones do not have); an action is
+what every consumer of a .blend reads: the viewport, F12, `blender -b -a`, the FBX / glTF / USD / Alembic
+exporters, other add-ons, with or without this add-on, and without the source armature. The cost: the
+bake takes ~13 ms per frame on 2 loaded cores, and editing the map, Fit Proportions or the source's
+animation needs **Bake Motion** again. `bake=False` keeps the old live binding (the frame handler applies
+the solver on every frame change; add-on only).
+
+The splats of a standard-rig avatar follow the bones through Blender's Armature modifier and the splat
+tree (`scene_import`). Those of a *fast preview* avatar follow through `scene_import.update_splat_pose`
+(centres "position" and orientations "posed_rotation", linear blend skinning in numpy), called by three
+handlers: frame changes (after `apply_binding` for live-bound avatars, from the pose just written; from the
 evaluated pose for the others), `depsgraph_update_pre` (hand-posing: a pose predicted from the bones' own
 channels is written before the depsgraph evaluates, so the mesh is evaluated once) and
 `depsgraph_update_post` (for avatar armatures among the updates: the evaluated pose, which corrects the
