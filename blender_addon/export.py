@@ -70,6 +70,9 @@ def export_avatar(session, avatar_id: str, fmt: str, out_dir: str | os.PathLike,
         if on_done:
             on_done(path)
 
-    arrays, fps = motion if motion is not None else ({}, 24.0)
-    return session.submit(protocol.Export(avatar_id=avatar_id, format=fmt, fps=float(fps)), arrays or None,
+    if motion is None:
+        return session.submit(protocol.Export(avatar_id=avatar_id, format=fmt), label=f"export {fmt}",
+                              scene_name=scene_name, on_result=on_result, on_error=on_error)
+    arrays, fps = motion
+    return session.submit(protocol.Export(avatar_id=avatar_id, format=fmt, fps=float(fps)), arrays,
                           label=f"export {fmt}", scene_name=scene_name, on_result=on_result, on_error=on_error)
