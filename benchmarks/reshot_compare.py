@@ -1,4 +1,5 @@
-"""Rigged avatar import vs the ReshotAI 3DGS add-on's (unrigged) import of the same number of Gaussians.
+"""Rigged avatar import (the standard rig, and the fast preview) vs the ReshotAI 3DGS add-on's (unrigged)
+import of the same number of Gaussians.
 
     git clone https://github.com/ReshotAI/gaussian-splatting-blender-addon /tmp/reshot   # GPL-3, not vendored
     .venv-blender/bin/python benchmarks/reshot_compare.py --reshot /tmp/reshot/blender-addon \
@@ -13,7 +14,10 @@ For each size, in one process and alternating (both see the same machine load):
 - ReshotAI: the same Gaussians as a standard 3DGS PLY (x y z, normals, f_dc, 45 f_rest, opacity, scale,
   rot; written once here) imported by its own operator `object.import_gaussian_splatting`, loaded from the
   folder given by --reshot (its code is run, never copied into this repository).
-Both times are wall seconds from a file on disk to objects in the scene. Prints a Markdown table.
+Both times are wall seconds from a file on disk to objects in the scene. Ours twice: the standard rig
+(default: vertex groups of the nonzero top-8 weights, Armature modifier, bone frames; the vertex-group
+stage timed on its own) and the fast preview (no vertex groups, the add-on's handlers pose the splats);
+then one bone turned and `view_layer.update()` timed for each. Prints a Markdown table.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ import numpy as np  # noqa: E402
 import blender_addon  # noqa: E402
 from blender_addon import scene_import  # noqa: E402
 from benchmarks import blender_import  # noqa: E402
-from bridge.files.atomic import avatar as avatar_files  # noqa: E402
+from bridge.files import avatar as avatar_files  # noqa: E402
 from tests.synthetic_avatar import synthetic_avatar  # noqa: E402
 
 
@@ -76,13 +80,26 @@ def load_reshot(folder: Path):
     return module
 
 
-def time_ours(path: Path, header: dict) -> float:
+def time_ours(path: Path, header: dict, rig: str) -> tuple[float, float, float]:
+    """(import seconds, of which vertex groups and bone frames, one bone turned: view_layer.update() seconds)
+    for the standard rig (vertex groups, Armature modifier, the splat tree turning splats) or the fast
+    preview (the add-on's handlers pose the splats in numpy)."""
     clear_scene()
     t0 = time.perf_counter()
     arrays, _meta = avatar_files.read_safetensors(path)  # every tensor, checked against the file's size
-    for _ in scene_import.import_steps(bpy.context, header, arrays):  # armature, mesh, skin, GN, material
-        pass
-    return time.perf_counter() - t0
+    marks = {}
+    out: dict = {}
+    for stage, _total in scene_import.import_steps(bpy.context, header, arrays, out=out, rig=rig):
+        marks.setdefault(stage, time.perf_counter())  # the first yield of each stage
+        marks[f"last {stage}"] = time.perf_counter()
+    total = time.perf_counter() - t0
+    groups = marks["last 3"] - marks[2] if rig == scene_import.RIG_STANDARD else 0.0
+    bpy.context.view_layer.update()  # the first evaluation (not timed)
+    bone = out["armature"].pose.bones[len(out["armature"].pose.bones) // 2]
+    bone.rotation_quaternion = (0.9, 0.3, 0.2, 0.1)
+    t1 = time.perf_counter()
+    bpy.context.view_layer.update()  # the pose, the splat centres and orientations, the Geometry Nodes
+    return total, groups, time.perf_counter() - t1
 
 
 def time_reshot(path: Path) -> float:
@@ -120,17 +137,23 @@ def main() -> None:
             avatar_files.write_safetensors(ours_path, arrays, {"avatar_id": "bench"})
             ply_path = Path(tmp) / f"splats-{n}.ply"
             write_3dgs_ply(ply_path, arrays)
-            ours, theirs = [], []
-            for _ in range(args.repeats):
-                ours.append(time_ours(ours_path, header))
+            standard, preview, theirs = [], [], []
+            for _ in range(args.repeats):  # alternating: all three see the same machine load
+                standard.append(time_ours(ours_path, header, scene_import.RIG_STANDARD))
+                preview.append(time_ours(ours_path, header, scene_import.RIG_FAST_PREVIEW))
                 theirs.append(time_reshot(ply_path))
-            print(f"{n} Gaussians: ours (rigged, from .safetensors) best {min(ours):.3f} s; ReshotAI (unrigged, "
-                  f"from .ply) best {min(theirs):.3f} s; ratio {min(theirs) / min(ours):.1f}x")
-            rows.append((n, min(ours), min(theirs)))
-    print("\n| Gaussians | ours: rigged import from .safetensors | ReshotAI: unrigged import from .ply | ReshotAI / ours |")
-    print("|---|---|---|---|")
-    for n, a, b in rows:
-        print(f"| {n // 1000}k | {a:.3f} s | {b:.3f} s | {b / a:.1f}x |")
+            std = min(standard)  # best import, with its own stage and pose times
+            fast = min(preview)
+            print(f"{n} Gaussians: standard rig {std[0]:.3f} s (vertex groups {std[1]:.3f} s), fast preview "
+                  f"{fast[0]:.3f} s, ReshotAI (unrigged) {min(theirs):.3f} s; one bone turned: standard "
+                  f"{std[2] * 1000:.0f} ms, fast preview {fast[2] * 1000:.0f} ms")
+            rows.append((n, std, fast, min(theirs)))
+    print("\n| Gaussians | standard rig: import (of which vertex groups) | fast preview: import | ReshotAI: unrigged "
+          "import from .ply | ReshotAI / standard | one bone turned, depsgraph update: standard / fast preview |")
+    print("|---|---|---|---|---|---|")
+    for n, std, fast, b in rows:
+        print(f"| {n // 1000}k | {std[0]:.3f} s ({std[1]:.3f} s) | {fast[0]:.3f} s | {b:.3f} s | {b / std[0]:.1f}x | "
+              f"{std[2] * 1000:.0f} ms / {fast[2] * 1000:.0f} ms |")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,22 @@ avatar's joints (aimed by positions; with fitting also placed and uniformly scal
 pose channels (location, quaternion, scale), written in bulk. The avatar's rest data are never touched:
 `unbind` resets the channels and the avatar is exactly at rest.
 
-The splats follow the bones through `scene_import.update_splat_pose` (centres "position" and orientations
-"posed_rotation", linear blend skinning in numpy: no vertex groups, no Armature modifier), called by three
-handlers: frame changes (after `apply_binding` for bound avatars, from the pose just written; from the
+The bound motion is baked (the default for the standard rig, `bake_motion`): at bind, the solver runs once
+per frame of the source's action (or the scene's range, from the operator) and its pose channels become
+an action on the avatar armature, one linear key per frame (channels that do not move get no F-curve).
+Why an action and not bone constraints to the source: the solver aims joints by positions, fits
+proportions and keeps the feet on the source's floor, which Copy Rotation / Child Of cannot express (they
+would follow the source bones' own axes, which CMU's zero-length BVH bones do not have); an action is
+what every consumer of a .blend reads: the viewport, F12, `blender -b -a`, the FBX / glTF / USD / Alembic
+exporters, other add-ons, with or without this add-on, and without the source armature. The cost: the
+bake takes ~13 ms per frame on 2 loaded cores, and editing the map, Fit Proportions or the source's
+animation needs **Bake Motion** again. `bake=False` keeps the old live binding (the frame handler applies
+the solver on every frame change; add-on only).
+
+The splats of a standard-rig avatar follow the bones through Blender's Armature modifier and the splat
+tree (`scene_import`). Those of a *fast preview* avatar follow through `scene_import.update_splat_pose`
+(centres "position" and orientations "posed_rotation", linear blend skinning in numpy), called by three
+handlers: frame changes (after `apply_binding` for live-bound avatars, from the pose just written; from the
 evaluated pose for the others), `depsgraph_update_pre` (hand-posing: a pose predicted from the bones' own
 channels is written before the depsgraph evaluates, so the mesh is evaluated once) and
 `depsgraph_update_post` (for avatar armatures among the updates: the evaluated pose, which corrects the
@@ -119,7 +132,7 @@ def iter_pose_matrices(avatar: bpy.types.Object, frame_start: int, frame_end: in
     try:
         for frame in range(frame_start, frame_end + 1):
             scene.frame_set(frame)
-            if avatar.genlca.source_armature is not None:
+            if is_live(avatar):
                 apply_binding(avatar, bpy.context.evaluated_depsgraph_get())
                 bpy.context.view_layer.update()
             evaluated = avatar.evaluated_get(bpy.context.evaluated_depsgraph_get())
@@ -168,8 +181,8 @@ def update_splats(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph | Non
     orientations) from its evaluated pose (predict: from `pose_matrices_from_basis`). Returns how many
     were rewritten.
     Nothing while `iter_pose_matrices` reads frames (the scene goes back to its frame afterwards)."""
-    if _reading_pose:
-        return 0
+    if _reading_pose or scene_import.rig_mode(avatar) != scene_import.RIG_FAST_PREVIEW:
+        return 0  # a standard rig's splats are posed by its Armature modifier and the splat tree
     meshes = [m for m in splat_meshes(avatar) if len(m.data.vertices) <= scene_import.AUTO_UPDATE_MAX_SPLATS]
     if not meshes:
         return 0
@@ -390,9 +403,13 @@ def _feet(avatar: bpy.types.Object, plan) -> tuple[np.ndarray, np.ndarray]:
 
 def bind(avatar: bpy.types.Object, source: bpy.types.Object,
          bone_map: Mapping[str, str] | None = None, rig: str | None = None,
-         fit_proportions: bool | None = None) -> dict[str, str]:
+         fit_proportions: bool | None = None, bake: tuple[int, int] | bool | None = None) -> dict[str, str]:
     """Bind `avatar` to `source`: propose a map (unless given; a given map is checked and refused with
-    the names it gets wrong), store it (editable in the panel) and pose the avatar once. Returns the map."""
+    the names it gets wrong), store it (editable in the panel) and pose the avatar once. Returns the map.
+
+    bake: the frames (first, last) whose motion becomes an action on the avatar (`bake_motion`), so the
+    file plays without the add-on; False: live, the add-on's frame handler poses it (add-on only);
+    None: a standard-rig avatar bakes `bake_range`, a fast-preview one is live."""
     if avatar.type != "ARMATURE" or source.type != "ARMATURE":
         raise ValueError(f"expected two armatures, got {avatar.name!r} ({avatar.type}) and "
                          f"{source.name!r} ({source.type})")
@@ -413,7 +430,15 @@ def bind(avatar: bpy.types.Object, source: bpy.types.Object,
     props.rig = rig or "custom"
     set_bone_map(avatar, bone_map)
     _plans.pop(avatar.session_uid, None)
-    apply_binding(avatar, bpy.context.evaluated_depsgraph_get())
+    _remove_motion(avatar)
+    if bake is None:
+        bake = scene_import.rig_mode(avatar) == scene_import.RIG_STANDARD
+    if bake is True:
+        bake = bake_range(source, bpy.context.scene)
+    if bake:
+        bake_motion(avatar, *bake)
+    else:
+        apply_binding(avatar, bpy.context.evaluated_depsgraph_get())
     return dict(bone_map)
 
 
@@ -423,6 +448,7 @@ def unbind(avatar: bpy.types.Object) -> None:
     props = avatar.genlca
     props.source_armature = None
     _plans.pop(avatar.session_uid, None)
+    _remove_motion(avatar)
     bones = avatar.pose.bones
     count = len(bones)
     bones.foreach_set("location", np.zeros(count * 3, np.float32))
@@ -475,15 +501,17 @@ def _plan(avatar: bpy.types.Object, source: bpy.types.Object, mapping: Mapping[s
     return plan
 
 
-def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> None:
-    """Pose `avatar` from its bound source armature's current evaluated pose (`bridge.retarget.solve`;
-    with `fit_proportions` the avatar's joints land on the source's)."""
+def solved_channels(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The avatar's pose channels (location (J, 3), rotation_quaternion (J, 4) wxyz, uniform scale (J,),
+    joint order) that follow its bound source armature's current evaluated pose (`bridge.rig.retarget.solve`;
+    with `fit_proportions` the avatar's joints land on the source's); None when it is not bound."""
     source = avatar.genlca.source_armature
     if source is None or source.type != "ARMATURE":  # Blender < 5.0 lets the picker take any object
-        return
+        return None
     mapping = {s: t for s, t in bone_map(avatar).items() if s in source.data.bones and t in avatar.data.bones}
     if not mapping:
-        return
+        return None
     plan = _plan(avatar, source, mapping)
     src_eval = source.evaluated_get(depsgraph)
     src_names = [b.name for b in source.data.bones]
@@ -493,12 +521,18 @@ def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> N
     world = retarget.solve(plan, src_world, fit=fit)
     if fit:  # feet on the source's floor: a sole that would sink lifts the avatar (MAX_LIFT at most)
         world[:, 2, 3] += _ground_lift(avatar, plan, world, src_world)
-    tpl_names = joint_names(avatar)
     arm = np.array(avatar.matrix_world.inverted(), np.float64) @ world  # armature space
-    location, rotation, scale = retarget.pose_basis(rest_matrices(avatar).astype(np.float64),
-                                                    joint_parents(avatar), arm)
+    return retarget.pose_basis(rest_matrices(avatar).astype(np.float64), joint_parents(avatar), arm)
+
+
+def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> None:
+    """Pose `avatar` from its bound source armature's current evaluated pose (`solved_channels`)."""
+    channels = solved_channels(avatar, depsgraph)
+    if channels is None:
+        return
+    location, rotation, scale = channels
     bones = avatar.pose.bones
-    order = _order(bones, tpl_names)
+    order = _order(bones, joint_names(avatar))
     count = len(bones)
     loc = np.zeros((count, 3), np.float32)
     quats = np.tile(np.float32([1, 0, 0, 0]), (count, 1))
@@ -513,6 +547,110 @@ def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> N
     avatar.update_tag(refresh={"DATA"})  # foreach_set tags nothing: re-evaluate the pose
 
 
+# ------------------------------------------------------------------ the bound motion as an action
+BAKED_KEY = "genlca_baked"  # on a bound avatar: [first, last] frame of its baked motion (absent: live)
+MOTION_KEY = "genlca_motion"  # on an action: the avatar binding baked it (unbind and a new bake remove it)
+CONSTANT_TOLERANCE = 1e-6  # a channel that varies less than this over the frames gets no F-curve
+_LINEAR = 1  # Keyframe.interpolation's enum value of 'LINEAR' (CONSTANT 0, LINEAR 1, BEZIER 2)
+
+
+def is_live(avatar: bpy.types.Object) -> bool:
+    """Bound and followed frame by frame by the add-on's handler (not baked into an action)."""
+    return avatar.genlca.source_armature is not None and avatar.get(BAKED_KEY) is None
+
+
+def _new_fcurve(action: bpy.types.Action, obj: bpy.types.Object, data_path: str, index: int, group: str):
+    if hasattr(action, "fcurve_ensure_for_datablock"):  # Blender 4.4+: layered actions (a slot per user)
+        return action.fcurve_ensure_for_datablock(obj, data_path, index=index, group_name=group)
+    return action.fcurves.new(data_path, index=index, action_group=group)
+
+
+def _remove_motion(avatar: bpy.types.Object) -> None:
+    ad = avatar.animation_data
+    action = ad.action if ad is not None else None
+    if action is not None and action.get(MOTION_KEY):
+        ad.action = None
+        if action.users == 0:
+            bpy.data.actions.remove(action)
+    avatar.pop(BAKED_KEY, None)
+
+
+def bake_motion(avatar: bpy.types.Object, frame_start: int, frame_end: int,
+                scene: bpy.types.Scene | None = None) -> bpy.types.Action | None:
+    """Bake the bound motion over [frame_start, frame_end] into an action on the avatar armature (its
+    pose channels, one key per frame, linear), which replaces an earlier baked one: Blender then plays the
+    avatar without the add-on, in any process, in every exporter. Channels that do not move get their
+    value and no F-curve. Returns the action (None when no channel moves: the pose is set). The splat
+    meshes are left out of the depsgraph while the frames are stepped; the scene's frame is restored."""
+    global _reading_pose
+    scene = scene or bpy.context.scene
+    if avatar.genlca.source_armature is None:
+        raise ValueError(f"avatar {avatar.name!r} is not bound: bind it before baking its motion")
+    if frame_end < frame_start:
+        raise ValueError(f"expected frame_start <= frame_end, got {frame_start}..{frame_end}")
+    _remove_motion(avatar)
+    names = joint_names(avatar)
+    frames = range(int(frame_start), int(frame_end) + 1)
+    count = len(names)
+    location = np.zeros((len(frames), count, 3))
+    rotation = np.zeros((len(frames), count, 4))
+    scale = np.ones((len(frames), count))
+    current = scene.frame_current
+    hidden = [o for o in scene.objects if o.type == "MESH" and "genlca_avatar_id" in o and not o.hide_viewport]
+    for o in hidden:
+        o.hide_viewport = True
+    _reading_pose += 1
+    try:
+        for i, frame in enumerate(frames):
+            scene.frame_set(frame)
+            channels = solved_channels(avatar, bpy.context.evaluated_depsgraph_get())
+            if channels is None:
+                raise ValueError(f"avatar {avatar.name!r} has no bone of its map on its source armature")
+            location[i], rotation[i], scale[i] = channels
+    finally:
+        _reading_pose -= 1
+        for o in hidden:
+            o.hide_viewport = False
+    # one hemisphere from frame to frame: linear keys between q and -q would pass through zero
+    flip = np.einsum("fjc,fjc->fj", rotation[1:], rotation[:-1]) < 0.0
+    sign = np.concatenate([np.ones((1, count)), np.where(np.cumsum(flip, axis=0) % 2 == 1, -1.0, 1.0)])
+    rotation *= sign[..., None]
+    channels = {"location": location, "rotation_quaternion": rotation,
+                "scale": np.repeat(scale[..., None], 3, axis=-1)}
+    bones = avatar.pose.bones
+    for pb in bones:
+        pb.rotation_mode = "QUATERNION"
+    action = None
+    keyed = np.array(frames, np.float64)
+    for j, name in enumerate(names):
+        pb = bones[name]
+        for path, values in channels.items():
+            series = values[:, j, :]  # (F, C)
+            setattr(pb, path, series[0].tolist())
+            for c in range(series.shape[1]):
+                if np.ptp(series[:, c]) <= CONSTANT_TOLERANCE:
+                    continue
+                if action is None:
+                    action = bpy.data.actions.new(f"{avatar.name} motion")
+                    action[MOTION_KEY] = True
+                    ad = avatar.animation_data or avatar.animation_data_create()
+                    ad.action = action
+                curve = _new_fcurve(action, avatar, f'pose.bones["{name}"].{path}', c, name)
+                points = curve.keyframe_points
+                points.add(len(frames))
+                points.foreach_set("co", np.column_stack([keyed, series[:, c]]).astype(np.float32).ravel())
+                points.foreach_set("interpolation", np.full(len(frames), _LINEAR, np.int32))
+                curve.update()
+    avatar[BAKED_KEY] = [int(frame_start), int(frame_end)]
+    scene.frame_set(current)
+    return action
+
+
+def bake_range(source: bpy.types.Object, scene: bpy.types.Scene) -> tuple[int, int]:
+    """The frames a bind bakes by default: the source's action, else the current frame."""
+    return action_range(source) or (scene.frame_current, scene.frame_current)
+
+
 def _report(what: str, obj: bpy.types.Object, exc: Exception) -> None:
     print(f"GenLCA: {what} of {obj.name!r} failed: {type(exc).__name__}: {exc}")
 
@@ -523,8 +661,8 @@ def on_frame_change(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph | Non
     for obj in scene.objects:
         if obj.type != "ARMATURE":
             continue
-        bound = obj.genlca.source_armature is not None
-        if bound:
+        bound = is_live(obj)
+        if bound and not _reading_pose:
             try:
                 apply_binding(obj, depsgraph)
             except Exception as exc:  # a broken binding must not break playback
@@ -546,7 +684,7 @@ def on_depsgraph_update_pre(scene: bpy.types.Scene, *_args) -> None:
     the predicted pose now, so the splat mesh is evaluated once with them."""
     seen = {}
     for obj in scene.objects:
-        if not is_avatar(obj):
+        if not is_avatar(obj) or scene_import.rig_mode(obj) != scene_import.RIG_FAST_PREVIEW:
             continue
         try:
             bones = obj.pose.bones

@@ -14,7 +14,7 @@ import numpy as np
 from ._bridge import files, protocol
 
 
-AVATAR_EXTENSIONS = {"ply": ".ply", "safetensors": ".safetensors"}  # the only names the add-on writes for avatars
+AVATAR_EXTENSIONS = {"ply": ".ply", "safetensors": ".safetensors", "glb": ".glb"}  # the only names the add-on writes for avatars
 MAX_NAME = 128
 
 
@@ -51,8 +51,10 @@ def write_atomic(path: str | os.PathLike, data: bytes | np.ndarray) -> Path:
 
 def export_avatar(session, avatar_id: str, fmt: str, out_dir: str | os.PathLike, *, scene_name: str = "",
                   on_done: Callable[[Path], None] | None = None,
-                  on_error: Callable[[str, str], None] | None = None) -> str:
-    """Send an Export request; the result's "file" array is written into `out_dir`. Returns the job id."""
+                  on_error: Callable[[str, str], None] | None = None,
+                  motion: tuple[dict[str, np.ndarray], float] | None = None, filepath: str | None = None) -> str:
+    """Send an Export request; the result's "file" array is written into `out_dir` (or to `filepath`, a
+    path the user picked). motion: (pose arrays, fps) of a "glb" export's animation. Returns the job id."""
     if fmt not in protocol.EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {protocol.EXPORT_FORMATS}, got {fmt!r}")
 
@@ -60,10 +62,17 @@ def export_avatar(session, avatar_id: str, fmt: str, out_dir: str | os.PathLike,
         data = reply.arrays.get("file")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise ValueError("the backend's export result has no uint8 'file' array")
-        name = safe_filename(str(reply.header.get("filename", "")), f"genlca_{avatar_id[:8]}", fmt)
-        path = write_atomic(Path(out_dir) / name, data)
+        if filepath:
+            path = write_atomic(filepath, data)
+        else:
+            name = safe_filename(str(reply.header.get("filename", "")), f"genlca_{avatar_id[:8]}", fmt)
+            path = write_atomic(Path(out_dir) / name, data)
         if on_done:
             on_done(path)
 
-    return session.submit(protocol.Export(avatar_id=avatar_id, format=fmt), label=f"export {fmt}",
-                          scene_name=scene_name, on_result=on_result, on_error=on_error)
+    if motion is None:
+        return session.submit(protocol.Export(avatar_id=avatar_id, format=fmt), label=f"export {fmt}",
+                              scene_name=scene_name, on_result=on_result, on_error=on_error)
+    arrays, fps = motion
+    return session.submit(protocol.Export(avatar_id=avatar_id, format=fmt, fps=float(fps)), arrays,
+                          label=f"export {fmt}", scene_name=scene_name, on_result=on_result, on_error=on_error)

@@ -1,5 +1,7 @@
 """Thin operators: check, start a job through `workflows`, report. Work happens in the session's timer."""
 
+from pathlib import Path
+
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
@@ -192,6 +194,11 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
                                           description="Play the action at its clip's own frame rate (a BVH's "
                                                       "Frame Time, known when it was imported through GenLCA "
                                                       "or named below)")
+    bake_motion: bpy.props.BoolProperty(
+        name="Bake Motion", default=True,
+        description="Bake the bound motion over the scene's frame range into an action on the avatar's "
+                    "armature, so the file animates without the add-on (render farms, FBX / glTF export). "
+                    "Off: the add-on poses the avatar live on every frame change (add-on only)")
     clip_path: bpy.props.StringProperty(name="BVH File", subtype="FILE_PATH", default="",
                                         description="The BVH the armature's action came from (optional): its "
                                                     "Frame Time sets the scene's frame rate")
@@ -225,14 +232,45 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
         ap = avatar.genlca
         edited = ap.map_armature == source and len(ap.bone_map) > 0
         try:
+            scene = context.scene
             mapping = binding.bind(avatar, source, bone_map=binding.bone_map(avatar) if edited else None,
-                                   rig=ap.rig if edited else None)
+                                   rig=ap.rig if edited else None,
+                                   bake=(scene.frame_start, scene.frame_end) if self.bake_motion else False)
         except (ValueError, KeyError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         ap.map_armature = source
         self.report({"INFO"}, f"Bound {avatar.name} to {source.name} ({avatar.genlca.rig}, {len(mapping)} "
                               f"bones mapped)" + "".join(f"; {n}" for n in notes))
+        return {"FINISHED"}
+
+
+class GENLCA_OT_bake_motion(bpy.types.Operator):
+    """Bake the bound avatar's motion again over the scene's frame range (after changing the bone map,
+    Fit Proportions or the driving armature's animation), so the file animates without the add-on"""
+
+    bl_idname = "genlca.bake_motion"
+    bl_label = "Bake Motion"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        item = properties.active_avatar(context.scene.genlca)
+        if item is None or item.armature is None or item.armature.genlca.source_armature is None:
+            cls.poll_message_set("Select a bound avatar in the GenLCA list")
+            return False
+        return True
+
+    def execute(self, context):
+        avatar = properties.active_avatar(context.scene.genlca).armature
+        scene = context.scene
+        try:
+            action = binding.bake_motion(avatar, scene.frame_start, scene.frame_end, scene)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Baked frames {scene.frame_start}-{scene.frame_end} of {avatar.name}"
+                              + (f" into {action.name}" if action is not None else " (a still pose)"))
         return {"FINISHED"}
 
 
@@ -399,7 +437,8 @@ class GENLCA_OT_render(bpy.types.Operator):
 
 
 class GENLCA_OT_export(bpy.types.Operator):
-    """Export the selected avatar as a 3DGS PLY or a GenLCA .safetensors file into the output folder"""
+    """Export the selected avatar into the output folder: a 3DGS PLY, a GenLCA .safetensors file, or a rigged,
+    textured mesh for game engines (GLB, FBX) with its animation over the scene's frames"""
 
     bl_idname = "genlca.export"
     bl_label = "Export Avatar"
@@ -410,8 +449,37 @@ class GENLCA_OT_export(bpy.types.Operator):
 
     def execute(self, context):
         props = context.scene.genlca
-        return _start(self, workflows.export_file, context.scene, properties.active_avatar(props).avatar_id,
-                      props.export_format, preferences.output_dir(context))
+        item = properties.active_avatar(props)
+        return _start(self, workflows.export_file, context.scene, item.avatar_id, props.export_format,
+                      preferences.output_dir(context), armature=item.armature)
+
+
+class GENLCA_OT_export_mesh(bpy.types.Operator, ExportHelper):
+    """Export the selected avatar as a rigged, textured mesh for game engines (the backend makes it from the
+    body template; its animation over the scene's frames goes with it)"""
+
+    bl_idname = "genlca.export_mesh"
+    bl_label = "Export Avatar Mesh"
+
+    filename_ext = ".glb"
+    filter_glob: bpy.props.StringProperty(default="*.glb;*.fbx", options={"HIDDEN"})
+    mesh_format: bpy.props.EnumProperty(name="Format", items=[
+        ("glb", "glTF Binary (.glb)", "Unity, Unreal, Godot, three.js"),
+        ("fbx", "FBX (.fbx)", "Through Blender's glTF importer and FBX exporter")])
+
+    @classmethod
+    def poll(cls, context):
+        return _active_item(cls, context) is not None and _idle(cls, context)
+
+    def check(self, context):
+        self.filename_ext = "." + self.mesh_format
+        return super().check(context)
+
+    def execute(self, context):
+        item = properties.active_avatar(context.scene.genlca)
+        path = bpy.path.ensure_ext(self.filepath, "." + self.mesh_format)
+        return _start(self, workflows.export_file, context.scene, item.avatar_id, self.mesh_format,
+                      str(Path(path).parent), armature=item.armature, filepath=path)
 
 
 class GENLCA_OT_notify(bpy.types.Operator):
@@ -513,13 +581,14 @@ def _import_menu(self, context):
 
 def _export_menu(self, context):
     self.layout.operator(GENLCA_OT_export_file.bl_idname, text="GenLCA Avatar / Splats (.safetensors, .ply)")
+    self.layout.operator(GENLCA_OT_export_mesh.bl_idname, text="GenLCA Avatar Mesh for Game Engines (.glb, .fbx)")
 
 
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
-           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
+           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_bake_motion, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
            GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
            GENLCA_OT_unbind_armature, GENLCA_OT_render,
-           GENLCA_OT_export, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)
+           GENLCA_OT_export, GENLCA_OT_export_mesh, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)
 _register, _unregister = bpy.utils.register_classes_factory(classes)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import properties, session, workflows
+from . import binding, properties, session, workflows
 
 
 class GENLCA_UL_avatars(bpy.types.UIList):
@@ -102,6 +102,9 @@ class GENLCA_PT_avatars(_GenLCAPanel, bpy.types.Panel):
         row = layout.row(align=True)  # files on disk, no backend needed
         row.operator("genlca.import_file", text="Open File", icon="FILEBROWSER")
         row.operator("genlca.export_file", text="Save File", icon="FILE_TICK")
+        layout.prop(props, "fast_preview")
+        if props.fast_preview:
+            layout.label(text="New imports animate only with the add-on", icon="ERROR")
 
 
 class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
@@ -145,6 +148,10 @@ class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
             layout.prop(ap, "fit_proportions")
             if ap.source_armature is not None:
                 layout.label(text=f"Driven by {ap.source_armature.name} ({ap.rig})")
+                baked = avatar.get(binding.BAKED_KEY)
+                layout.label(text=f"Motion baked, frames {baked[0]}-{baked[1]}" if baked is not None
+                             else "Live: animates only with the add-on", icon="ACTION" if baked else "ERROR")
+                layout.operator("genlca.bake_motion", icon="ACTION")
             elif ap.map_armature is not None:
                 layout.label(text=f"Bone map for {ap.map_armature.name} ({ap.rig})")
             layout.operator("genlca.propose_bone_map", icon="VIEWZOOM")

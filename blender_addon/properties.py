@@ -65,8 +65,18 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
         # Auto by default: a whole-body noise edit at a strength low enough to keep the person barely changes
         # the shipped model's output (docs/BENCHMARKS.md, "Editing"), while Auto changes what the prompt names
         default=protocol.AUTO_REGION)
-    export_format: bpy.props.EnumProperty(name="Format", items=[(f, f.upper() if f == "ply" else ".safetensors", "")
-                                                                for f in protocol.EXPORT_FORMATS])
+    export_format: bpy.props.EnumProperty(name="Format", items=[
+        ("ply", "PLY", "Standard 3DGS PLY: the splats, for any splat viewer"),
+        ("safetensors", ".safetensors", "The GenLCA avatar file: splats, skeleton and skin"),
+        ("glb", "GLB (rigged mesh)", "A rigged, textured mesh for game engines (Unity, Unreal, Godot, three.js), "
+                                     "with the avatar's animation over the scene's frames"),
+        ("fbx", "FBX (rigged mesh)", "The GLB through Blender's glTF importer and FBX exporter")])
+    fast_preview: bpy.props.BoolProperty(
+        name="Fast preview (add-on only)", default=False,
+        description="Import avatars without vertex groups or an Armature modifier: the add-on's handlers pose "
+                    "the splats in numpy (faster for very large avatars). A file saved this way shows the "
+                    "avatar frozen in its rest pose wherever the add-on is not installed (render farms, "
+                    "exporters, colleagues). Off: a standard rig that Blender poses itself")
     # connection and the job in flight (written by the session's timer)
     connection: bpy.props.StringProperty(name="Connection", default="not connected")
     connected: bpy.props.BoolProperty(default=False)

@@ -5,10 +5,18 @@ Gaussian and no faces. The mesh carries the attributes "scale" (exp of log-scale
 "rotation" (QUATERNION, wxyz: the rest orientation), "opacity" (sigmoid of the logit), "color" (SH DC ->
 linear RGBA), the top-k skin packed into k INT attributes "genlca_skin_0".. and the rest centres
 "genlca_rest_position" (`splat_pose`), and a Geometry Nodes modifier that draws the splats as ellipsoids
-(`splat_nodes`). No vertex groups and no Armature modifier: binding's handlers pose the centres and
-orientations in numpy (`splat_pose.update_splat_pose`), which makes the import as fast as an unrigged one;
-vertex groups for other tools are an explicit operator (`skin_groups`, "Bake Vertex Groups"). The arrays
-are checked first against bridge.wire.protocol.AVATAR_ARRAYS with the one contract check of `bridge.wire.contract`.
+(`splat_nodes`). Two rigs (RIG_MODE_KEY on the armature):
+
+- "standard" (the default): the skin as vertex groups (`skin_groups`, only nonzero weights) and an
+  Armature modifier ahead of the Geometry Nodes; a small bone-frames mesh (`skin_groups.build_bone_frames`)
+  from which the tree turns each splat with its bones. Blender's own modifiers pose everything, so a
+  saved file animates without the add-on (viewport, F12, `blender -b -a`, exporters, other add-ons).
+- "fast_preview" (*Fast preview (add-on only)*, for very large avatars): no vertex groups, no Armature
+  modifier; the add-on's handlers pose the centres and orientations in numpy
+  (`splat_pose.update_splat_pose`). A file saved this way shows a statue without the add-on.
+
+The arrays are checked first against bridge.wire.protocol.AVATAR_ARRAYS with the one contract check of
+`bridge.wire.contract`.
 
 `import_steps` yields between stages so the session can spread a large import over several timer
 ticks; `import_avatar` runs them all. The names of the modules it was split into stay importable from
@@ -22,7 +30,7 @@ from typing import Any, Iterator, Mapping
 import bpy
 import numpy as np
 
-from . import splat_nodes
+from . import skin_groups, splat_nodes
 from ._bridge import contract, protocol
 from .armature_build import (JOINT_NAMES_KEY, _collection, avatar_joint_names, bone_matrices,  # noqa: F401
                              bone_order, build_armature)
@@ -35,6 +43,32 @@ SPLAT_KEYS = ("means", "rotations", "log_scales", "opacity_logits", "sh")  # wha
 RAW_SH_ATTRIBUTE = "genlca_sh_{}"  # FLOAT_VECTOR per SH coefficient as stored (re-export keeps every band)
 RAW_OPACITY_ATTRIBUTE = "genlca_opacity_logit"
 SKELETON_KEY = "genlca_skeleton"  # on an avatar armature: the skeleton arrays as received (re-export)
+RIG_MODE_KEY = "genlca_rig"  # on an avatar armature: RIG_STANDARD or RIG_FAST_PREVIEW (absent: an older import)
+RIG_STANDARD, RIG_FAST_PREVIEW = "standard", "fast_preview"
+RIG_MODES = (RIG_STANDARD, RIG_FAST_PREVIEW)
+SPLAT_MODIFIER, ARMATURE_MODIFIER = "GenLCA splats", "Armature"
+VERTEX_GROUP_STEP_JOINTS = 8  # about this many joints' weights per import step (one timer tick)
+
+
+def rig_mode(armature_obj: bpy.types.Object) -> str:
+    """The avatar's rig: RIG_STANDARD, or RIG_FAST_PREVIEW (also an avatar imported before the standard rig
+    existed: its splats are posed by the handlers)."""
+    mode = armature_obj.get(RIG_MODE_KEY)
+    return mode if mode in RIG_MODES else RIG_FAST_PREVIEW
+
+
+def default_rig(context: bpy.types.Context) -> str:
+    """The scene's choice (*Fast preview (add-on only)* in the panel), else the standard rig."""
+    props = getattr(context.scene, "genlca", None)
+    return RIG_FAST_PREVIEW if props is not None and getattr(props, "fast_preview", False) else RIG_STANDARD
+
+
+def bone_frames_object(mesh_obj: bpy.types.Object) -> bpy.types.Object | None:
+    """The bone-frames mesh a standard-rig splat mesh reads its bone rotations from, or None."""
+    splats = mesh_obj.modifiers.get(SPLAT_MODIFIER)
+    if splats is None or splats.type != "NODES" or splats.node_group is None:
+        return None
+    return splat_nodes.get_modifier_input(splats, "Bone Frames")
 
 
 def is_rigged(arrays: Mapping[str, np.ndarray]) -> bool:
@@ -105,18 +139,25 @@ def _splat_attributes(mesh: bpy.types.Mesh, arrays: Mapping[str, np.ndarray]) ->
 
 def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
                  collection: bpy.types.Collection | None = None, name: str | None = None,
-                 out: dict | None = None) -> Iterator[tuple[int, int]]:
-    """The import as a generator of stages (for the session's timer); `out` receives "armature", "mesh".
+                 out: dict | None = None, rig: str | None = None) -> Iterator[tuple[int, int]]:
+    """The import as a generator of stages (for the session's timer); `out` receives "armature", "mesh"
+    (and "bone_frames" for the standard rig).
 
-    Yields (stage, 3) after each stage: 1 armature, 2 mesh with the splat attributes (and the skin),
-    3 parent, Geometry Nodes modifier, material and the link into the collection."""
+    rig: RIG_STANDARD or RIG_FAST_PREVIEW (None: `default_rig`). Yields (stage, total) after each stage:
+    1 armature, 2 mesh with the splat attributes (and the packed skin), [standard: 3 the vertex groups,
+    yielded every VERTEX_GROUP_STEP_JOINTS joints' worth], then parent, modifiers, material and the link
+    into the collection."""
     out = {} if out is None else out
     joint_names = [str(n) for n in header.get("joint_names", [])]
     n, j_count, k = check_avatar_arrays(arrays, joint_names)
     rigged = is_rigged(arrays)  # unrigged splats (a PLY): the mesh alone, no armature or skin
+    rig = rig or default_rig(context)
+    if rig not in RIG_MODES:
+        raise ValueError(f"rig must be one of {RIG_MODES}, got {rig!r}")
+    standard = rigged and rig == RIG_STANDARD
     avatar_id = str(header.get("avatar_id", ""))
     name = name or f"GenLCA {avatar_id[:8] or 'avatar'}"
-    total = 3
+    total = 4 if standard else 3
 
     armature = None
     if rigged:
@@ -126,6 +167,7 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
         armature["genlca_meta"] = json.dumps(header.get("meta", {}), default=str)
         armature[SKELETON_KEY] = {key: np.asarray(arrays[key]).ravel().tolist()
                                   for key in ("joint_parents", "rest_matrices", "joint_tails")}
+        armature[RIG_MODE_KEY] = RIG_STANDARD if standard else RIG_FAST_PREVIEW
     out["armature"] = armature
     yield 1, total
 
@@ -139,21 +181,39 @@ def import_steps(context: bpy.types.Context, header: Mapping[str, Any], arrays: 
     out["mesh"] = obj
     yield 2, total
 
+    frames = None
+    if standard:  # before the object is linked: VertexGroup.add then skips depsgraph work
+        for _ in skin_groups.skin_vertex_group_steps(obj, joint_names, arrays["skin_indices"],
+                                                     arrays["skin_weights"],
+                                                     step_joints=VERTEX_GROUP_STEP_JOINTS):
+            yield 3, total
+        frames = skin_groups.build_bone_frames(armature, joint_names, arrays["rest_matrices"],
+                                               name + " bone frames")
+        out["bone_frames"] = frames
+
     if rigged:
         obj.parent = armature  # identity offset: the mesh's space is the armature's
-    splats = obj.modifiers.new("GenLCA splats", "NODES")
+    if standard:
+        deform = obj.modifiers.new(ARMATURE_MODIFIER, "ARMATURE")  # ahead of the splat display
+        deform.object, deform.use_vertex_groups, deform.use_bone_envelopes = armature, True, False
+    splats = obj.modifiers.new(SPLAT_MODIFIER, "NODES")
     splats.node_group = splat_nodes.splat_tree()
+    if frames is not None:
+        splat_nodes.set_modifier_input(splats, "Bone Frames", frames)
     mesh.materials.append(splat_nodes.splat_material())
-    _collection(context, collection).objects.link(obj)
-    yield 3, total
+    target = _collection(context, collection)
+    target.objects.link(obj)
+    if frames is not None:
+        target.objects.link(frames)
+    yield total, total
 
 
 def import_avatar(context: bpy.types.Context, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                  collection: bpy.types.Collection | None = None, name: str | None = None
-                  ) -> tuple[bpy.types.Object, bpy.types.Object]:
+                  collection: bpy.types.Collection | None = None, name: str | None = None,
+                  rig: str | None = None) -> tuple[bpy.types.Object, bpy.types.Object]:
     """Import in one go: returns (armature object, splat mesh object)."""
     out: dict = {}
-    for _ in import_steps(context, header, arrays, collection, name, out):
+    for _ in import_steps(context, header, arrays, collection, name, out, rig=rig):
         pass
     return out["armature"], out["mesh"]
 

@@ -1,7 +1,12 @@
-"""Skin weights as vertex groups, for other tools (an FBX export, weight painting, an Armature modifier
-of the user's own): top-k weights grouped into runs of vertices that share a joint and a quantised
-weight, one `VertexGroup.add` per run. Only the explicit "Bake Vertex Groups" operator writes them: the
-import does not (the add-on poses the splats from the packed skin attributes, `splat_pose`)."""
+"""Skin weights as vertex groups, what Blender's Armature modifier deforms with (the standard rig that
+`scene_import` builds by default; also an FBX export, weight painting): top-k weights grouped into runs of
+vertices that share a joint and a quantised weight, one `VertexGroup.add` per run, only nonzero weights
+(0.46 s per 100k Gaussians with the backend's sparse top-8 skins on 2 loaded cores; docs/BENCHMARKS.md).
+The fast-preview import leaves them out (the add-on's handlers pose the splats from the packed skin
+attributes, `splat_pose`); "Bake Vertex Groups" writes them on request.
+
+`build_bone_frames`: the small mesh (three points per joint, each point weighted 1 to its joint, deformed
+by an Armature modifier) from which the splat tree reads each bone's rotation (`splat_nodes`)."""
 from __future__ import annotations
 
 import array
@@ -120,6 +125,38 @@ def skin_vertex_group_steps(obj: bpy.types.Object, joint_names: list[str], indic
         for g, joint in zip(groups, joint_names):
             g.name = joint
     yield
+
+
+BONE_FRAMES_KEY = "genlca_bone_frames"  # on the bone-frames mesh object
+FRAME_AXIS_LENGTH = 0.1  # metres from a joint's head to its x and y frame points
+
+
+def build_bone_frames(armature_obj: bpy.types.Object, joint_names: list[str], rest_matrices: np.ndarray,
+                      name: str) -> bpy.types.Object:
+    """A mesh object of 3 J points, in the armature's space: joint j's rest head and the head moved along
+    world x and y (points 3j, 3j+1, 3j+2), each in joint j's vertex group with weight 1, an Armature
+    modifier on `armature_obj`, parented to it with an identity offset. Posed, points 3j+1 - 3j and
+    3j+2 - 3j are the x and y columns of the bone's skinning matrix pose · rest⁻¹ (times its uniform scale).
+    Not rendered (points only) and not selectable; the caller links it."""
+    rest = np.asarray(rest_matrices, np.float32)
+    j_count = len(joint_names)
+    if rest.shape != (j_count, 4, 4):
+        raise ValueError(f"expected rest matrices of shape ({j_count}, 4, 4), got {rest.shape}")
+    points = np.repeat(rest[:, None, :3, 3], 3, axis=1)  # (J, 3, 3)
+    points[:, 1, 0] += FRAME_AXIS_LENGTH
+    points[:, 2, 1] += FRAME_AXIS_LENGTH
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(3 * j_count)
+    mesh.attributes["position"].data.foreach_set("vector", points.ravel())
+    obj = bpy.data.objects.new(name, mesh)
+    for j, joint in enumerate(joint_names):
+        obj.vertex_groups.new(name=joint).add([3 * j, 3 * j + 1, 3 * j + 2], 1.0, "REPLACE")
+    deform = obj.modifiers.new("Armature", "ARMATURE")
+    deform.object, deform.use_vertex_groups, deform.use_bone_envelopes = armature_obj, True, False
+    obj.parent = armature_obj
+    obj[BONE_FRAMES_KEY] = True
+    obj.hide_render, obj.hide_select = True, True
+    return obj
 
 
 def bake_vertex_groups(obj: bpy.types.Object, joint_names: list[str], levels: int = SKIN_LEVELS) -> int:

@@ -13,7 +13,7 @@ from typing import Callable
 import bpy
 import numpy as np
 
-from . import export, properties, render, scene_import
+from . import export, mesh_export, properties, render, scene_import
 from ._bridge import protocol
 from .session import Session, notify
 
@@ -299,14 +299,34 @@ def render_frames(session: Session, scene: bpy.types.Scene, avatar: bpy.types.Ob
 
 def export_file(session: Session, scene: bpy.types.Scene, avatar_id: str, fmt: str, out_dir: str,
                 on_done: Callable[[Path], None] | None = None,
-                on_error: Callable[[str, str], None] | None = None) -> str:
+                on_error: Callable[[str, str], None] | None = None,
+                armature: bpy.types.Object | None = None, filepath: str | None = None) -> str:
+    """Export the avatar: "ply", "safetensors", "glb" (the rigged, textured mesh the backend makes, with the
+    armature's motion over the scene's frame range as its animation) or "fbx" (that .glb through Blender's
+    glTF importer and FBX exporter, `mesh_export.glb_to_fbx`). Into out_dir, or to `filepath`."""
     name = scene.name
+    errors = error_handler(name, on_error)
 
     def done(path: Path) -> None:
+        if fmt == "fbx":
+            glb = path
+            try:
+                path = mesh_export.glb_to_fbx(glb, Path(filepath) if filepath else glb.with_suffix(".fbx"))
+            except Exception as exc:  # the importer or exporter refused: a report, not a traceback
+                errors("export", f"FBX conversion of {glb} failed: {exc}")
+                return
+            finally:
+                if filepath:
+                    glb.unlink(missing_ok=True)  # a temporary beside the picked .fbx
         _set_message(name, f"exported {path}", False)
         notify("INFO", f"GenLCA exported {path}")
         if on_done:
             on_done(path)
 
-    return export.export_avatar(session, avatar_id, fmt, out_dir, scene_name=name, on_done=done,
-                                on_error=error_handler(name, on_error))
+    backend_format = "glb" if fmt in mesh_export.MESH_FORMATS else fmt
+    motion = mesh_export.motion_arrays(armature, scene) if backend_format == "glb" and armature else None
+    target = filepath
+    if fmt == "fbx" and filepath:
+        target = str(Path(filepath).with_name(f".{Path(filepath).stem}.genlca-tmp.glb"))
+    return export.export_avatar(session, avatar_id, backend_format, out_dir, scene_name=name, on_done=done,
+                                on_error=errors, motion=motion, filepath=target)

@@ -20,10 +20,14 @@ Stages (each timed; a failure names its stage, exits with status 1 and stops the
                  from it (scale fix, proportion fitting)
   render         the Render Through Backend operator: a few frames of the mocap through a tracking camera
   export ply     the Export operator (3DGS .ply)
-  save blend     the scene as a .blend
+  export glb     the Export operator, format GLB: the rigged, textured mesh for game engines with the bound
+                 motion (the scene's frame range) as its animation
+  save blend     the scene as a .blend; a fresh Blender process without the add-on opens it and checks that
+                 the avatar's splats move between two frames (the standard rig: Blender poses them itself)
   contact sheet  the rendered frames and the avatars side by side (PNG)
 
-Outputs in --out: frames/, portraits/, the .ply, demo.blend, contact_sheet.png, summary.json, backend.log.
+Outputs in --out: frames/, portraits/, the .ply, the .glb, demo.blend, contact_sheet.png, summary.json,
+backend.log.
 Blender's user folders point at a temporary directory, so the user's own Blender set-up is never touched.
 """
 from __future__ import annotations
@@ -164,7 +168,7 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             run_op(op, **kwargs)
             pump(lambda: len(props.avatars) > before, name)
             item = props.avatars[props.avatar_index]
-            (mesh,) = item.armature.children
+            (mesh,) = addon_module("binding").splat_meshes(item.armature)
             info = {"avatar_id": item.avatar_id, "label": item.label, "armature": item.armature.name,
                     "gaussians": len(mesh.data.vertices)}
             summary["avatars"][name] = info
@@ -296,12 +300,29 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             summary["ply"] = str(ply)
             print(f"  {ply} ({ply.stat().st_size / 1e6:.1f} MB)", flush=True)
 
+        with stages.stage("export glb"):
+            select(prompted_id)
+            props.export_format = "glb"
+            prefs.output_dir = str(out)
+            run_op(bpy.ops.genlca.export)
+            pump(lambda: list(out.glob("*.glb")), "export glb")
+            (glb,) = out.glob("*.glb")
+            summary["glb"] = str(glb)
+            print(f"  {glb} ({glb.stat().st_size / 1e6:.1f} MB; frames {scene.frame_start}-{scene.frame_end} "
+                  f"as its animation)", flush=True)
+
         with stages.stage("save blend"):
             scene.frame_set(first)
             blend = out / "demo.blend"
             bpy.ops.wm.save_as_mainfile(filepath=str(blend), check_existing=False)
             summary["blend"] = str(blend)
             print(f"  {blend} ({blend.stat().st_size / 1e6:.1f} MB)", flush=True)
+            moved = splats_move_without_addon(blend, first, last)
+            summary["blend_without_addon"] = {"frames": [first, last], "splats_moved_m": moved}
+            if moved < 0.01:
+                raise RuntimeError(f"opened without the add-on, demo.blend's avatar does not move ({moved:.4f} m)")
+            print(f"  opened without the add-on: the splats move {moved:.3f} m between frames {first} and {last}",
+                  flush=True)
 
         with stages.stage("contact sheet"):
             sheet = out / "contact_sheet.png"
@@ -317,6 +338,43 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             backend.stop(grace_s=15.0)
         shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+WITHOUT_ADDON = """
+import sys
+import bpy
+import numpy as np
+bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+assert not hasattr(bpy.types.Scene, "genlca"), "the add-on is registered"
+scene = bpy.context.scene
+mesh = next(o for o in scene.objects if o.type == "MESH" and "genlca_skin_0" in o.data.attributes
+            and o.parent is not None and o.parent.animation_data is not None)
+mesh.modifiers["GenLCA splats"].show_viewport = False
+centres = []
+for frame in (int(sys.argv[2]), int(sys.argv[3])):
+    scene.frame_set(frame)
+    ev = mesh.evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    co = np.empty(len(ev.vertices) * 3, np.float32)
+    ev.vertices.foreach_get("co", co)
+    centres.append(co.reshape(-1, 3))
+print("MOVED", float(np.linalg.norm(centres[1] - centres[0], axis=1).max()))
+"""
+
+
+def splats_move_without_addon(blend: Path, first: int, last: int) -> float:
+    """How far (m) the bound avatar's splats move between two frames in a fresh Blender process (this Python,
+    Blender's user folders in a new temporary directory: no add-on installed)."""
+    with tempfile.TemporaryDirectory(prefix="genlca_plain_blender_") as user:
+        env = dict(os.environ, **{v: os.path.join(user, v.lower()) for v in
+                                  ("BLENDER_USER_RESOURCES", "BLENDER_USER_CONFIG", "BLENDER_USER_SCRIPTS",
+                                   "BLENDER_USER_EXTENSIONS", "BLENDER_USER_DATAFILES")})
+        env.pop("PYTHONPATH", None)
+        ran = subprocess.run([sys.executable, "-c", WITHOUT_ADDON, str(blend), str(first), str(last)], env=env,
+                             cwd=user, capture_output=True, text=True, timeout=600)
+    moved = [line for line in ran.stdout.splitlines() if line.startswith("MOVED ")]
+    if ran.returncode != 0 or not moved:
+        raise RuntimeError(f"a fresh Blender could not open {blend}: {ran.stderr[-2000:]}")
+    return float(moved[-1].split()[1])
 
 
 def contact_sheet(png, frames: list[Path], portraits: list[Path], path: Path) -> None:

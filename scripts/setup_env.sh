@@ -60,9 +60,22 @@ setup_blender() {
   fi
 }
 
+# The Khronos glTF validator and three.js (npm, ~20 MB) for the export tests (tests/test_gltf_export.py),
+# into tools/gltf/node_modules. Without node/npm the tests that need them skip and say why.
+setup_gltf_tools() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "[setup] no npm: the glTF validator tests will be skipped (apt-get install nodejs npm)" >&2
+    return
+  fi
+  local h; h=$(sha256sum tools/gltf/package-lock.json | cut -c1-16)
+  if stamp_ok tools/gltf/node_modules "$h"; then return; fi
+  (cd tools/gltf && npm ci --no-audit --no-fund --silent)
+  echo "$h" > tools/gltf/node_modules/.genlca-stamp
+}
+
 case "$WANT" in
-  all) setup_main; setup_blender ;;
-  main) setup_main ;;
+  all) setup_main; setup_blender; setup_gltf_tools ;;
+  main) setup_main; setup_gltf_tools ;;
   blender) setup_blender ;;
   demo) setup_main; setup_bpy_env .venv-blender "$PY" "${BPY_SPEC:-bpy==5.0.1}" ;;
   *) echo "usage: $0 [all|main|blender|demo]" >&2; exit 2 ;;

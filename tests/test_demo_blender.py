@@ -44,7 +44,7 @@ def demo(tmp_path_factory):
 def test_demo_writes_every_artefact(demo):
     out, summary, stdout = demo
     stages = ["build add-on", "backend", "install", "connect", "generate text", "edit text", "edit region",
-              "portraits", "bind mocap", "render", "export ply", "save blend", "contact sheet"]
+              "portraits", "bind mocap", "render", "export ply", "export glb", "save blend", "contact sheet"]
     assert all(s in summary["timings_s"] for s in stages), summary["timings_s"]
     assert all(f"[demo] {s}: done in" in stdout for s in stages)
     assert set(summary["avatars"]) >= {"prompt", "text edit", "legs regenerated"}
@@ -86,7 +86,23 @@ def test_ply_and_blend_open(demo):
     assert opened.returncode == 0, opened.stderr[-2000:]
     types = ast.literal_eval(opened.stdout.strip().splitlines()[-1])
     assert types.count("ARMATURE") == len(summary["avatars"]) + 1 and types.count("CAMERA") == 2
-    assert types.count("MESH") == len(summary["avatars"])
+    assert types.count("MESH") == 2 * len(summary["avatars"])  # splats and bone frames per standard rig
+    # opened without the add-on, the bound avatar moves (checked by the demo in its own fresh process)
+    assert summary["blend_without_addon"]["splats_moved_m"] > 0.01
+
+
+@pytest.mark.slow
+def test_glb_is_a_rigged_animated_mesh(demo):
+    from backend.export import gltf
+
+    out, summary, _ = demo
+    glb = Path(summary["glb"])
+    assert glb.name == f"genlca-{summary['avatars']['prompt']['avatar_id']}.glb"
+    doc, _ = gltf.read_glb(glb)
+    assert len(doc["skins"][0]["joints"]) == 104 and doc["images"][0]["mimeType"] == "image/png"
+    first, last = summary["mocap"]["frames"]
+    times = doc["accessors"][doc["animations"][0]["samplers"][0]["input"]]
+    assert times["count"] == last - first + 1
 
 
 def test_a_failing_stage_is_named_and_the_backend_stopped(tmp_path):

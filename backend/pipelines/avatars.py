@@ -20,12 +20,15 @@ import torch
 from backend.avatar.avatar_file import AvatarRecord, save_avatar
 from backend.avatar.ply import save_ply
 from backend.avatar.skinning import Skeleton, pose
+from backend.avatar.template import load_template
 from backend.avatar.tokens import decode
+from backend.export.avatar_mesh import avatar_mesh, pose_matrices_from_wire
+from backend.export.gltf import glb_bytes
 from backend.pipelines.errors import AvatarNotFound, BadInput
 from backend.render import RenderOptions, render
 from backend.render.camera import Camera
 
-EXPORT_SUFFIXES = {"ply": ".ply", "safetensors": ".safetensors"}
+EXPORT_SUFFIXES = {"ply": ".ply", "safetensors": ".safetensors", "glb": ".glb"}
 
 
 def resolve_device(want: str) -> torch.device:
@@ -98,12 +101,36 @@ def render_frames(record, joint_rotations: np.ndarray, root_translations: np.nda
         yield (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def export_avatar(record, fmt: str) -> tuple[np.ndarray, str]:
+def glb_of_record(record, motion: dict[str, np.ndarray] | None = None, fps: float = 24.0) -> bytes:
+    """The .glb bytes of a stored avatar (backend/export/avatar_mesh.py)."""
+    g = record.gaussians
+    arrays = {"means": g.means.float().cpu().numpy(), "sh": g.sh.float().cpu().numpy(),
+              "opacity_logits": g.opacity_logits.float().cpu().numpy(),
+              "skin_indices": g.skin_indices.cpu().numpy(), "skin_weights": g.skin_weights.float().cpu().numpy(),
+              "joint_parents": np.asarray(record.joint_parents), "rest_matrices": np.asarray(record.rest_matrices)}
+    poses = None
+    if motion:
+        poses = pose_matrices_from_wire(arrays["rest_matrices"], arrays["joint_parents"], **motion)
+    template = load_template(str(record.meta.get("template", "anny")))
+    try:
+        mesh = avatar_mesh(template, arrays, list(record.joint_names), name="GenLCA avatar",
+                           pose_matrices=poses, fps=fps)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    return glb_bytes(mesh)
+
+
+def export_avatar(record, fmt: str, motion: dict[str, np.ndarray] | None = None,
+                  fps: float = 24.0) -> tuple[np.ndarray, str]:
     """The avatar as file bytes (uint8) in `fmt` ("ply": the standard 3DGS PLY; "safetensors": the rigged
-    GenLCA avatar file) and the file suffix."""
+    GenLCA avatar file; "glb": the template mesh skinned to its skeleton and textured with its colours,
+    backend/export, with `motion` (a render request's pose arrays) as its animation at `fps`) and the file
+    suffix."""
     suffix = EXPORT_SUFFIXES.get(fmt)
     if suffix is None:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {tuple(EXPORT_SUFFIXES)}")
+    if fmt == "glb":
+        return np.frombuffer(glb_of_record(record, motion, fps), dtype=np.uint8), suffix
     with tempfile.TemporaryDirectory(prefix="genlca-export-") as tmp:
         path = Path(tmp) / f"avatar{suffix}"
         if fmt == "ply":

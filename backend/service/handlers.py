@@ -210,8 +210,40 @@ class AvatarService:
             raise HandlerError(protocol.E_INVALID,
                                f"unknown export format {request.format!r}; expected one of {protocol.EXPORT_FORMATS}")
         record = self._record(request.avatar_id)
-        data, suffix = export_avatar(record, request.format)
+        motion = check_export_motion(request, arrays, len(record.joint_names))
+        try:
+            data, suffix = export_avatar(record, request.format, motion, request.fps)
+        except BadInput as exc:
+            raise HandlerError(protocol.E_INVALID, str(exc)) from None
         return {"filename": f"genlca-{request.avatar_id}{suffix}", "format": request.format}, {"file": data}
+
+
+def check_export_motion(request: protocol.Export, arrays: dict[str, np.ndarray],
+                        j_count: int) -> dict[str, np.ndarray] | None:
+    """The pose arrays of a "glb" export (joint_rotations (F, J, 4) and root_translations (F, 3) together,
+    optional joint_locations / joint_scales), checked; None without any. HandlerError naming the problem."""
+    if not arrays:
+        return None
+    if request.format != "glb":
+        raise HandlerError(protocol.E_BAD_ARRAY, f"export format {request.format!r} takes no arrays, got {sorted(arrays)}")
+    missing = [k for k in ("joint_rotations", "root_translations") if k not in arrays]
+    if missing:
+        raise HandlerError(protocol.E_BAD_ARRAY, f"a motion needs joint_rotations and root_translations; missing {missing}")
+    frames = arrays["joint_rotations"].shape[0]
+    want = {"joint_rotations": (frames, j_count, 4), "root_translations": (frames, 3),
+            "joint_locations": (frames, j_count, 3), "joint_scales": (frames, j_count)}
+    for name, a in arrays.items():
+        if a.shape != want[name]:
+            raise HandlerError(protocol.E_BAD_ARRAY, f"expected {name} of shape {want[name]}, got {a.shape}")
+        if not np.isfinite(a).all():
+            raise HandlerError(protocol.E_BAD_ARRAY, f"{name} holds NaN or inf")
+    if frames < 1 or (np.linalg.norm(arrays["joint_rotations"], axis=-1) < 1e-6).any():
+        raise HandlerError(protocol.E_BAD_ARRAY, "joint_rotations must be nonzero quaternions, one frame at least")
+    if "joint_scales" in arrays and (arrays["joint_scales"] <= 0).any():
+        raise HandlerError(protocol.E_BAD_ARRAY, "joint_scales must be > 0")
+    if not (0.0 < float(request.fps) <= 1000.0):
+        raise HandlerError(protocol.E_INVALID, f"fps must be in (0, 1000], got {request.fps}")
+    return {k: np.asarray(v) for k, v in arrays.items()}
 
 
 def default_service(store=None, config: ServiceConfig | None = None) -> AvatarService:

@@ -92,10 +92,15 @@ RENDER_POSE_ARRAYS: dict[str, tuple[str, str]] = {
 # backend hold bytes it will never use. Ops not listed here (benchmark/test ops) are not checked.
 IMAGE_ARRAY: dict[str, tuple[str, str]] = {"image": ("|u1", "H,W,3")}   # sRGB
 REQUEST_ARRAYS: dict[str, dict[str, tuple[str, str]]] = {
-    "hello": {}, "ping": {}, "cancel": {}, "edit": {}, "get_avatar": {}, "export": {},
+    "hello": {}, "ping": {}, "cancel": {}, "edit": {}, "get_avatar": {},
     "generate": IMAGE_ARRAY, "render": {**RENDER_ARRAYS, **RENDER_POSE_ARRAYS},
+    # export "glb": the motion to write as the glTF animation (optional; frames at Export.fps)
+    "export": {"joint_rotations": RENDER_ARRAYS["joint_rotations"],
+               "root_translations": RENDER_ARRAYS["root_translations"], **RENDER_POSE_ARRAYS},
 }
-OPTIONAL_ARRAYS: dict[str, frozenset[str]] = {"generate": frozenset({"image"}), "render": frozenset(RENDER_POSE_ARRAYS)}
+OPTIONAL_ARRAYS: dict[str, frozenset[str]] = {"generate": frozenset({"image"}), "render": frozenset(RENDER_POSE_ARRAYS),
+                                              "export": frozenset({"joint_rotations", "root_translations",
+                                                                   *RENDER_POSE_ARRAYS})}
 
 # Each rendered frame streams back as a `progress` reply with stage "frame", fields "frame" (index),
 # and one array "rgba" (H, W, 4) uint8 (straight alpha, sRGB). The final `result` has "frames": F.
@@ -182,7 +187,8 @@ class Export(Request):
 
     op: ClassVar[str] = "export"
     avatar_id: str = ""
-    format: str = "ply"        # "ply" | "safetensors"
+    format: str = "ply"        # "ply" | "safetensors" | "glb" (rigged, textured mesh; backend/export)
+    fps: float = 24.0          # "glb" with pose arrays: frames per second of the animation
 
 
 @dataclasses.dataclass
@@ -198,4 +204,4 @@ assert tuple(REQUEST_TYPES) == OPS
 
 BODY_REGIONS = ("head", "torso", "arms", "legs", "hands", "feet")
 AUTO_REGION = "auto"  # Edit.region: inpaint the texels the new prompt changes against the source's caption
-EXPORT_FORMATS = ("ply", "safetensors")
+EXPORT_FORMATS = ("ply", "safetensors", "glb")

@@ -71,6 +71,7 @@ def clean_scene():
     props.message = props.prompt = props.image_path = props.edit_prompt = ""
     props.image, props.region = None, "whole_body"
     props.connected, props.connection = False, "not connected"
+    props.fast_preview = False
     return s
 
 

@@ -54,9 +54,11 @@ def test_safetensors_avatar_imports_rigged_and_exports_again_without_a_backend(s
     armature = item.armature
     assert armature is not None and item.label == "colleague" and item.avatar_id == "abc123"
     assert [b.name for b in armature.data.bones] == avatar.joint_names
-    (mesh,) = armature.children
-    assert len(mesh.data.vertices) == 300 and mesh.parent == armature and not mesh.vertex_groups
-    assert [m.name for m in mesh.modifiers] == ["GenLCA splats"]  # the handlers pose it: no Armature modifier
+    (mesh,) = addon_module("binding").splat_meshes(armature)
+    assert len(mesh.data.vertices) == 300 and mesh.parent == armature
+    # the standard rig: Blender's Armature modifier (vertex groups per joint) ahead of the splat display
+    assert [m.name for m in mesh.modifiers] == ["Armature", "GenLCA splats"]
+    assert [g.name for g in mesh.vertex_groups] == avatar.joint_names
 
     bpy.context.view_layer.objects.active = armature
     out = tmp_path / "again.safetensors"

@@ -1,6 +1,7 @@
-"""Avatar import: skeleton, splat attributes (skin and rest centres, no vertex groups or Armature
-modifier), posing moves the centres by LBS (binding's handlers, `update_splat_pose`), and the explicit
-"Bake Vertex Groups" operator (quantised skin weights)."""
+"""Avatar import with *Fast preview (add-on only)*: skeleton, splat attributes (skin and rest centres, no
+vertex groups or Armature modifier), posing moves the centres by LBS (binding's handlers,
+`update_splat_pose`), and the explicit "Bake Vertex Groups" operator (quantised skin weights). The
+standard rig (the default) is tested in test_standard_rig.py."""
 from __future__ import annotations
 
 import time
@@ -13,6 +14,11 @@ from ..synthetic_avatar import synthetic_avatar
 from .conftest import addon_module
 
 SKIN_LEVELS = 1023  # skin_groups.SKIN_LEVELS: baked weights are multiples of 1/1023
+
+
+@pytest.fixture(autouse=True)
+def fast_preview(scene):
+    scene.genlca.fast_preview = True  # imports here use the handlers' posing
 
 
 @pytest.fixture

@@ -125,6 +125,11 @@ def subtree(parents: np.ndarray, root: int) -> set[int]:
     return out
 
 
+@pytest.fixture(autouse=True)
+def fast_preview(scene):
+    scene.genlca.fast_preview = True  # the handlers' posing (*Fast preview*); the standard rig: test_standard_rig.py
+
+
 @pytest.fixture
 def avatar(scene):
     """A 30-joint avatar, k=4 dense skin; Gaussians 0-99 skinned only to joint B (weight 1 in slot 0),

@@ -25,7 +25,7 @@ def test_animation_render_shows_each_frames_pose(scene, tmp_path):
     header, arrays = synthetic_avatar(400, joints=12, k=3, seed=2)
     arrays["log_scales"][:] = np.log(0.03)  # big, opaque splats: a few pixels each
     arrays["opacity_logits"][:] = 5.0
-    armature, mesh = addon_module("scene_import").import_avatar(bpy.context, header, arrays)
+    armature, mesh = addon_module("scene_import").import_avatar(bpy.context, header, arrays)  # standard rig
     cam = bpy.data.objects.new("cam", bpy.data.cameras.new("cam"))
     scene.collection.objects.link(cam)
     scene.camera = cam
