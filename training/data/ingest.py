@@ -3,8 +3,11 @@
 Per file: decode (`backend/perception/media`), find people and track them (`backend/perception/detector`,
 MediaPipe: 33 landmarks and a mask per person), fit the anny template to each person's keypoints and mask
 (`backend/perception/fitting`, through `observation.Perception`, the code photo -> avatar runs too), write
-one clip record per person (`records`). A video gives one clip per tracked person with the frames where that person
-was found; a photo gives a one-frame clip per person. Records keep the frames at their decoded size (longer
+one clip record per person (`records`). A video gives one clip per tracked identity with the frames where that
+person was found alone and in view (frames where the person overlaps someone, is occluded, too small, blurred
+or off-colour are dropped, `meta["dropped_frames"]` says which and why); a photo gives a one-frame clip per
+person. A library run also writes a QC report, `<out>/qc/report.md` with a contact sheet per person
+(`training/data/ingest_qc.py`). Records keep the frames at their decoded size (longer
 side at most `IngestConfig.max_side`).
 
 Errors name the file and the problem: `CorruptFileError` (unreadable, truncated, not a photo or video),
@@ -30,6 +33,7 @@ from backend.perception.media import (CorruptFileError, NoPersonError, Perceptio
                                       read_image, read_video)
 from backend.perception.observation import Perception, perception
 from bridge.files import write_atomic
+from training.data.ingest_qc import contact_sheet, file_report, write_library_report
 from training.data.records import ClipRecord, record_path, save_record
 
 __all__ = ["IngestConfig", "IngestError", "CorruptFileError", "NoPersonError", "TooFewFramesError",
@@ -109,8 +113,11 @@ def _photo_records(image, config, stem, name, people=None) -> list[ClipRecord]:
     return records
 
 
-def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, stem: str | None = None) -> list[ClipRecord]:
-    """A photo or video file -> its clip records (one per person); raises an IngestError naming the file."""
+def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, stem: str | None = None,
+                qc_dir: str | os.PathLike | None = None) -> list[ClipRecord]:
+    """A photo or video file -> its clip records (one per person); raises an IngestError naming the file.
+    qc_dir: also write the file's QC entry `<qc_dir>/<stem>.json` and a contact sheet per person of a video
+    (`training/data/ingest_qc.py`), failures included."""
     config = config or IngestConfig()
     path = Path(path)
     stem = stem or clip_key(path)
@@ -118,25 +125,44 @@ def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, ste
     if kind is None:
         raise CorruptFileError(f"{path}: not a photo or video this ingest reads (suffix {path.suffix!r})")
     if kind == "photo":
-        return _photo_records(read_image(path, config.max_side), config, stem, path)
+        records = _photo_records(read_image(path, config.max_side), config, stem, path)
+        if qc_dir is not None:
+            _write_qc(qc_dir, stem, {"file": str(path), "frames": 1, "people": len(records), "clips": len(records),
+                                     "persons": [{"person": p, "frames_seen": 1, "kept": 1, "kept_frames": [0],
+                                                  "dropped": {}, "dropped_by_reason": {}, "clip": r.clip_id,
+                                                  "reprojection_px": r.meta["fit"]["reprojection_px"][0]}
+                                                 for p, r in enumerate(records)]})
+        return records
     frames, indices, fps = read_video(path, config.max_frames, config.max_side)
     models = _models(config)
     tracks = models.detector.track_video(frames)
     if not tracks:
+        if qc_dir is not None:
+            _write_qc(qc_dir, stem, file_report(str(path), indices, [], {}, config.min_frames, "NoPersonError"))
         raise NoPersonError(f"{path}: no person found in any of {len(frames)} frames")
-    records = []
+    clips: dict[int, ClipRecord] = {}
     for p, track in enumerate(tracks):
         if len(track.frames) < config.min_frames:
             continue
         meta = {"source": "video", "source_file": str(path), "person_id": f"{stem}-p{p}", "fps": round(fps, 4),
-                "frame_indices": [indices[i] for i in track.frames]}
-        records.append(_record(models, config, f"{stem}-p{p}", [frames[i] for i in track.frames],
-                               [track.observations[i] for i in track.frames], meta, temporal=True))
-    if not records:
+                "frame_indices": [indices[i] for i in track.frames],
+                "dropped_frames": {str(indices[i]): r for i, r in sorted(track.dropped.items())}}
+        clips[p] = _record(models, config, f"{stem}-p{p}", [frames[i] for i in track.frames],
+                           [track.observations[i] for i in track.frames], meta, temporal=True)
+    if qc_dir is not None:
+        error = None if clips else "TooFewFramesError"
+        _write_qc(qc_dir, stem, file_report(str(path), indices, tracks, clips, config.min_frames, error))
+        for p, track in enumerate(tracks):
+            contact_sheet(models.template, frames, indices, track, clips.get(p), Path(qc_dir) / f"{stem}-p{p}.png")
+    if not clips:
         raise TooFewFramesError(f"{path}: {len(tracks)} person track(s) found, the longest in "
                                 f"{max(len(t.frames) for t in tracks)} of {len(frames)} frames; "
                                 f"a clip needs at least {config.min_frames}")
-    return records
+    return list(clips.values())
+
+
+def _write_qc(qc_dir, stem: str, entry: dict[str, Any]) -> None:
+    write_atomic(Path(qc_dir) / f"{stem}.json", json.dumps(entry, indent=2))
 
 
 # ------------------------------------------------------------------ library runs
@@ -165,7 +191,7 @@ def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(1)  # workers are the parallelism; one thread each
-        records = ingest_file(path, config, stem=key)
+        records = ingest_file(path, config, stem=key, qc_dir=Path(out_dir) / "qc")
         clips = [save_record(r, out_dir).stem.removesuffix(".clip") for r in records]
         write_atomic(_done_marker(Path(out_dir), key), json.dumps({"file": path, "clips": clips}, indent=2))
         return {"file": path, "clips": clips, "frames": sum(r.num_frames for r in records),
@@ -201,12 +227,13 @@ def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, con
     bar.close()
     failures = [{k: r[k] for k in ("file", "error", "message")} for r in results if "error" in r]
     write_atomic(out_dir / "failures.json", json.dumps(failures, indent=2))
+    qc = write_library_report(out_dir)
     frames = sum(r.get("frames", 0) for r in results)
     seconds = time.perf_counter() - t0
     return {"files": len(files), "skipped": len(skipped), "processed": len(jobs), "failed": len(failures),
             "clips": sum(len(r.get("clips", [])) for r in results), "frames": frames,
             "seconds": round(seconds, 2), "frames_per_second": round(frames / seconds, 3) if seconds > 0 else 0.0,
-            "failures": failures}
+            "qc": qc, "qc_report": str(out_dir / "qc" / "report.md"), "failures": failures}
 
 
 def _run_jobs(jobs: list, workers: int) -> Iterable[dict[str, Any]]:
