@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -155,9 +156,11 @@ def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, ste
         for p, track in enumerate(tracks):
             contact_sheet(models.template, frames, indices, track, clips.get(p), Path(qc_dir) / f"{stem}-p{p}.png")
     if not clips:
-        raise TooFewFramesError(f"{path}: {len(tracks)} person track(s) found, the longest in "
-                                f"{max(len(t.frames) for t in tracks)} of {len(frames)} frames; "
-                                f"a clip needs at least {config.min_frames}")
+        longest = max(tracks, key=lambda t: (len(t.all_frames), len(t.frames)))
+        why = ", ".join(f"{r} {n}" for r, n in sorted(Counter(longest.dropped.values()).items())) or "none"
+        raise TooFewFramesError(f"{path}: {len(tracks)} person track(s) found, the longest seen in "
+                                f"{len(longest.all_frames)} of {len(frames)} frames ({len(longest.frames)} kept; "
+                                f"dropped: {why}); a clip needs at least {config.min_frames} kept frames")
     return list(clips.values())
 
 

@@ -144,3 +144,25 @@ def write_library_report(out_dir: str | Path) -> dict[str, Any]:
     write_atomic(qc / "report.json", json.dumps({"totals": totals, "files": entries}, indent=2))
     write_atomic(qc / "report.md", "# Ingest QC\n\n" + "\n".join(lines) + "\n")
     return totals
+
+
+def stack_sheets(paths: list[Path], out: str | Path, width: int | None = None) -> Path:
+    """Contact sheets -> one picture, one sheet a row, each with its file name above it."""
+    import cv2
+    from PIL import Image
+
+    sheets = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    if not sheets:
+        raise ValueError("no contact sheets to stack")
+    width = width or max(s.shape[1] for s in sheets)
+    rows = []
+    for p, s in zip(paths, sheets):
+        title = np.full((18, width, 3), 255, np.uint8)
+        cv2.putText(title, Path(p).stem, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        if s.shape[1] > width:
+            s = cv2.resize(s, (width, round(s.shape[0] * width / s.shape[1])), interpolation=cv2.INTER_AREA)
+        rows += [title, np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255)]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, 0)).save(out, optimize=True)
+    return out
