@@ -56,7 +56,7 @@ def file_report(name: str, frame_indices: list[int], tracks: list, clips: dict[i
 def _label(img: np.ndarray, text: str, colour=(255, 255, 255)) -> None:
     import cv2
 
-    scale = max(0.35, img.shape[0] / 300)
+    scale = max(0.28, min(img.shape[0] / 300, img.shape[1] / (19.0 * max(len(text), 1))))
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     cv2.rectangle(img, (0, 0), (tw + 4, th + 6), (0, 0, 0), -1)
     cv2.putText(img, text, (2, th + 3), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
