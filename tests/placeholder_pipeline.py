@@ -3,7 +3,7 @@
 They exist so that the server's tests (tests/test_server_*.py) exercise the service and the wire without
 the avatar core or any weights; production code serves backend.pipelines.default_handlers.
 `generate` is real work, done in `steps` relaxation steps with a progress reply per step (so progress
-order and cancellation can be tested); `get_avatar` returns the arrays of bridge.protocol.AVATAR_ARRAYS
+order and cancellation can be tested); `get_avatar` returns the arrays of bridge.wire.protocol.AVATAR_ARRAYS
 with a one-joint skeleton. Every result says `meta.generator == "placeholder-random"`.
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from bridge import protocol
-from bridge.codec import check_array
-from bridge.protocol import Request
-from backend.jobs import HandlerError, JobContext
+from bridge.wire import protocol
+from bridge.wire.codec import bad_array
+from bridge.wire.contract import check_arrays
+from bridge.wire.protocol import Request
+from backend.service.queue import HandlerError, JobContext
 from backend.pipelines.store import AvatarStore
 
 GENERATOR = "placeholder-random"
@@ -100,11 +101,7 @@ def placeholder_handlers(store: AvatarStore | None = None) -> dict[str, Any]:
         assert isinstance(request, protocol.Generate)
         if not 1 <= request.steps <= MAX_STEPS:
             raise HandlerError(protocol.E_INVALID, f"steps must be in 1..{MAX_STEPS}, got {request.steps}")
-        if "image" in arrays:
-            check_array(arrays, "image", "|u1", "H,W,3")
-        extra = sorted(set(arrays) - {"image"})
-        if extra:
-            raise HandlerError(protocol.E_BAD_ARRAY, f"generate takes only an optional 'image' array, got {extra}")
+        check_arrays(arrays, protocol.IMAGE_ARRAY, error=bad_array, optional={"image"}, allow_extra=False)
         gaussians = placeholder_cloud(request.seed, request.steps, ctx)
         avatar_id = uuid.uuid4().hex
         meta = {"generator": GENERATOR, "prompt": request.prompt, "seed": request.seed, "steps": request.steps,

@@ -1,4 +1,4 @@
-"""bridge.codec: frames <-> (header, arrays), request parsing and array contracts (no sockets here)."""
+"""bridge.wire.codec: frames <-> (header, arrays), request parsing and array contracts (no sockets here)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import protocol
-from bridge.codec import (WIRE_DTYPES, ProtocolError, check_array, check_arrays, decode, encode,
-                          request_from_header, request_header)
+from bridge.wire import protocol
+from bridge.wire.codec import WIRE_DTYPES, ProtocolError, decode, encode, request_from_header, request_header
 
 HEADER = {"v": protocol.PROTOCOL_VERSION, "id": "r1", "op": "ping"}
 
@@ -198,30 +197,6 @@ def test_custom_request_types():
 
     header, _ = decode(frames_as_bytes(encode(request_header(Echo(id="z", scale=2.0)))))
     assert request_from_header(header, {"echo": Echo}) == Echo(id="z", scale=2.0)
-
-
-# ------------------------------------------------------------------------------------------ array contracts
-def test_check_arrays_binds_dimensions_across_arrays():
-    f, j = 5, 7
-    arrays = {"joint_rotations": np.zeros((f, j, 4), np.float32), "root_translations": np.zeros((f, 3), np.float32),
-              "world_to_camera": np.zeros((f, 4, 4), np.float32), "intrinsics": np.zeros((f, 3, 3), np.float32)}
-    assert check_arrays(arrays, protocol.RENDER_ARRAYS) == {"F": f, "J": j}
-    bad = dict(arrays, intrinsics=np.zeros((f + 1, 3, 3), np.float32))
-    with pytest.raises(ProtocolError) as e:
-        check_arrays(bad, protocol.RENDER_ARRAYS)
-    assert "'intrinsics'" in e.value.message and "F = 5" in e.value.message
-    with pytest.raises(ProtocolError) as e:
-        check_arrays(dict(arrays, world_to_camera=np.zeros((f, 4, 4))), protocol.RENDER_ARRAYS)
-    assert "expected dtype <f4, got <f8" in e.value.message
-    with pytest.raises(ProtocolError) as e:
-        check_arrays({k: v for k, v in arrays.items() if k != "intrinsics"}, protocol.RENDER_ARRAYS)
-    assert "missing array 'intrinsics'" in e.value.message
-    with pytest.raises(ProtocolError) as e:
-        check_arrays(dict(arrays, extra=np.zeros(1)), protocol.RENDER_ARRAYS)
-    assert "unexpected" in e.value.message and "extra" in e.value.message
-    with pytest.raises(ProtocolError) as e:
-        check_array({"m": np.zeros((4, 2), np.float32)}, "m", "<f4", "N,3")
-    assert "axis 1 must be 3" in e.value.message
 
 
 @pytest.mark.parametrize("shape", [[0, 2**62], [0, 2**62, 2**62], [2**40, 0, 2**20]])

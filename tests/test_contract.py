@@ -1,10 +1,11 @@
-"""bridge.contract: the one array-contract check (dtype, shape pattern, dimensions bound across arrays)."""
+"""bridge.wire.contract: the one array-contract check (dtype, shape pattern, dimensions bound across arrays)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bridge import contract, protocol
+from bridge.wire import contract, protocol
+from bridge.wire.codec import ProtocolError, bad_array
 
 
 def _avatar(n=5, j=3, k=2, s=1):
@@ -42,3 +43,24 @@ def test_the_caller_chooses_the_error_and_preset_dims():
         contract.check_arrays(_avatar(), protocol.AVATAR_ARRAYS, {"J": 4}, error=WireError)
     with pytest.raises(WireError, match="missing array 'x'"):
         contract.check_array({}, "x", "<f4", "N", error=WireError)
+
+
+def test_on_the_wire_it_raises_bad_array_and_checks_optional_and_extra_arrays():
+    f, j = 5, 7
+    arrays = {"joint_rotations": np.zeros((f, j, 4), np.float32), "root_translations": np.zeros((f, 3), np.float32),
+              "world_to_camera": np.zeros((f, 4, 4), np.float32), "intrinsics": np.zeros((f, 3, 3), np.float32)}
+    spec = protocol.REQUEST_ARRAYS["render"]
+    optional = protocol.OPTIONAL_ARRAYS["render"]
+    assert contract.check_arrays(arrays, spec, error=bad_array, optional=optional, allow_extra=False) == \
+        {"F": f, "J": j}
+    cases = [(dict(arrays, intrinsics=np.zeros((f + 1, 3, 3), np.float32)), "'intrinsics' has F=6, other arrays have F=5"),
+             (dict(arrays, world_to_camera=np.zeros((f, 4, 4))), "expected dtype <f4, got <f8"),
+             ({k: v for k, v in arrays.items() if k != "intrinsics"}, "missing arrays ['intrinsics']"),
+             (dict(arrays, extra=np.zeros(1)), "unexpected arrays ['extra']"),
+             (dict(arrays, joint_scales=np.ones((f, j + 1), np.float32)), "'joint_scales' has J=8")]
+    for bad, words in cases:
+        with pytest.raises(ProtocolError) as e:
+            contract.check_arrays(bad, spec, error=bad_array, optional=optional, allow_extra=False)
+        assert e.value.code == protocol.E_BAD_ARRAY and words in e.value.message, e.value.message
+    with pytest.raises(ProtocolError, match=r"unexpected arrays \['x'\] \(it takes no arrays\)"):
+        contract.check_arrays({"x": np.zeros(1)}, {}, error=bad_array, allow_extra=False)

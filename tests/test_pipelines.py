@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend.pipelines import default_handlers
-from backend.pipelines.avatar_service import ServiceConfig
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
-from bridge.codec import check_arrays
+from backend.service.handlers import default_handlers
+from backend.service.config import ServiceConfig
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
+from bridge.wire.contract import check_arrays
 
 CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 SIZE = 96
@@ -255,7 +255,7 @@ def test_bad_requests_get_structured_errors_and_the_server_keeps_serving(client,
         (protocol.Render(avatar_id=avatar_id, width=SIZE, height=SIZE), {**good, "world_to_camera":
          np.full((1, 4, 4), 2.0, np.float32)}, protocol.E_BAD_ARRAY, "world_to_camera"),
         (protocol.Render(avatar_id=avatar_id, width=SIZE, height=SIZE),
-         {k: v for k, v in good.items() if k != "intrinsics"}, protocol.E_BAD_ARRAY, "missing ['intrinsics']"),
+         {k: v for k, v in good.items() if k != "intrinsics"}, protocol.E_BAD_ARRAY, "missing arrays ['intrinsics']"),
         (protocol.Render(avatar_id=avatar_id, width=100000, height=SIZE), good, protocol.E_INVALID, "render size"),
     ]
     for request, arrays, code, words in cases:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from backend.perception.detector import DROP_REASONS
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 
 THUMB_HEIGHT = 120
 

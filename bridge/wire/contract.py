@@ -1,13 +1,15 @@
 """The array contract, checked once: a named array's dtype and its shape against a pattern such as "N,3"
-or "F,J,4" (bridge.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
-arrays. numpy + stdlib only: the codec, the backend and the Blender add-on all use it.
+or "F,J,4" (bridge.wire.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
+arrays. numpy + stdlib only: the server's admission (backend/service/server.py), the backend's render
+check (backend/service/handlers.py), the avatar file reader (bridge/files/avatar.py) and the Blender
+add-on's import all call `check_arrays` here; there is no other copy.
 
-The error type is the caller's: the codec raises its ProtocolError(E_BAD_ARRAY) through `error`, the
-add-on a ValueError (the default).
+The error type is the caller's: the wire side passes `bridge.wire.codec.bad_array` (ProtocolError with
+E_BAD_ARRAY), the backend's handlers a HandlerError factory, the add-on a ValueError (the default).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,12 +55,19 @@ def check_array(arrays: Mapping[str, np.ndarray], name: str, dtype: Any, shape_p
 
 
 def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[Any, str]],
-                 dims: dict[str, int] | None = None, error: ErrorFactory = ValueError) -> dict[str, int]:
-    """Every array of `spec` (name -> (dtype, shape pattern)) checked with one `dims`; returns it."""
+                 dims: dict[str, int] | None = None, error: ErrorFactory = ValueError, *,
+                 optional: Iterable[str] = (), allow_extra: bool = True) -> dict[str, int]:
+    """Every array of `spec` (name -> (dtype, shape pattern)) checked with one `dims`; returns it. Names in
+    `optional` may be absent; with allow_extra=False an array `spec` does not name is an error too."""
     dims = {} if dims is None else dims
-    missing = sorted(set(spec) - set(arrays))
-    if missing:
-        raise error(f"missing arrays {missing}")
+    optional = frozenset(optional)
+    missing = sorted(set(spec) - set(arrays) - optional)
+    extra = [] if allow_extra else sorted(set(arrays) - set(spec))
+    if missing or extra:
+        wrong = [f"{what} arrays {names}" for what, names in (("missing", missing), ("unexpected", extra)) if names]
+        expected = f"expected {sorted(spec)}{f', {sorted(optional)} optional' if optional else ''}"
+        raise error(f"{'; '.join(wrong)} ({expected})" if spec else f"{'; '.join(wrong)} (it takes no arrays)")
     for name, (dtype, pattern) in spec.items():
-        check_array(arrays, name, dtype, pattern, dims, error)
+        if name in arrays:
+            check_array(arrays, name, dtype, pattern, dims, error)
     return dims

@@ -1,4 +1,4 @@
-"""Frames <-> (header, arrays): the msgpack header plus raw array frames of bridge.protocol.
+"""Frames <-> (header, arrays): the msgpack header plus raw array frames of bridge.wire.protocol.
 
     frames = encode({"v": 1, "id": "a1", "op": "ping"}, {"means": means})
     header, arrays = decode(frames, max_bytes=1 << 30)
@@ -7,11 +7,11 @@ No pickle and no copies: `encode` hands out memoryviews of the arrays (C-contigu
 as they are; others are converted once), `decode` wraps every frame with `np.frombuffer` (the arrays
 are read-only views on the received frames). msgpack runs with raw=False, strict_map_key and without
 ext types; every array spec is checked (name, dtype from an allow-list, shape, byte length) before any
-array is built. Problems raise `ProtocolError(code, message)` with a code from bridge.protocol and a
+array is built. Problems raise `ProtocolError(code, message)` with a code from bridge.wire.protocol and a
 message that names the bad value and what was expected.
 
-Also here: typed requests to and from headers (`request_header`, `request_from_header`) and the array
-contract checks the backend runs on its inputs (`check_array`, `check_arrays`).
+Also here: typed requests to and from headers (`request_header`, `request_from_header`) and `bad_array`,
+the wire's error factory for the one array-contract check (bridge/wire/contract.py).
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ import dataclasses
 import functools
 import math
 import typing
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import msgpack
 import numpy as np
 
-from bridge import protocol
-from bridge.protocol import PROTOCOL_VERSION, Request
+from bridge.wire import protocol
+from bridge.wire.protocol import PROTOCOL_VERSION, Request
 
 # The dtypes allowed on the wire, by their spec string. Multi-byte types are little-endian ("<");
 # one-byte types have no byte order and numpy spells them with "|" (both "|u1" and "<u1" are accepted).
@@ -48,7 +48,7 @@ RESERVED_KEYS = frozenset(("v", "id", "op", "kind", "arrays"))
 
 
 class ProtocolError(Exception):
-    """A message that breaks the protocol. `code` is one of bridge.protocol.ERROR_CODES; `request_id`
+    """A message that breaks the protocol. `code` is one of bridge.wire.protocol.ERROR_CODES; `request_id`
     is the id of the offending message when its header could be read that far (else "")."""
 
     def __init__(self, code: str, message: str, request_id: str = "") -> None:
@@ -336,51 +336,6 @@ def request_from_header(header: Mapping[str, Any],
 
 
 # ---------------------------------------------------------------------------------------- array contracts
-def check_array(arrays: Mapping[str, np.ndarray], name: str, dtype: str, shape_pattern: str | Sequence[Any],
-                dims: dict[str, int] | None = None) -> np.ndarray:
-    """arrays[name], checked against a dtype and a shape pattern such as "N,3" or "F,J,4".
-
-    Letters are dimensions bound on first use in `dims` (shared across calls, so "N" must agree between
-    means and rotations); integers must match exactly. Raises ProtocolError(E_BAD_ARRAY) naming the array,
-    the expectation and what arrived.
-    """
-    dims = {} if dims is None else dims
-    pattern = [p.strip() for p in shape_pattern.split(",")] if isinstance(shape_pattern, str) else list(shape_pattern)
-    pattern = [p for p in pattern if p != ""]
-    if name not in arrays:
-        raise ProtocolError(protocol.E_BAD_ARRAY, f"missing array {name!r} ({dtype} ({', '.join(map(str, pattern))}))")
-    a = arrays[name]
-    want = np.dtype(dtype)
-    if a.dtype != want:
-        raise ProtocolError(protocol.E_BAD_ARRAY, f"array {name!r}: expected dtype {want.str}, got {a.dtype.str}")
-    if a.ndim != len(pattern):
-        raise ProtocolError(protocol.E_BAD_ARRAY, f"array {name!r}: expected shape ({', '.join(map(str, pattern))}), "
-                            f"got {a.shape}")
-    for axis, (p, size) in enumerate(zip(pattern, a.shape)):
-        if isinstance(p, int) or (isinstance(p, str) and p.isdigit()):
-            if size != int(p):
-                raise ProtocolError(protocol.E_BAD_ARRAY, f"array {name!r}: axis {axis} must be {p} "
-                                    f"(shape ({', '.join(map(str, pattern))})), got {a.shape}")
-        elif p in dims and dims[p] != size:
-            raise ProtocolError(protocol.E_BAD_ARRAY, f"array {name!r}: axis {axis} is {p} = {dims[p]} elsewhere, "
-                                f"got {size} (shape {a.shape})")
-        else:
-            dims[p] = size
-    return a
-
-
-def check_arrays(arrays: Mapping[str, np.ndarray], contract: Mapping[str, tuple[str, str]],
-                 dims: dict[str, int] | None = None, *, optional: Iterable[str] = (),
-                 allow_extra: bool = False) -> dict[str, int]:
-    """Check every array of a contract (e.g. protocol.RENDER_ARRAYS); returns the bound dimensions."""
-    dims = {} if dims is None else dims
-    optional = set(optional)
-    for name, (dtype, pattern) in contract.items():
-        if name in optional and name not in arrays:
-            continue
-        check_array(arrays, name, dtype, pattern, dims)
-    if not allow_extra:
-        extra = sorted(set(arrays) - set(contract))
-        if extra:
-            raise ProtocolError(protocol.E_BAD_ARRAY, f"unexpected array(s) {extra}; expected {sorted(contract)}")
-    return dims
+def bad_array(message: str) -> ProtocolError:
+    """The error factory for bridge.wire.contract.check_arrays on the wire: ProtocolError(E_BAD_ARRAY)."""
+    return ProtocolError(protocol.E_BAD_ARRAY, message)

@@ -71,7 +71,8 @@ AVATAR_ARRAYS: dict[str, tuple[str, str]] = {
 # Header fields of the get_avatar result besides the arrays: "avatar_id", "joint_names" (list of J
 # str), "meta" (dict: template, generator, prompt, seed, ...).
 
-# Arrays of a render request. F frames.
+# Arrays of a render request. F frames, each width x height pixels with 1 <= width, height <= MAX_RENDER_SIDE.
+MAX_RENDER_SIDE = 8192
 RENDER_ARRAYS: dict[str, tuple[str, str]] = {
     "joint_rotations":   ("<f4", "F,J,4"),   # wxyz, local, relative to rest, in the bone's rest frame
     "root_translations": ("<f4", "F,3"),     # avatar space, metres
@@ -86,7 +87,7 @@ RENDER_POSE_ARRAYS: dict[str, tuple[str, str]] = {
     "joint_locations":   ("<f4", "F,J,3"),   # metres, in the bone's rest frame (scaled by its parent's scale)
     "joint_scales":      ("<f4", "F,J"),     # uniform, > 0; 1 keeps the avatar's own proportions
 }
-# The arrays each request op may carry: (dtype, shape pattern) as in bridge.codec.check_array. The server
+# The arrays each request op may carry: (dtype, shape pattern) as in bridge.wire.contract.check_arrays. The server
 # refuses, before queueing, any array an op does not declare (bad_array): a request cannot make the
 # backend hold bytes it will never use. Ops not listed here (benchmark/test ops) are not checked.
 IMAGE_ARRAY: dict[str, tuple[str, str]] = {"image": ("|u1", "H,W,3")}   # sRGB
