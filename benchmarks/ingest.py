@@ -108,14 +108,15 @@ def _dropped(record) -> str:
 
 
 def real_media(template, data: Path, figure: str | None, max_photos: int | None = None,
-               crossing: tuple[Path, object] | None = None) -> None:
+               crossing: tuple[Path, object] | None = None, videos: bool = True) -> None:
     from training.data.ingest import IngestConfig, IngestError, ingest_file
     from training.data.ingest_figure import save_overlay_figure
 
     config = IngestConfig(measure=False)
     total_frames, total_seconds, total_cpu = 0, 0.0, 0.0
     photos = sorted(p.name for p in data.glob("*.jpg"))[:max_photos]
-    files = [data / "g1.avi", data / "g2.avi"] + ([crossing[0]] if crossing else []) + [data / p for p in photos]
+    files = ([data / "g1.avi", data / "g2.avi"] if videos else []) + ([crossing[0]] if crossing else []) + \
+        [data / p for p in photos]
     print("\n| file | clip | frames kept / seen | dropped | reprojection px (mean / max) | "
           "silhouette IoU (mean / min) | identity (crossing: person, min own share, max other share) | s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -153,18 +154,39 @@ def real_media(template, data: Path, figure: str | None, max_photos: int | None 
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end)")
 
 
-def qc_run(data: Path, crossing: Path, out: Path, figure: str | None) -> None:
-    """`genlca-train ingest` of g1.avi, g2.avi and the crossing video into `out` (QC report included);
-    with `figure`, the contact sheets stacked into one picture."""
+def qc_run(data: Path, crossing: tuple[Path, object], out: Path, figure: str | None) -> None:
+    """`genlca-train ingest` of g1.avi, g2.avi and the crossing video into `out` (the library path, QC report
+    included), then the per-clip table from the records on disk; with `figure`, the contact sheets stacked
+    into one picture."""
     from training.data.ingest import IngestConfig, ingest_library
     from training.data.ingest_qc import stack_sheets
+    from training.data.records import load_record
 
     with tempfile.TemporaryDirectory() as tmp:
-        for p in (data / "g1.avi", data / "g2.avi", crossing):
+        for p in (data / "g1.avi", data / "g2.avi", crossing[0]):
             (Path(tmp) / p.name).symlink_to(p.resolve())
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = ingest_library(tmp, out, IngestConfig(), progress=False)
-    print(f"\nQC report: {summary['qc_report']}; totals {summary['qc']}")
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print("\n| file | clip | frames kept / seen | dropped | reprojection px (mean / max) | "
+          "silhouette IoU (mean / min) | identity (crossing: person, min own share, max other share) |")
+    print("|---|---|---|---|---|---|---|")
+    for path in sorted(out.glob("*.clip.safetensors")):
+        r = load_record(path)
+        rep = np.asarray(r.meta["fit"]["reprojection_px"])
+        iou = np.asarray(r.meta["fit"]["silhouette_iou"])
+        seen = r.num_frames + len(r.meta.get("dropped_frames", {}))
+        ident = "-"
+        if Path(r.meta["source_file"]).name == crossing[0].name:
+            who, own, other = identity_scores(r, crossing[1])
+            ident = f"person {who}, {own:.3f}, {other:.3f}"
+        print(f"| {Path(r.meta['source_file']).name} | {r.clip_id} | {r.num_frames} / {seen} | {_dropped(r)} | "
+              f"{np.nanmean(rep):.1f} / {np.nanmax(rep):.1f} | {iou.mean():.3f} / {iou.min():.3f} | {ident} |")
+    print(f"\nQC report: {summary['qc_report']}\n")
     print((out / "qc" / "report.md").read_text())
+    print(f"ingest (decode + detect/track + fit + IoU + QC sheets, one process): {summary['frames']} clip frames "
+          f"in {seconds:.1f} s wall, {cpu:.1f} CPU-s of this process = {summary['frames'] / cpu:.2f} frames per "
+          f"CPU-second (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end)")
     if figure:
         print(f"QC figure: {stack_sheets(sorted((out / 'qc').glob('*.png')), figure)}")
 
@@ -201,9 +223,12 @@ def main(argv: list[str] | None = None) -> None:
 
                     video = make_crossing()
                     crossing = (write_video(Path(tmp) / "crossing.mp4", video.frames, video.fps), video)
-                real_media(template, data, args.figure, args.photos, crossing)
-                if args.qc and crossing:
-                    qc_run(data, crossing[0], Path(args.qc), args.qc_figure)
+                if args.qc and crossing:  # the videos through the library path, with its QC report
+                    qc_run(data, crossing, Path(args.qc), args.qc_figure)
+                    if args.photos != 0:
+                        real_media(template, data, None, args.photos, None, videos=False)
+                else:
+                    real_media(template, data, args.figure, args.photos, crossing)
 
 
 if __name__ == "__main__":

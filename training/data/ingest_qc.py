@@ -133,9 +133,9 @@ def write_library_report(out_dir: str | Path) -> dict[str, Any]:
             cells.append((f"p{person['person']}: {person['kept']} / {person['frames_seen']}, {why} -> {clip}",
                           person.get("reprojection_px"), person.get("silhouette_iou")))
         if not cells:
-            lines.append(f"| {e['file']} | {e.get('frames', '-')} | 0 | 0 | {e.get('error', '')} | | |")
+            lines.append(f"| {Path(e['file']).name} | {e.get('frames', '-')} | 0 | 0 | {e.get('error', '')} | | |")
         for k, (text, rep, iou) in enumerate(cells):
-            head = f"| {e['file']} | {e['frames']} | {e['people']} | {e['clips']} |" if k == 0 else "| | | | |"
+            head = f"| {Path(e['file']).name} | {e['frames']} | {e['people']} | {e['clips']} |" if k == 0 else "| | | | |"
             lines.append(f"{head} {text} | {'-' if rep is None else rep} | {'-' if iou is None else iou} |")
     totals = {"files": len(entries), "people": sum(e.get("people", 0) for e in entries),
               "clips": sum(e.get("clips", 0) for e in entries), "frames_kept": kept, "frames_dropped": reasons}
@@ -146,15 +146,16 @@ def write_library_report(out_dir: str | Path) -> dict[str, Any]:
     return totals
 
 
-def stack_sheets(paths: list[Path], out: str | Path, width: int | None = None) -> Path:
-    """Contact sheets -> one picture, one sheet a row, each with its file name above it."""
+def stack_sheets(paths: list[Path], out: str | Path, width: int | None = 1100, colours: int = 128) -> Path:
+    """Contact sheets -> one picture, one sheet a row (at most `width` pixels wide), each with its name
+    above it; `colours`: a palette of that many colours (a small PNG for docs), 0: full colour."""
     import cv2
     from PIL import Image
 
     sheets = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     if not sheets:
         raise ValueError("no contact sheets to stack")
-    width = width or max(s.shape[1] for s in sheets)
+    width = min(width or 10 ** 6, max(s.shape[1] for s in sheets))
     rows = []
     for p, s in zip(paths, sheets):
         title = np.full((18, width, 3), 255, np.uint8)
@@ -164,5 +165,8 @@ def stack_sheets(paths: list[Path], out: str | Path, width: int | None = None) -
         rows += [title, np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255)]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, 0)).save(out, optimize=True)
+    image = Image.fromarray(np.concatenate(rows, 0))
+    if colours:
+        image = image.quantize(colours, dither=Image.Dither.NONE)
+    image.save(out, optimize=True)
     return out
