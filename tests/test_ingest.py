@@ -244,3 +244,24 @@ def test_real_video_gives_one_clip_per_person(ingest_data, name):
         assert len(set(r.meta["frame_indices"])) == r.num_frames
         assert np.nanmean(r.meta["fit"]["reprojection_px"]) < 10.0
         assert np.mean(r.meta["fit"]["silhouette_iou"]) > 0.45
+
+
+def test_library_run_shards_files_by_rank(tmp_path):
+    """Rank k of 2 takes files k::2 of the sorted list; each rank writes its own failures, merged after."""
+    from training.data.ingest import merge_failures
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.avi", "b.png", "c.mp4", "d.jpg", "e.jpg"):
+        (lib / name).write_bytes(b"not media at all" * 8)
+    out = tmp_path / "out"
+    names = []
+    for rank in (0, 1):
+        summary = ingest_library(lib, out, FAST, progress=False, rank=rank, world=2)
+        assert summary["processed"] == summary["failed"] == (3 if rank == 0 else 2)
+        names.append(sorted(Path(f["file"]).name for f in summary["failures"]))
+    assert names == [["a.avi", "c.mp4", "e.jpg"], ["b.png", "d.jpg"]]
+    assert merge_failures(out) == 5
+    assert len(json.loads((out / "failures.json").read_text())) == 5
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        ingest_library(lib, out, FAST, progress=False, rank=2, world=2)

@@ -14,7 +14,11 @@ Errors name the file and the problem: `CorruptFileError` (unreadable, truncated,
 `NoPersonError` (nobody found in any frame), `TooFewFramesError` (people found, but no one in enough
 frames for a clip). A library run (`ingest_library`) records each failure in `<out>/failures.json` and goes
 on; it is resumable: a file whose clips are all written (`<out>/.ingest/<file key>.json` lists them) is
-skipped by the next run.
+skipped by the next run. Large libraries shard across processes or machines the way `genlca-train
+tokenize` does: under torchrun (RANK, WORLD_SIZE), rank k takes files k::world, and after a barrier rank 0
+merges the failures and writes the QC report:
+
+    torchrun --nproc-per-node 4 -m training.cli ingest LIBRARY --out OUT
 """
 from __future__ import annotations
 
@@ -207,15 +211,20 @@ def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
 
 
 def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IngestConfig | None = None,
-                   workers: int = 1, progress: bool = True) -> dict[str, Any]:
+                   workers: int = 1, progress: bool = True, rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Every photo and video below `input_dir` -> clip records in `out_dir`. Returns the run's summary;
-    failures also go to `<out_dir>/failures.json` (replaced by each run)."""
+    failures also go to `<out_dir>/failures.json` (replaced by each run). Sharded: rank k of `world` takes
+    files k::world of the sorted list and writes `failures.rank<k>.json` (`merge_failures` folds them);
+    the QC report is rewritten from every file's QC entry present (the last rank to finish, or
+    `write_library_report`, sees them all)."""
     config = config or IngestConfig()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise IngestError(f"{input_dir}: input folder not found")
+    if not 0 <= rank < world:
+        raise IngestError(f"rank {rank} is not in a world of {world}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = find_media(input_dir)
+    files = find_media(input_dir)[rank::world]
     jobs, skipped = [], []
     for f in files:
         key = clip_key(f, input_dir)
@@ -229,14 +238,25 @@ def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, con
         bar.update(1)
     bar.close()
     failures = [{k: r[k] for k in ("file", "error", "message")} for r in results if "error" in r]
-    write_atomic(out_dir / "failures.json", json.dumps(failures, indent=2))
+    write_atomic(out_dir / ("failures.json" if world == 1 else f"failures.rank{rank}.json"),
+                 json.dumps(failures, indent=2))
     qc = write_library_report(out_dir)
     frames = sum(r.get("frames", 0) for r in results)
     seconds = time.perf_counter() - t0
-    return {"files": len(files), "skipped": len(skipped), "processed": len(jobs), "failed": len(failures),
-            "clips": sum(len(r.get("clips", [])) for r in results), "frames": frames,
+    return {"rank": rank, "world": world, "files": len(files), "skipped": len(skipped), "processed": len(jobs),
+            "failed": len(failures), "clips": sum(len(r.get("clips", [])) for r in results), "frames": frames,
             "seconds": round(seconds, 2), "frames_per_second": round(frames / seconds, 3) if seconds > 0 else 0.0,
             "qc": qc, "qc_report": str(out_dir / "qc" / "report.md"), "failures": failures}
+
+
+def merge_failures(out_dir: str | os.PathLike) -> int:
+    """Fold every `failures.rank<k>.json` into `failures.json` (replacing it); returns the failures listed."""
+    out_dir = Path(out_dir)
+    merged = []
+    for path in sorted(out_dir.glob("failures.rank*.json")):
+        merged += json.loads(path.read_text())
+    write_atomic(out_dir / "failures.json", json.dumps(merged, indent=2))
+    return len(merged)
 
 
 def _run_jobs(jobs: list, workers: int) -> Iterable[dict[str, Any]]:
@@ -290,11 +310,23 @@ def run_cli(args) -> int:
                 shutil.copy2(source, link)
             summary = ingest_library(tmp, args.out, config, workers=1, progress=not args.no_progress)
     else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         try:
-            summary = ingest_library(source, args.out, config, workers=args.workers, progress=not args.no_progress)
+            summary = ingest_library(source, args.out, config, workers=args.workers, progress=not args.no_progress,
+                                     rank=rank, world=world)
         except IngestError as exc:
             print(f"genlca-train ingest: {exc}", file=sys.stderr)
             return 2
+        if world > 1:  # under torchrun: wait for every rank, then rank 0 writes the library's report
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            dist.barrier()
+            if rank == 0:
+                summary["failures_total"] = merge_failures(args.out)
+                summary["qc"] = write_library_report(args.out)
+            dist.destroy_process_group()
     json.dump({k: v for k, v in summary.items() if k != "failures"}, sys.stdout, indent=2)
     print()
     for f in summary["failures"]:
