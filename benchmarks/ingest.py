@@ -5,11 +5,16 @@ Prints, as markdown tables:
    the fitted pose, (a) on posed-template clips rendered with a known camera (`fit_eval.ground_truth_clip`)
    and (b) on the synthetic-people generator's clips (`training/data/synthetic.py`: CMU/walk-cycle motion,
    moving cameras, clothes and hair in the silhouettes), keypoints projected from their true pose;
-2. the real Debian videos (g1.avi, g2.avi): per clip (= tracked person), frames, keypoint reprojection error
-   and silhouette IoU of the fitted template against the MediaPipe mask on every frame;
+2. the real Debian videos (g1.avi, g2.avi) and a video of two synthetic people crossing
+   (`training/data/crossing.py`, seed 3): per clip (= tracked identity), frames kept / seen and the dropped
+   ones' reasons, keypoint reprojection error and silhouette IoU of the fitted template against the
+   person's mask on every kept frame; for the crossing video, which person the clip follows and the share
+   of its mask on that person (smallest over its frames) and on the other one (largest);
 3. the real Debian photos (libdlib19.1 examples): people found, reprojection, IoU, named failures;
 4. ingest throughput, frames/s (decode + detect/track + fit; the IoU measurement is not timed).
-With --figure PATH it also saves frame | mask | fitted-template overlays of a real video.
+With --figure PATH it also saves frame | mask | fitted-template overlays of a real video; with --qc DIR it
+runs `genlca-train ingest`'s library path on the three videos and prints its QC report (--qc-figure: the
+contact sheets in one picture).
 """
 from __future__ import annotations
 
@@ -83,21 +88,46 @@ def fit_accuracy(template, clips: int, synth_people: int) -> None:
                       f"{time.perf_counter() - t0:.1f} |")
 
 
-def real_media(template, data: Path, figure: str | None, max_photos: int | None = None) -> None:
+def identity_scores(record, video) -> tuple[int, float, float]:
+    """A crossing-video clip against the truth: (its person, the smallest share of its mask on that person
+    over its frames, the largest share on the other person)."""
+    shares = []
+    for k, f in enumerate(record.meta["frame_indices"]):
+        m = record.masks[k] >= 128
+        shares.append([float((m & video.person_mask(p)[f]).sum() / max(m.sum(), 1)) for p in (0, 1)])
+    shares = np.asarray(shares)
+    who = int(np.argmax(shares.sum(0)))
+    return who, float(shares[:, who].min()), float(shares[:, 1 - who].max())
+
+
+def _dropped(record) -> str:
+    from collections import Counter
+
+    c = Counter(record.meta.get("dropped_frames", {}).values())
+    return ", ".join(f"{r} {n}" for r, n in sorted(c.items())) or "none"
+
+
+def real_media(template, data: Path, figure: str | None, max_photos: int | None = None,
+               crossing: tuple[Path, object] | None = None, videos: bool = True) -> None:
     from training.data.ingest import IngestConfig, IngestError, ingest_file
     from training.data.ingest_figure import save_overlay_figure
 
     config = IngestConfig(measure=False)
     total_frames, total_seconds, total_cpu = 0, 0.0, 0.0
     photos = sorted(p.name for p in data.glob("*.jpg"))[:max_photos]
-    print("\n| file | clip | frames | reprojection px (mean / max) | silhouette IoU (mean / min) | s |")
-    print("|---|---|---|---|---|---|")
-    for name in ("g1.avi", "g2.avi", *photos):
+    files = ([data / "g1.avi", data / "g2.avi"] if videos else []) + ([crossing[0]] if crossing else []) + \
+        [data / p for p in photos]
+    print("\n| file | clip | frames kept / seen | dropped | reprojection px (mean / max) | "
+          "silhouette IoU (mean / min) | identity (crossing: person, min own share, max other share) | s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path in files:
+        name = path.name
         t0, c0 = time.perf_counter(), time.process_time()
         try:
-            records = ingest_file(data / name, config)
+            records = ingest_file(path, config)
         except IngestError as exc:
-            print(f"| {name} | {type(exc).__name__}: {str(exc).split(': ', 1)[-1]} | | | | {time.perf_counter() - t0:.1f} |")
+            print(f"| {name} | {type(exc).__name__}: {str(exc).split(': ', 1)[-1]} | | | | | | "
+                  f"{time.perf_counter() - t0:.1f} |")
             continue
         seconds = time.perf_counter() - t0
         total_seconds += seconds
@@ -106,8 +136,13 @@ def real_media(template, data: Path, figure: str | None, max_photos: int | None 
         for r in records:
             rep = np.asarray(r.meta["fit"]["reprojection_px"])
             iou = np.asarray(_measure(template, r))
-            print(f"| {name} | {r.clip_id} | {r.num_frames} | {np.nanmean(rep):.1f} / {np.nanmax(rep):.1f} | "
-                  f"{iou.mean():.3f} / {iou.min():.3f} | {seconds:.1f} |")
+            seen = r.num_frames + len(r.meta.get("dropped_frames", {}))
+            ident = "-"
+            if crossing and path == crossing[0]:
+                who, own, other = identity_scores(r, crossing[1])
+                ident = f"person {who}, {own:.3f}, {other:.3f}"
+            print(f"| {name} | {r.clip_id} | {r.num_frames} / {seen} | {_dropped(r)} | {np.nanmean(rep):.1f} / "
+                  f"{np.nanmax(rep):.1f} | {iou.mean():.3f} / {iou.min():.3f} | {ident} | {seconds:.1f} |")
         if figure and name == "g1.avi":
             # the cyclist: the clip whose person moves farthest across the frame
             best = max(records, key=lambda r: np.ptp(r.keypoints[:, 0, 0]) if r.num_frames > 1 else 0)
@@ -119,6 +154,43 @@ def real_media(template, data: Path, figure: str | None, max_photos: int | None 
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end)")
 
 
+def qc_run(data: Path, crossing: tuple[Path, object], out: Path, figure: str | None) -> None:
+    """`genlca-train ingest` of g1.avi, g2.avi and the crossing video into `out` (the library path, QC report
+    included), then the per-clip table from the records on disk; with `figure`, the contact sheets stacked
+    into one picture."""
+    from training.data.ingest import IngestConfig, ingest_library
+    from training.data.ingest_qc import stack_sheets
+    from training.data.records import load_record
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in (data / "g1.avi", data / "g2.avi", crossing[0]):
+            (Path(tmp) / p.name).symlink_to(p.resolve())
+        t0, c0 = time.perf_counter(), time.process_time()
+        summary = ingest_library(tmp, out, IngestConfig(), progress=False)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print("\n| file | clip | frames kept / seen | dropped | reprojection px (mean / max) | "
+          "silhouette IoU (mean / min) | identity (crossing: person, min own share, max other share) |")
+    print("|---|---|---|---|---|---|---|")
+    for path in sorted(out.glob("*.clip.safetensors")):
+        r = load_record(path)
+        rep = np.asarray(r.meta["fit"]["reprojection_px"])
+        iou = np.asarray(r.meta["fit"]["silhouette_iou"])
+        seen = r.num_frames + len(r.meta.get("dropped_frames", {}))
+        ident = "-"
+        if Path(r.meta["source_file"]).name == crossing[0].name:
+            who, own, other = identity_scores(r, crossing[1])
+            ident = f"person {who}, {own:.3f}, {other:.3f}"
+        print(f"| {Path(r.meta['source_file']).name} | {r.clip_id} | {r.num_frames} / {seen} | {_dropped(r)} | "
+              f"{np.nanmean(rep):.1f} / {np.nanmax(rep):.1f} | {iou.mean():.3f} / {iou.min():.3f} | {ident} |")
+    print(f"\nQC report: {summary['qc_report']}\n")
+    print((out / "qc" / "report.md").read_text())
+    print(f"ingest (decode + detect/track + fit + IoU + QC sheets, one process): {summary['frames']} clip frames "
+          f"in {seconds:.1f} s wall, {cpu:.1f} CPU-s of this process = {summary['frames'] / cpu:.2f} frames per "
+          f"CPU-second (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end)")
+    if figure:
+        print(f"QC figure: {stack_sheets(sorted((out / 'qc').glob('*.png')), figure)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=3, help="posed-template truth clips")
@@ -126,6 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-real", action="store_true", help="skip the Debian videos and photos")
     parser.add_argument("--photos", type=int, default=None, help="at most this many Debian photos (default: all)")
     parser.add_argument("--figure", default=None, help="save the overlay figure of g1.avi here")
+    parser.add_argument("--no-crossing", action="store_true", help="skip the two-person crossing video")
+    parser.add_argument("--qc", default=None, help="also run `genlca-train ingest` on g1.avi, g2.avi and the "
+                        "crossing video into this folder (QC report in its qc/)")
+    parser.add_argument("--qc-figure", default=None, help="with --qc: the contact sheets stacked into this PNG")
     args = parser.parse_args(argv)
 
     import torch
@@ -140,7 +216,19 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_real:
         data = _data()
         if data is not None:
-            real_media(template, data, args.figure, args.photos)
+            with tempfile.TemporaryDirectory() as tmp:
+                crossing = None
+                if not args.no_crossing:
+                    from training.data.crossing import make_crossing, write_video
+
+                    video = make_crossing()
+                    crossing = (write_video(Path(tmp) / "crossing.mp4", video.frames, video.fps), video)
+                if args.qc and crossing:  # the videos through the library path, with its QC report
+                    qc_run(data, crossing, Path(args.qc), args.qc_figure)
+                    if args.photos != 0:
+                        real_media(template, data, None, args.photos, None, videos=False)
+                else:
+                    real_media(template, data, args.figure, args.photos, crossing)
 
 
 if __name__ == "__main__":

