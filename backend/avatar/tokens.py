@@ -34,6 +34,8 @@ import math
 import torch
 import torch.nn as nn
 
+from backend.avatar import body_parts
+from backend.avatar.body_parts import REGION_NAMES
 from backend.avatar.gaussians import SH_C0, Gaussians, sh_coeff_count
 from backend.avatar.uv_layout import TexelLayout
 from bridge.geometry.rotations import matrix_to_quat, quat_multiply
@@ -63,8 +65,6 @@ class TokenDecoderConfig:
         if self.token_layout == "explicit" and self.token_channels < EXPLICIT_CHANNELS:
             raise ValueError(f"the explicit token layout needs token_channels >= {EXPLICIT_CHANNELS}, "
                              f"got {self.token_channels}")
-        from backend.avatar.body_parts import REGION_NAMES
-
         unknown = sorted(set(self.region_reach) - set(REGION_NAMES))
         if unknown:
             raise ValueError(f"region_reach: unknown regions {unknown}; expected some of {list(REGION_NAMES)}")
@@ -286,8 +286,6 @@ def placeholder_tokens(layout: TexelLayout, channels: int = 32, seed: int = 0, b
 
 def part_colored_gaussians(layout: TexelLayout, k: int = 1, sh_degree: int = 0) -> Gaussians:
     """Rigged Gaussians on the anchors, coloured by body part (for the docs turntable)."""
-    from backend.avatar import body_parts
-
     cfg = TokenDecoderConfig(token_channels=3, gaussians_per_texel=k, sh_degree=sh_degree, hidden_layers=0,
                              token_layout="latent")
     decoder = TokenDecoder(cfg)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bridge.files.atomic import write_atomic
+from bridge.geometry.rotations import matrix_to_quat, quat_multiply
 from bridge.wire import protocol
 from bridge.wire.contract import check_arrays
 
@@ -328,31 +329,6 @@ def read_avatar_file(path: str | os.PathLike) -> AvatarFile:
 
 
 # ------------------------------------------------------------------ rotating splats (and their SH)
-def _matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    t = np.trace(m)
-    if t > 0:
-        s = np.sqrt(t + 1.0) * 2
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k]) * 2
-        q = [0.0, 0.0, 0.0, 0.0]
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = np.asarray(q)
-    return q if q[0] >= 0 else -q
-
-
-def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (4,) x (N, 4) -> (N, 4), wxyz
-    w1, x1, y1, z1 = a
-    w2, x2, y2, z2 = b.T
-    return np.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], -1)
-
-
 def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
     """Real SH basis of 3DGS/gsplat (same order and signs as the renderer) at unit dirs (M, 3) -> (M, S)."""
     x, y, z = dirs[:, 0], dirs[:, 1], dirs[:, 2]
@@ -392,7 +368,7 @@ def rotate_splats(arrays: dict[str, np.ndarray], rotation: np.ndarray) -> dict[s
     out = dict(arrays)
     rot = np.asarray(rotation, dtype=np.float64)
     out["means"] = (arrays["means"].astype(np.float64) @ rot.T).astype(np.float32)
-    out["rotations"] = _quat_multiply(_matrix_to_quat(rot), arrays["rotations"].astype(np.float64)).astype(np.float32)
+    out["rotations"] = quat_multiply(matrix_to_quat(rot), arrays["rotations"].astype(np.float64)).astype(np.float32)
     sh = arrays["sh"]
     degree = int(round(np.sqrt(sh.shape[1]))) - 1
     if degree > 0:

@@ -30,7 +30,7 @@ def frame_visibility(means: torch.Tensor, rotations: torch.Tensor, depth: np.nda
                      k: int, near: float = 0.05) -> np.ndarray:
     """One frame. means (N, 3), rotations (N, 4) posed (N = M * K, texel-major); depth (H, W) rendered;
     occluders: [x0, y0, x1, y1] pixel rectangles; texel_size (M,) metres -> (M,) bool seen."""
-    from backend.avatar.skinning import quat_to_matrix
+    from bridge.geometry.rotations import quat_to_matrix
 
     normals = quat_to_matrix(rotations.double())[:, :, 2].numpy()  # (N, 3) world
     return points_visibility(means.double().numpy(), normals, depth, viewmat, intrinsics, occluders, texel_size,
