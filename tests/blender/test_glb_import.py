@@ -9,6 +9,7 @@ import json
 
 import bpy
 import numpy as np
+import pytest
 
 from .conftest import addon_module, pump_until
 from .test_backend import live  # noqa: F401  (the session fixture against the session's backend)
@@ -22,6 +23,7 @@ def heads_world(obj) -> dict[str, np.ndarray]:
     return {pb.name: (world @ np.append(np.array(pb.head), 1.0))[:3] for pb in obj.pose.bones}
 
 
+@pytest.mark.timeout(900)  # a backend start, a generate, the CMU clip and two exports: ~1 min idle, 5+ loaded
 def test_export_glb_and_fbx_and_reimport(live, scene, cmu_bvh, tmp_path):  # noqa: F811
     session, out_dir = live
     workflows, binding = addon_module("workflows"), addon_module("binding")
