@@ -225,7 +225,7 @@ def render_backend(m: SimpleNamespace, scene, avatar, out_dir: Path, background=
     (paths,) = _call(session, lambda ok, err: m.render.RenderJob(session, scene, avatar, frame, frame, out_dir,
                                                                  background=background, on_done=ok, on_error=err),
                      timeout_s, "render through the backend")
-    return m.bridge.files.png.read_png(paths[0])
+    return m.bridge.png.read_png(paths[0])
 
 
 # ---------------------------------------------------------------------- picture
@@ -316,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(avatar.data.bones)} bones", flush=True)
         fig = make_figure(m, scene, avatar, mesh_obj, work, args.width, args.height, args.samples)
         timings.update(fig["timings"])
-        m.bridge.files.png.write_png(args.out, fig["sheet"])  # atomic: temporary file, then rename
+        m.bridge.png.write_png(args.out, fig["sheet"])  # atomic: temporary file, then rename
         if args.keep is not None:
-            m.bridge.files.png.write_png(args.keep / "blender.png", fig["blender"])
-            m.bridge.files.png.write_png(args.keep / "backend.png", fig["backend"])
+            m.bridge.png.write_png(args.keep / "blender.png", fig["blender"])
+            m.bridge.png.write_png(args.keep / "backend.png", fig["backend"])
         m.session.close_session()
     finally:
         backend.stop(grace_s=10.0)
