@@ -1,4 +1,4 @@
-"""YAML configs into typed dataclasses (DESIGN.md, "Formats": unknown keys are errors that name the path).
+"""YAML configs into typed dataclasses (docs/DESIGN.md, "Formats": unknown keys are errors that name the path).
 
     cfg = load_config("service.yaml", ServiceConfig)            # a file
     cfg = from_dict({"resolution": 64}, ServiceConfig)          # a mapping (missing fields keep defaults)

@@ -16,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.render.camera import orbit_cameras
+from backend.service.handlers import default_handlers
+from backend.service.server import BackendServer
+from bridge.files.png import read_png, write_png
+from bridge.geometry.rotations import axis_angle_to_quat
 from bridge.wire import protocol
 from bridge.wire.client import BridgeClient
-from bridge.files.png import write_png
 
 
 def free_port() -> int:
@@ -27,18 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def axis_angle_quat(axis, degrees: float) -> np.ndarray:  # (4,) wxyz
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    half = math.radians(degrees) / 2
-    return np.array([math.cos(half), *(math.sin(half) * axis)], dtype=np.float32)
-
-
 def turntable_cameras(n: int, width: int, height: int, radius: float = 3.2, fov_deg: float = 36.0):
     """n cameras around the avatar as (world_to_camera (n, 4, 4), intrinsics (n, 3, 3)) float32 arrays,
     looking at the body centre from slightly above; the first in front of the avatar (it faces -Y)."""
-    from backend.render.camera import orbit_cameras
-
     cams = orbit_cameras(n, radius, height=0.88 + 0.25, target=(0.0, 0.0, 0.88), fov=fov_deg, width=width,
                          height_px=height, start_deg=-90.0)
     return (np.asarray([c.world_to_camera for c in cams], np.float32),
@@ -58,8 +53,8 @@ def animation_poses(joint_names: list[str], rest_matrices: np.ndarray, frames: i
     for f in range(frames):
         s = f / max(frames - 1, 1)
         # rotate about the world Y axis (front-back), expressed in each bone's rest frame
-        poses[f, arm] = axis_angle_quat(rest_matrices[arm, :3, :3].T @ np.array([0.0, 1.0, 0.0]), -70.0 * s)
-        poses[f, knee] = axis_angle_quat(rest_matrices[knee, :3, :3].T @ np.array([1.0, 0.0, 0.0]), 60.0 * s)
+        poses[f, arm] = axis_angle_to_quat(rest_matrices[arm, :3, :3].T @ np.array([0.0, 1.0, 0.0]), -70.0 * s)
+        poses[f, knee] = axis_angle_to_quat(rest_matrices[knee, :3, :3].T @ np.array([1.0, 0.0, 0.0]), 60.0 * s)
     return poses
 
 
@@ -82,8 +77,6 @@ def render_frames(client: BridgeClient, avatar_id: str, poses, w2c, intr, width:
 
 
 def contact_sheet(paths: list[Path], columns: int) -> np.ndarray:
-    from bridge.files.png import read_png
-
     images = [read_png(p) for p in paths]
     h, w, c = images[0].shape
     rows = math.ceil(len(images) / columns)
@@ -95,9 +88,6 @@ def contact_sheet(paths: list[Path], columns: int) -> np.ndarray:
 
 
 def run(out_dir: Path, prompt: str, seed: int, size: int, views: int, frames: int) -> dict:
-    from backend.service.handlers import default_handlers
-    from backend.service.server import BackendServer
-
     out_dir.mkdir(parents=True, exist_ok=True)
     address = f"tcp://127.0.0.1:{free_port()}"
     timings: dict[str, float] = {}

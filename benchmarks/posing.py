@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
     layout = build_layout(template, 256)
     k = -(-args.gaussians // layout.num_valid)
-    decoder = TokenDecoder(TokenDecoderConfig(gaussians_per_texel=k, sh_degree=0, hidden_channels=32), seed=0)
+    decoder = TokenDecoder(TokenDecoderConfig(gaussians_per_texel=k, sh_degree=0, hidden_channels=32, token_layout="latent"), seed=0)
     with torch.no_grad():
         g = decode(placeholder_tokens(layout, 32, seed=0), layout, decoder)
     g = g[: args.gaussians]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from backend.models.tokenizer import load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     from training.eval_tokenizer import toy_clip
     from training.fit_clip import fit_clip
     from training.tokenize_library import tokenize_library
-    from training.train_tokenizer import clip_inputs, load_tokenizer
+    from training.train_tokenizer import clip_inputs
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -18,6 +18,7 @@ contract = importlib.import_module(_PREFIX + ".wire.contract")
 rigmaps = importlib.import_module(_PREFIX + ".rig.rigmaps")
 retarget = importlib.import_module(_PREFIX + ".rig.retarget")
 cameras = importlib.import_module(_PREFIX + ".geometry.cameras")
+rotations = importlib.import_module(_PREFIX + ".geometry.rotations")
 png = importlib.import_module(_PREFIX + ".files.png")
 avatar_files = importlib.import_module(_PREFIX + ".files.avatar")
 files = importlib.import_module(_PREFIX + ".files.atomic")   # write_atomic

@@ -9,6 +9,7 @@ backend process for the repository's scripts and tests (build_addon.py leaves it
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from bridge.wire.protocol import PROTOCOL_VERSION, REQUEST_TYPES, Request
@@ -25,6 +26,4 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'bridge' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module, __name__), name)

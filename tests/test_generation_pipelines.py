@@ -7,8 +7,9 @@ import torch
 from backend.avatar.body_parts import REGION_NAMES
 from backend.avatar.tokens import decode
 from backend.pipelines.edit import edit_mask, edit_text, regenerate_auto, regenerate_region
-from backend.pipelines.generate import PhotoObservation, SamplerSettings, generate_tokens
+from backend.pipelines.generate import PhotoObservation, SamplerSettings, condition, generate_tokens
 from backend.pipelines.model_bundle import ModelError, load_bundle
+from backend.sampling.recipe import sample_tokens
 from backend.sampling.solvers import SamplingCancelled
 from tests.model_package import make_tiny_package
 
@@ -35,6 +36,18 @@ def test_generate_is_deterministic_and_reports_every_step(bundle):
     assert events == [("sample", i, 4) for i in range(1, 5)]
     assert a.shape == (12, 32, 32) and not a[:, ~bundle.layout.atlas_mask].any()
     assert info["used"] == ["text"] and info["seed"] == 3
+
+
+def test_generate_is_the_shared_sampling_recipe(bundle):
+    """generate and evaluation sample through backend.sampling.recipe: for one condition, one seed and one
+    set of settings, the batch recipe gives generate's token map to the bit."""
+    settings = SamplerSettings(steps=3, guidance=2.5, method="heun", shift=2.0)
+    got, _ = generate_tokens(bundle, "a man in a red jacket", seed=9, settings=settings)
+    cond = condition(bundle, "a man in a red jacket", None)
+    with torch.no_grad():
+        want = sample_tokens(bundle.dit, cond, settings.steps, settings.method, settings.shift, settings.guidance,
+                             1.0, 9, bundle.layout.atlas_mask)
+    assert want.shape == (1, 12, 32, 32) and torch.equal(got, want[0])
 
 
 def test_prompt_changes_the_sample(bundle):

@@ -1,4 +1,4 @@
-"""Import boundaries (DESIGN.md, docs/ARCHITECTURE.md), for every module of every package, found by walking
+"""Import boundaries (docs/DESIGN.md, docs/ARCHITECTURE.md), for every module of every package, found by walking
 the folders (a module added tomorrow is checked without editing this file).
 
 Two checks, because they catch different things:

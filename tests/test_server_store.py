@@ -1,6 +1,7 @@
 """backend.pipelines.store.AvatarStore (LRU, thread-safe) and the placeholder generator's determinism."""
 from __future__ import annotations
 
+import collections
 import threading
 
 import numpy as np
@@ -25,20 +26,58 @@ def test_lru_eviction_counts_gets_as_uses():
         AvatarStore(capacity=0)
 
 
-def test_store_is_thread_safe():
-    store = AvatarStore(capacity=50)
+class _PausingItems(collections.OrderedDict):
+    """The store's dict, with a window in `get`: after reading a value it waits until another thread has
+    changed the dict (or 2 s passed), so a reader and a writer interleave exactly where a race would bite."""
 
-    def work(t: int) -> None:
-        for i in range(2000):
-            store.put(f"{t}-{i}", i)
-            store.get(f"{t}-{i // 2}")
+    def __init__(self) -> None:
+        super().__init__()
+        self.read, self.changed = threading.Event(), threading.Event()
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        self.read.set()
+        self.changed.wait(2.0)   # with the store's lock held, the writer cannot get in: the wait runs out
+        return value
+
+
+class _NoLock:
+    def __enter__(self) -> None: ...
+    def __exit__(self, *exc) -> None: ...
+
+
+def _race(store: AvatarStore) -> list[BaseException]:
+    """One get("x") and one pop("x") interleaved inside get; returns what the reader raised."""
+    items = _PausingItems()
+    items["x"] = 1
+    store._items = items
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            store.get("x")   # reads, pauses, then move_to_end("x")
+        except BaseException as exc:  # noqa: BLE001 - the race's symptom is what the test looks for
+            errors.append(exc)
+
+    def writer() -> None:
+        items.read.wait(5.0)
+        store.pop("x")
+        items.changed.set()
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert len(store) == 50 and len(set(store.ids())) == 50
+        t.join(10.0)
+    return errors
+
+
+def test_the_lock_closes_the_race_between_get_and_pop():
+    assert _race(AvatarStore(capacity=4)) == []
+    unlocked = AvatarStore(capacity=4)
+    unlocked._lock = _NoLock()   # the same race without the lock: the popped key is moved to the end
+    errors = _race(unlocked)
+    assert len(errors) == 1 and isinstance(errors[0], KeyError)
 
 
 def test_placeholder_cloud_is_deterministic_body_shaped_and_follows_the_contract():

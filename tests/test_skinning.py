@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from backend.avatar.gaussians import Gaussians
-from backend.avatar.skinning import (Skeleton, forward_kinematics, matrix_to_quat, pose, pose_frames,
-                                     quat_multiply, quat_to_matrix, skinning_matrices)
+from backend.avatar.skinning import Skeleton, forward_kinematics, pose, pose_frames, skinning_matrices
 from backend.avatar.template import load_template
+from bridge.geometry.rotations import matrix_to_quat, quat_multiply, quat_to_matrix
 from bridge.rig import rigmaps
 
 

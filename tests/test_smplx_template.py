@@ -202,7 +202,8 @@ def test_decode_pose_and_render(template, cache):
     from backend.render.camera import Camera, intrinsics_from_fov, look_at
 
     layout = load_layout(template, 32, cache_dir_override=cache)
-    config = TokenDecoderConfig(token_channels=16, gaussians_per_texel=2, sh_degree=1, hidden_channels=32)
+    config = TokenDecoderConfig(token_channels=16, gaussians_per_texel=2, sh_degree=1, hidden_channels=32,
+                                token_layout="latent")
     g = decode(placeholder_tokens(layout, 16, seed=1), layout, TokenDecoder(config, seed=0))
     assert len(g) == 2 * layout.num_valid
     g.validate(check_finite=True)

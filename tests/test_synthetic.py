@@ -170,7 +170,7 @@ def test_cli_writes_records_and_shards(tmp_path):
     np.testing.assert_array_equal(shards[0].visibility[0], shard_mask(rec.extras["visibility"], 2))
     np.testing.assert_allclose(shards[0].tokens[0].astype(np.float32), rec.extras["gt_tokens"], atol=1e-2, rtol=1e-3)
     assert shards[0].captions[0] == rec.captions and json.dumps(shards[0].metas[0])
-    from training.tokenize_library import reference_crop
+    from training.data.shards import reference_crop
 
     assert shards[0].ref_crops.shape == (2, 64, 64, 3)  # the image condition, as tokenize writes it
     np.testing.assert_array_equal(shards[0].ref_crops[0], reference_crop(rec))

@@ -17,8 +17,10 @@ from backend.models.tokenizer import Tokenizer, tokenizer_models
 from training.data.records import save_record
 from training.data.shards import MANIFEST, iter_shards, read_manifest
 from training.eval_tokenizer import toy_clip
-from training.tokenize_library import reference_crop, tokenize_library
-from training.train_tokenizer import TrainConfig, load_tokenizer
+from training.data.shards import reference_crop
+from training.tokenize_library import tokenize_library
+from backend.models.tokenizer import load_tokenizer
+from training.train_tokenizer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = 5

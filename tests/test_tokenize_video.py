@@ -18,6 +18,7 @@ from training.eval_tokenizer import toy_clip
 from training.tokenize_video import (VideoTokenizeConfig, VideoTokenizeError, crop_box, markdown_table, orbit_camera,
                                      person_crop, render_frames, save_figure, score_clip, silhouette_iou,
                                      split_frames)
+from backend.models.tokenizer import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = Path(os.environ.get("GENLCA_TESTDATA", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -155,7 +156,6 @@ def test_real_video_silhouettes_beat_their_own_bounding_box(model, g1_clips, tmp
     models = {"fresh": model}
     trained = ROOT / "outputs" / "tokenizer_tiny" / "last.safetensors"
     if trained.is_file():
-        from training.train_tokenizer import load_tokenizer
 
         models["trained"] = load_tokenizer(trained)
     clips = [c for c in g1_clips if c.num_frames >= cfg.input_frames + 1]

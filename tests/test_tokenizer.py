@@ -2,7 +2,12 @@
 ground-truth clips rendered by the project's renderer (fixed seeds, CPU)."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +18,12 @@ from backend.avatar.gaussians import SH_C0
 from backend.avatar.tokens import TokenDecoder, decode, encode_explicit, gaussian_texel_index
 from backend.avatar.visibility import TexelVisibility, seen_texels
 from backend.config import from_dict, load_config
-from backend.models.tokenizer import Tokenizer, TokenizerConfig, tokenizer_models
+from backend.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_models
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 from training.eval_tokenizer import mask_iou, psnr, render_gt, toy_clip, toy_tokens
 from training.fit_clip import fit_clip
 from training.train_tokenizer import (LossWeights, TrainConfig, DataSource, clip_inputs, clip_views,
-                                      load_tokenizer, photometric_losses, render_tokens, ssim, total_loss, train)
+                                      photometric_losses, render_tokens, ssim, total_loss, train)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +204,7 @@ def test_training_resumes_exactly_and_checkpoint_carries_the_config(tmp_path, cl
     lib = tmp_path / "lib"
     save_record(clip, lib)
     base = dict(model=tokenizer_models["tiny"](), data=[DataSource(str(lib), 1.0, "")], steps=4, batch_clips=1,
-                input_frames=3, heldout_frames=1, render_size=32, checkpoint_every=2, log_every=1, warmup_steps=2)
+                input_frames=3, heldout_frames=1, render_size=32, ckpt_every=2, log_every=1, warmup=2)
     straight = TrainConfig(out_dir=str(tmp_path / "a"), **base)
     train(straight, progress=False)
     broken = TrainConfig(out_dir=str(tmp_path / "b"), **base)
@@ -217,3 +222,40 @@ def test_training_resumes_exactly_and_checkpoint_carries_the_config(tmp_path, cl
     assert ckpt.train["step"] == 4 and ckpt.optimizer is not None and ckpt.ema is not None
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(math.isfinite(float(__import__("json").loads(x)["loss"])) for x in lines)
+
+
+def test_training_under_torchrun_keeps_the_ranks_in_step(tmp_path, clip):
+    """Two gloo ranks through training/runtime.py: each draws its own clips, one all-reduce of the gradients
+    per step, so both ranks hold the same weights after every step; rank 0 writes the checkpoint."""
+    from training.data.records import save_record
+
+    lib = tmp_path / "lib"
+    save_record(clip, lib)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        from backend.models.tokenizer import tokenizer_models
+        from training import train_tokenizer as tt
+        cfg = tt.TrainConfig(model=tokenizer_models["tiny"](), data=[tt.DataSource({str(lib)!r}, 1.0, "")], steps=2,
+                             batch_clips=1, input_frames=3, heldout_frames=1, render_size=32, ckpt_every=2,
+                             log_every=1, warmup=1, device="cpu", out_dir={str(tmp_path / "out")!r})
+        seen = {{}}
+        real_update = tt.runtime.EMA.update
+        def update(self, model):      # after opt.step(): this rank's weights
+            seen["weights"] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            real_update(self, model)
+        tt.runtime.EMA.update = update
+        tt.train(cfg, progress=False)
+        ctx = tt.runtime.init_distributed("cpu")
+        torch.save(seen["weights"], {str(tmp_path)!r} + f"/rank{{ctx.rank}}.pt")
+        tt.runtime.shutdown_distributed()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt"))
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+    assert load_tokenizer(tmp_path / "out" / "last.safetensors") is not None

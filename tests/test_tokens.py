@@ -21,7 +21,8 @@ def layout(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config() -> TokenDecoderConfig:
-    return TokenDecoderConfig(token_channels=16, gaussians_per_texel=3, sh_degree=3, hidden_channels=32)
+    return TokenDecoderConfig(token_channels=16, gaussians_per_texel=3, sh_degree=3, hidden_channels=32,
+                              token_layout="latent")
 
 
 def test_decode_gives_finite_rigged_gaussians(layout, config):
@@ -50,7 +51,8 @@ def test_batch_matches_single_and_init_is_deterministic(layout, config):
 def test_fresh_decoder_colours_follow_token_channels(layout, config):
     """A fresh decoder routes channels 0..2 to the DC colour: placeholder tokens give skin on the head
     and another colour on the torso."""
-    decoder = TokenDecoder(TokenDecoderConfig(token_channels=16, gaussians_per_texel=1, sh_degree=0), seed=0)
+    decoder = TokenDecoder(TokenDecoderConfig(token_channels=16, gaussians_per_texel=1, sh_degree=0, token_layout="latent"),
+                           seed=0)
     tokens = placeholder_tokens(layout, 16, seed=4)
     g = decode(tokens, layout, decoder)
     texel = gaussian_texel_index(layout, 1)

@@ -1,8 +1,17 @@
-"""`genlca-train`: the training stack's command line.
+"""`genlca-train`: the training stack's command line, one subcommand per stage (README, "Retraining").
 
-This round ships the data preparation that every later stage builds on: the body template and its
-UV texel layouts, built once and cached as safetensors. Tokenizer training, library tokenization and
-diffusion training join as subcommands with the model chain (docs/ARCHITECTURE.md, "Status").
+    prepare          build and cache the body template and its UV texel layouts (safetensors)
+    synth, ingest    clip records: synthetic people (training/data/synthetic.py), real videos/photos
+                     (training/data/ingest.py)
+    tokenizer, fit   train the tokenizer (training/train_tokenizer.py); fit one clip's token map directly
+    tokenize,        clip records -> token shards (training/tokenize_library.py, torchrun-aware); one real
+    tokenize-video   video -> token map (training/tokenize_video.py)
+    diffusion, eval  train the token-map DiT (training/train_diffusion.py, torchrun-aware); evaluate it
+                     (training/evaluate.py)
+    scaling          the data-scaling curve (training/scaling.py)
+    package          a model package the backend serves (training/package_model.py)
+
+Each stage's options and code live in its module; the modules are imported when the parser is built.
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from backend.avatar.visibility import TexelVisibility, seen_texels
 from backend.render import RenderOptions, render
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 from training.data.records import ClipRecord
+from backend.models.tokenizer import load_tokenizer
 
 _POSED_JOINTS = ("upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R", "upperleg01.L", "upperleg01.R",
                  "spine03", "neck01")
@@ -382,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "figure":
         from training.data.records import load_record
-        from training.train_tokenizer import load_tokenizer
 
         torch.set_num_threads(1)
         print(comparison_figure(load_record(args.record), load_tokenizer(args.checkpoint), args.out, args.fit_steps))
@@ -396,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"written": len(paths), "out": args.out}))
         return 0
     from training.data.records import iter_record_paths, load_record
-    from training.train_tokenizer import load_tokenizer
 
     if args.checkpoint:
         model = load_tokenizer(args.checkpoint)

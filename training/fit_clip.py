@@ -23,6 +23,7 @@ from backend.avatar.skinning import Skeleton
 from backend.models.tokenizer import Tokenizer
 from training.data.records import ClipRecord, load_record
 from training.train_tokenizer import clip_views, photometric_losses, render_tokens
+from backend.models.tokenizer import load_tokenizer
 
 
 def mean_colour_tokens(model: Tokenizer, record: ClipRecord, indices) -> torch.Tensor:
@@ -83,7 +84,6 @@ def _subset(views, pick):
 def main(args: argparse.Namespace) -> int:
     from backend.avatar.template import save_safetensors_atomic
     from backend.models.tokenizer import tokenizer_models
-    from training.train_tokenizer import load_tokenizer
 
     model = load_tokenizer(args.checkpoint) if args.checkpoint else Tokenizer.build(tokenizer_models[args.preset]())
     record = load_record(args.record)

@@ -155,7 +155,7 @@ class HeldOut:
 
 def eval_size(held: HeldOut, out: Path, log=print) -> dict[str, Any]:
     """Metrics of out/last.safetensors (EMA weights), cached in out/eval.json for this checkpoint and settings."""
-    from backend.models.checkpoint import file_sha256, load_checkpoint
+    from backend.models.checkpoint import file_sha256, load_model
     from backend.models.conditioning import load_text_encoder
     from backend.models.dit import dit_from_checkpoint
     from training import evaluate as ev
@@ -168,8 +168,7 @@ def eval_size(held: HeldOut, out: Path, log=print) -> dict[str, Any]:
         if cached.get("key") == key:
             return cached["metrics"]
     log(f"[scaling] evaluating {ckpt_path} on {len(held.people)} held-out people")
-    ckpt = load_checkpoint(ckpt_path, "dit", training_state=False)
-    model = dit_from_checkpoint(ckpt)
+    model, ckpt = load_model(ckpt_path, "dit", dit_from_checkpoint)
     encoder = load_text_encoder(ckpt.config.get("text_encoder", "minilm"), int(ckpt.config.get("max_text_tokens", 32)))
     s = held.settings
     metrics = ev.evaluate_checkpoint(model, encoder, held.people, held.renderer, held.regions, held.silhouettes,

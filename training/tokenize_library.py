@@ -25,11 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from backend.models.tokenizer import Tokenizer
-from backend.perception.observation import reference_crop as crop_around_mask, tokenize_views
+from backend.models.checkpoint import file_sha256
+from backend.models.tokenizer import Tokenizer, load_tokenizer
+from backend.perception.observation import tokenize_views
+from training import runtime
 from training.data.records import ClipRecord, iter_record_paths, load_record
-from training.data.shards import (FORMAT as SHARD_FORMAT, MANIFEST, SUFFIX as SHARD_SUFFIX, TokenShard, save_shard,
-                                  write_manifest_entry)
+from training.data.shards import (FORMAT as SHARD_FORMAT, MANIFEST, SUFFIX as SHARD_SUFFIX, TokenShard, reference_crop,
+                                  save_shard, write_manifest_entry)
 
 
 def rank_manifest(rank: int) -> str:
@@ -60,12 +62,6 @@ def library_paths(library: str | os.PathLike) -> list[Path]:
     if library.is_file():
         return [(library.parent / line.strip()) for line in library.read_text().splitlines() if line.strip()]
     return list(iter_record_paths(library))
-
-
-def reference_crop(record: ClipRecord, size: int = 64, margin: float = 0.1) -> np.ndarray:
-    """(size, size, 3) uint8: a square around the person's mask in the first frame (whole frame if empty);
-    the same crop photo -> avatar gives the DiT (backend/perception/observation.py)."""
-    return crop_around_mask(record.frames[0], record.masks[0], size, margin)
 
 
 def tokenize_clip(model: Tokenizer, record: ClipRecord, input_frames: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -150,26 +146,22 @@ def merge_manifests(out: str | os.PathLike) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from backend.models.checkpoint import file_sha256
-    from training.train_tokenizer import dist_env, load_tokenizer
-
-    rank, world, _ = dist_env()
+    ctx = runtime.init_distributed("cpu")   # the tokenizer runs on the CPU; gloo between ranks
     if args.threads:
         torch.set_num_threads(args.threads)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="gloo")
-    model = load_tokenizer(args.checkpoint)
-    source = {"tokenizer": Path(args.checkpoint).name, "sha256": file_sha256(args.checkpoint),
-              "input_frames": args.input_frames}
-    report = tokenize_library(model, args.library, args.out, rank, world, args.shard_size, args.input_frames,
-                              args.crop_size, source, progress=not args.no_progress)
-    if world > 1:
-        torch.distributed.barrier()
-    if rank == 0:
-        report["shards"] = merge_manifests(args.out)
-    print(json.dumps(report), flush=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    try:
+        model = load_tokenizer(args.checkpoint)
+        source = {"tokenizer": Path(args.checkpoint).name, "sha256": file_sha256(args.checkpoint),
+                  "input_frames": args.input_frames}
+        report = tokenize_library(model, args.library, args.out, ctx.rank, ctx.world_size, args.shard_size,
+                                  args.input_frames, args.crop_size, source, progress=not args.no_progress)
+        if ctx.distributed:
+            torch.distributed.barrier()
+        if ctx.is_main:
+            report["shards"] = merge_manifests(args.out)
+        print(json.dumps(report), flush=True)
+    finally:
+        runtime.shutdown_distributed()
     return 0
 
 

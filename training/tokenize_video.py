@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from backend.render.camera import Camera
 from bridge.files.atomic import write_atomic
 from training.data.records import ClipRecord, iter_record_paths, load_record
+from backend.models.tokenizer import load_tokenizer
 
 METHODS = ("mean", "fit", "tokenizer")
 
@@ -334,7 +335,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.train_tokenizer import load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -13,24 +13,23 @@ Losses (weights in `loss`):
            An honest use of synthetic ground truth: it says where geometry the photometric loss
            cannot pin down (offsets, scales) should go; unseen texels are left to the photometric loss.
 
-Under torchrun: DDP (gloo on CPU, NCCL on GPU), each rank draws its own clips; the data draw of step s on
-rank k is seeded by (seed, k, s), so a resumed run draws exactly what an unbroken run would. bf16
-autocast for the networks on CUDA; gradient clipping; EMA; a safetensors checkpoint (model, EMA,
-optimizer, RNG, config) every `checkpoint_every` steps, written atomically; `metrics.jsonl` and
-tensorboard (when installed) on rank 0; a progress bar.
+The loop stands on training/runtime.py, like the DiT's: torchrun set-up (gloo on CPU, NCCL on GPU) and one
+all-reduce of the gradients per step, bf16 autocast on CUDA (`mixed_precision`), gradient clipping, EMA,
+the warm-up schedule, the logger (stdout + tensorboard when installed) and a progress bar, and a
+safetensors checkpoint (model, EMA, optimizer, RNG, config) every `ckpt_every` steps, written atomically;
+`metrics.jsonl` on rank 0. Each rank draws its own clips; the data draw of step s on rank k is seeded by
+(seed, k, s), so a resumed run draws exactly what an unbroken run would.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,13 +37,12 @@ import torch.nn.functional as F
 
 from backend.avatar.skinning import Skeleton, pose
 from backend.avatar.tokens import EXPLICIT_CHANNELS, decode
-from backend.models.tokenizer import Tokenizer, TokenizerConfig
+from backend.config import apply_overrides, load_config, to_dict
+from backend.models.tokenizer import CHECKPOINT_KIND, Tokenizer, TokenizerConfig
 from backend.render import RenderOptions, render
 from backend.render.camera import Camera
+from training import runtime
 from training.data.records import ClipRecord, iter_record_paths, load_record
-
-CHECKPOINT_KIND = "tokenizer"
-
 
 @dataclasses.dataclass
 class DataSource:
@@ -75,14 +73,15 @@ class TrainConfig:
     decoder_lr_scale: float = 0.1  # the decoder MLP is fine-tuned slower
     train_decoder: bool = True
     weight_decay: float = 0.0
-    warmup_steps: int = 50
+    warmup: int = 50               # steps of linear warm-up, then the constant lr
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     loss: LossWeights = dataclasses.field(default_factory=LossWeights)
     log_every: int = 10
-    checkpoint_every: int = 100
+    ckpt_every: int = 100
     seed: int = 0
-    amp: bool = True               # bf16 autocast on CUDA (ignored on CPU)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"   # bf16 autocast on CUDA ("auto", "bf16")
     threads: int = 0               # torch CPU threads per rank (0: leave as is)
 
     def __post_init__(self) -> None:
@@ -246,58 +245,18 @@ def clip_inputs(model: Tokenizer, record: ClipRecord, indices):
                          record.joint_rotations[idx], record.root_translation[idx])
 
 
-# ------------------------------------------------------------------ distributed (minimal; runtime.py when it lands)
-def dist_env() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    rank, world, local = dist_env()
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend=backend)
-    return rank, world, device
-
-
-# ------------------------------------------------------------------ checkpoints
 def build_model(config: TokenizerConfig) -> Tokenizer:
     return Tokenizer.build(config)
 
 
-def load_tokenizer(path: str | os.PathLike, use_ema: bool = True) -> Tokenizer:
-    """A trained tokenizer from its checkpoint (EMA weights by default), in eval mode."""
-    from backend.config import from_dict
-    from backend.models.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, CHECKPOINT_KIND, training_state=False)
-    model = build_model(from_dict(ckpt.config["model"], TokenizerConfig))
-    model.load_state_dict(ckpt.ema if use_ema and ckpt.ema else ckpt.model)
-    return model.eval()
-
-
-def _save(path: Path, cfg: TrainConfig, model: Tokenizer, ema: Tokenizer, opt, step: int, note: str) -> None:
-    from backend.config import to_dict
-    from backend.models.checkpoint import Checkpoint, capture_rng, save_checkpoint
-
-    rng_tensors, rng_states = capture_rng()
-    save_checkpoint(path, Checkpoint(kind=CHECKPOINT_KIND, config=to_dict(cfg), model=model.state_dict(),
-                                     ema=ema.state_dict(), optimizer=opt.state_dict(), rng=rng_tensors,
-                                     train={"step": step, "rng": rng_states}, name=f"tokenizer step {step}",
-                                     note=note))
-
-
 # ------------------------------------------------------------------ the loop
-def train_step_clip(model: Tokenizer, net, skeleton: Skeleton, record: ClipRecord, cfg: TrainConfig,
-                    gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+def train_step_clip(model: Tokenizer, skeleton: Skeleton, record: ClipRecord, cfg: TrainConfig,
+                    gen: torch.Generator, ctx: runtime.DistributedContext) -> dict[str, torch.Tensor]:
     n_in = min(cfg.input_frames, record.num_frames - 1)
     idx_in, idx_out = split_frames(record.num_frames, n_in, cfg.heldout_frames, gen)
     inputs = clip_inputs(model, record, idx_in)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cfg.amp and device.type == "cuda") else contextlib.nullcontext()
-    with autocast:
-        tokens = net(inputs)[0].float()  # (C, R, R)
+    with runtime.autocast(ctx, cfg.mixed_precision):
+        tokens = model(inputs)[0].float()  # (C, R, R)
     views = clip_views(record, idx_out, cfg.render_size)
     rgb, alpha = render_tokens(tokens, model, skeleton, views)
     losses = photometric_losses(rgb, alpha, views)
@@ -316,124 +275,96 @@ def total_loss(losses: dict[str, torch.Tensor], weights: LossWeights) -> torch.T
 def train(cfg: TrainConfig, note: str = "", progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the last logged metrics. `stop_after`: leave after that many
     steps of this call (tests use it to simulate an interrupted run)."""
-    rank, world, device = init_distributed()
+    ctx = runtime.init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model).to(ctx.device)
     skeleton = model.visibility.skeleton
     if not cfg.train_decoder:
         model.decoder.requires_grad_(False)
-    ema = copy.deepcopy(model).requires_grad_(False)
+    ema = runtime.EMA(model, cfg.ema_decay)
     dec_params = [p for p in model.decoder.parameters() if p.requires_grad]
     other = [p for n, p in model.named_parameters() if not n.startswith("decoder.")]
     groups = [{"params": other, "lr": cfg.lr}]
     if dec_params:
         groups.append({"params": dec_params, "lr": cfg.lr * cfg.decoder_lr_scale})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    params = [p for g in groups for p in g["params"]]
     base_lrs = [g["lr"] for g in opt.param_groups]
 
     step = 0
     last = out / "last.safetensors"
     if last.exists():
-        from backend.models.checkpoint import load_checkpoint, restore_rng
-
-        ckpt = load_checkpoint(last, CHECKPOINT_KIND)
-        model.load_state_dict(ckpt.model)
-        ema.load_state_dict(ckpt.ema)
-        opt.load_state_dict(ckpt.optimizer)
-        restore_rng(ckpt.rng, ckpt.train.get("rng", {}))
-        step = int(ckpt.train["step"])
-    model.to(device)
-    ema.to(device)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        step, _ = runtime.load_training_state(last, kind=CHECKPOINT_KIND, model=model, optimizer=opt, ema=ema)
     library = ClipLibrary(cfg.data, min_frames=2)
-
-    writer = None
-    if rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out / "tb"))
-        except Exception:  # tensorboard not installed: metrics.jsonl only
-            writer = None
-    bar = None
-    if rank == 0 and progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=cfg.steps, initial=step, desc="tokenizer", file=sys.stderr, dynamic_ncols=True)
-        except ImportError:
-            bar = None
+    logger = runtime.TrainLogger(ctx, cfg.log_every, out / "tb")
+    bar = runtime.progress_bar(cfg.steps, step, ctx, progress)
     metrics: dict[str, Any] = {}
     done_here = 0
     t_last, clips_since = time.perf_counter(), 0
-    while step < cfg.steps and (stop_after is None or done_here < stop_after):
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)
-        scale = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * scale
-        opt.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for i in range(cfg.batch_clips):
-            record = library.draw(gen)
-            sync = net.no_sync() if (world > 1 and i < cfg.batch_clips - 1) else contextlib.nullcontext()
-            with sync:
-                losses = train_step_clip(model, net, skeleton, record, cfg, gen, device)
+    try:
+        while step < cfg.steps and (stop_after is None or done_here < stop_after):
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + ctx.rank * 7919 + step)
+            scale = runtime.cosine_warmup_lr(step, 1.0, cfg.warmup, cfg.steps, min_ratio=1.0)  # warm-up, then 1
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * scale
+            opt.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for _ in range(cfg.batch_clips):
+                record = library.draw(gen)
+                losses = train_step_clip(model, skeleton, record, cfg, gen, ctx)
                 loss = total_loss(losses, cfg.loss)
                 (loss / cfg.batch_clips).backward()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.batch_clips
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / cfg.batch_clips
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1.0 - cfg.ema_decay)
-        step += 1
-        done_here += 1
-        clips_since += cfg.batch_clips * world
-        if bar is not None:
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.batch_clips
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / cfg.batch_clips
+            runtime.allreduce_gradients(params, ctx)
+            grad_norm = runtime.clip_gradients(params, cfg.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            done_here += 1
+            clips_since += cfg.batch_clips * ctx.world_size
             bar.update(1)
             bar.set_postfix(loss=f"{sums['loss']:.4f}")
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-            now = time.perf_counter()
-            metrics = {"step": step, **{k: round(v, 6) for k, v in sums.items()}, "grad_norm": round(float(grad_norm), 4),
-                       "lr": opt.param_groups[0]["lr"], "clips_per_s": round(clips_since / (now - t_last), 4)}
-            t_last, clips_since = now, 0
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            if writer is not None:
-                for k, v in metrics.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _save(last, cfg, model, ema, opt, step, note)
-    if bar is not None:
+            logger.step(step, sums["loss"], cfg.batch_clips * ctx.world_size,
+                        **{k: v for k, v in sums.items() if k != "loss"}, grad_norm=grad_norm)
+            if ctx.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                metrics = {"step": step, **{k: round(v, 6) for k, v in sums.items()},
+                           "grad_norm": round(float(grad_norm), 4), "lr": opt.param_groups[0]["lr"],
+                           "clips_per_s": round(clips_since / (now - t_last), 4)}
+                t_last, clips_since = now, 0
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            if ctx.is_main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                runtime.save_training_state(last, kind=CHECKPOINT_KIND, config=to_dict(cfg), model=model,
+                                            optimizer=opt, step=step, ema=ema, name=f"tokenizer step {step}",
+                                            note=note)
+    finally:
         bar.close()
-    if writer is not None:
-        writer.close()
-    if world > 1:
+        logger.close()
+    if ctx.distributed:
         torch.distributed.barrier()
     return metrics
 
 
 def load_train_config(path: str | None, overrides: list[str]) -> TrainConfig:
-    from backend.config import apply_overrides, load_config
-
     cfg = load_config(path, TrainConfig) if path else TrainConfig()
     return apply_overrides(cfg, overrides) if overrides else cfg
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.set or [])
-    metrics = train(cfg, note=" ".join(sys.argv), progress=not args.no_progress)
+    try:
+        metrics = train(cfg, note=" ".join(sys.argv), progress=not args.no_progress)
+    finally:
+        runtime.shutdown_distributed()
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(metrics))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     return 0
 
 

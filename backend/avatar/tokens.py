@@ -11,8 +11,9 @@ texel-wise MLP (1×1 convolutions) that maps each texel's token to K Gaussians:
 The output layer starts at zero and a linear skip routes token channels to Gaussian parameters, so a
 freshly built decoder (`TokenDecoder(cfg, seed=...)`) is deterministic. Two token layouts:
 
-- "latent" (the round-1 default): only channels 0..2 are routed (to the DC colour); the rest is free.
-- "explicit" (the model chain): the first `EXPLICIT_CHANNELS` channels have fixed meanings that the
+- "latent": only channels 0..2 are routed (to the DC colour); the rest is free (a colour-only decoder,
+  as for the body-part figure, `part_colored_gaussians`).
+- "explicit" (the default; the model chain): the first `EXPLICIT_CHANNELS` channels have fixed meanings that the
   skip routes exactly, so a token map can be written from known texel parameters (`encode_explicit`,
   used by the synthetic generator for ground truth) and decoded back without training:
       0..2  colour as the SH DC term, (rgb - 0.5) / SH_C0
@@ -33,9 +34,11 @@ import math
 import torch
 import torch.nn as nn
 
+from backend.avatar import body_parts
+from backend.avatar.body_parts import REGION_NAMES
 from backend.avatar.gaussians import SH_C0, Gaussians, sh_coeff_count
-from backend.avatar.skinning import matrix_to_quat, quat_multiply
 from backend.avatar.uv_layout import TexelLayout
+from bridge.geometry.rotations import matrix_to_quat, quat_multiply
 
 
 @dataclasses.dataclass
@@ -50,7 +53,7 @@ class TokenDecoderConfig:
     normal_scale: float = 0.35    # normal-axis std relative to the tangent-plane std (flat splats)
     scale_range: float = 2.5      # learned log-scale stays within base ± scale_range
     init_opacity: float = 0.95
-    token_layout: str = "latent"  # "latent" | "explicit" (see the module docstring)
+    token_layout: str = "explicit"  # "explicit" | "latent" (see the module docstring)
     # explicit layout: reach of the offset per edit region, metres (hair beyond the scalp, skirts off the legs)
     region_reach: dict[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_REGION_REACH))
 
@@ -62,8 +65,6 @@ class TokenDecoderConfig:
         if self.token_layout == "explicit" and self.token_channels < EXPLICIT_CHANNELS:
             raise ValueError(f"the explicit token layout needs token_channels >= {EXPLICIT_CHANNELS}, "
                              f"got {self.token_channels}")
-        from backend.avatar.body_parts import REGION_NAMES
-
         unknown = sorted(set(self.region_reach) - set(REGION_NAMES))
         if unknown:
             raise ValueError(f"region_reach: unknown regions {unknown}; expected some of {list(REGION_NAMES)}")
@@ -284,9 +285,8 @@ def placeholder_tokens(layout: TexelLayout, channels: int = 32, seed: int = 0, b
 
 def part_colored_gaussians(layout: TexelLayout, k: int = 1, sh_degree: int = 0) -> Gaussians:
     """Rigged Gaussians on the anchors, coloured by body part (for the docs turntable)."""
-    from backend.avatar import body_parts
-
-    cfg = TokenDecoderConfig(token_channels=3, gaussians_per_texel=k, sh_degree=sh_degree, hidden_layers=0)
+    cfg = TokenDecoderConfig(token_channels=3, gaussians_per_texel=k, sh_degree=sh_degree, hidden_layers=0,
+                             token_layout="latent")
     decoder = TokenDecoder(cfg)
     parts = layout.part_ids.clamp_min(0)  # (R, R)
     rgb = torch.from_numpy(body_parts.PART_COLORS)[parts].permute(2, 0, 1)  # (3, R, R)

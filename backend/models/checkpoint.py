@@ -12,6 +12,11 @@ Metadata (strings): format, version, kind (e.g. "dit", "tokenizer"), config (JSO
 train (JSON: step, epoch, optimizer hyper-parameters and scalar state, python/numpy RNG, anything else),
 name and note (free text, e.g. the command that made it). `load_checkpoint` checks the format, version and
 kind and names the file and the problem (missing, truncated, another kind or version).
+
+The one way a trained model comes out of a checkpoint is `load_model(path, kind, from_checkpoint)`: read
+and check the file, build the model from its stored config and weights (EMA when present and asked for),
+on a device, in eval mode. Resuming training is `training/runtime.py`'s load_training_state, on top of
+`load_checkpoint`.
 """
 from __future__ import annotations
 
@@ -22,10 +27,13 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 FORMAT = "genlca-checkpoint"
 VERSION = 1
@@ -102,8 +110,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any])
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> str:
     """Write atomically (temporary file in the same folder, fsync, rename); returns the file's sha256."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in ckpt.model.items()}
@@ -144,8 +150,6 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> str:
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *, training_state: bool = True) -> Checkpoint:
     """Read a checkpoint; `kind` (if given) must match. `training_state=False` skips optimizer/RNG tensors."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -180,6 +184,21 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *, trainin
     return Checkpoint(kind=meta.get("kind", ""), config=config, model=groups["model"], ema=groups["ema"] or None,
                       optimizer=optimizer, train=train, extra=groups["extra"], rng=groups["rng"],
                       name=meta.get("name", ""), note=meta.get("note", ""), sha256=file_sha256(path))
+
+
+def load_model(path: str | os.PathLike, kind: str, from_checkpoint: Callable[..., nn.Module], *,
+               device: str | torch.device = "cpu", use_ema: bool = True) -> tuple[nn.Module, Checkpoint]:
+    """(model, checkpoint): `from_checkpoint(ckpt, use_ema=...)` builds the model of a `kind` checkpoint from
+    its config and weights (e.g. backend.models.dit.dit_from_checkpoint,
+    backend.models.tokenizer.tokenizer_from_checkpoint); the model comes back on `device` in eval mode.
+    Raises CheckpointError naming the file: unreadable, another kind or version, or weights that do not
+    fit this code's model."""
+    ckpt = load_checkpoint(path, kind, training_state=False)
+    try:
+        model = from_checkpoint(ckpt, use_ema=use_ema)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the {kind} checkpoint does not fit this code's model ({exc})") from None
+    return model.to(device).eval(), ckpt
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -36,6 +36,10 @@ from backend.avatar.template import BodyTemplate, load_template
 from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig
 from backend.avatar.uv_layout import TexelLayout, load_layout
 from backend.avatar.visibility import TexelVisibility
+from backend.config import from_dict
+from backend.models.checkpoint import Checkpoint, load_model
+
+CHECKPOINT_KIND = "tokenizer"
 
 
 @dataclasses.dataclass
@@ -270,3 +274,19 @@ def Tokenizer_large() -> TokenizerConfig:
 tokenizer_models: dict[str, Callable[[], TokenizerConfig]] = {
     "tiny": Tokenizer_tiny, "small": Tokenizer_small, "base": Tokenizer_base, "large": Tokenizer_large,
 }
+
+
+# ------------------------------------------------------------------ checkpoints
+def tokenizer_from_checkpoint(ckpt: Checkpoint, use_ema: bool = True) -> Tokenizer:
+    """A Tokenizer from a loaded `tokenizer` Checkpoint: its config from the metadata, its EMA weights when
+    present and asked for, else the live ones (a packaged tokenizer keeps one set; float16 storage is cast
+    back to the model's float32)."""
+    model = Tokenizer.build(from_dict(ckpt.config["model"], TokenizerConfig))
+    weights = ckpt.ema if (use_ema and ckpt.ema is not None) else ckpt.model
+    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()})
+    return model.eval()
+
+
+def load_tokenizer(path, use_ema: bool = True, device: str | torch.device = "cpu") -> Tokenizer:
+    """A trained tokenizer from its checkpoint (backend.models.checkpoint.load_model), in eval mode."""
+    return load_model(path, CHECKPOINT_KIND, tokenizer_from_checkpoint, device=device, use_ema=use_ema)[0]

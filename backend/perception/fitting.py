@@ -50,7 +50,8 @@ import math
 import numpy as np
 import torch
 
-from backend.avatar.skinning import Skeleton, matrix_to_quat, quat_multiply, quat_to_matrix, skinning_matrices
+from backend.avatar.skinning import Skeleton, skinning_matrices
+from bridge.geometry.rotations import matrix_to_quat, quat_multiply, quat_to_matrix
 
 MEDIAPIPE_POSE_33 = (
     "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from backend.pipelines.generate import Cancel, Progress, SamplerSettings, _stepper, condition, guided_velocity
+from backend.avatar.body_parts import REGION_NAMES
+from backend.sampling.editing import edit_from_strength, inpaint, noise_like
+from backend.sampling.path import FlowPath, time_grid
+from backend.sampling.recipe import decoder_tokens
+from backend.sampling.solvers import solve_ode
+from backend.pipelines.generate import (Cancel, Progress, SamplerSettings, condition, guided_velocity,
+                                       stage_progress)
 
 
 def _source(bundle, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,10 +43,6 @@ def edit_text(bundle, tokens: torch.Tensor, prompt: str, *, strength: float = 0.
               settings: SamplerSettings | None = None, invert: bool = False, progress: Progress | None = None,
               cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """tokens (C, R, R) -> (edited tokens (C, R, R), info)."""
-    from backend.sampling.editing import edit_from_strength
-    from backend.sampling.path import time_grid
-    from backend.sampling.solvers import solve_ode
-
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     settings = settings or SamplerSettings()
@@ -58,14 +60,14 @@ def edit_text(bundle, tokens: torch.Tensor, prompt: str, *, strength: float = 0.
             source_velocity = guided_velocity(bundle, condition(bundle, "", None),
                                               SamplerSettings(steps=settings.steps, guidance=1.0))
             up = time_grid(steps, settings.shift, t_start=strength).flip(0)  # 0 -> strength
-            x_s = solve_ode(source_velocity, x_src, up, settings.method, progress=_stepper(progress, "invert"),
+            x_s = solve_ode(source_velocity, x_src, up, settings.method, progress=stage_progress(progress, "invert"),
                             cancel=cancel)
-            x = solve_ode(velocity, x_s, up.flip(0), settings.method, progress=_stepper(progress, "sample"),
+            x = solve_ode(velocity, x_s, up.flip(0), settings.method, progress=stage_progress(progress, "sample"),
                           cancel=cancel)
         else:
             x = edit_from_strength(velocity, x_src, strength, steps, seed=seed, method=settings.method,
-                                   shift=settings.shift, progress=_stepper(progress, "sample"), cancel=cancel)
-        out = dit.denormalize(x)[0] * atlas
+                                   shift=settings.shift, progress=stage_progress(progress, "sample"), cancel=cancel)
+        out = decoder_tokens(dit, x, atlas)[0]
     return out.cpu(), info
 
 
@@ -73,8 +75,6 @@ def regenerate_region(bundle, tokens: torch.Tensor, regions: str | list[str], pr
                       settings: SamplerSettings | None = None, progress: Progress | None = None,
                       cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """tokens (C, R, R) -> (tokens with `regions` regenerated under `prompt`, info); bit-identical elsewhere."""
-    from backend.avatar.body_parts import REGION_NAMES
-
     names = [regions] if isinstance(regions, str) else list(regions)
     unknown = [n for n in names if n not in REGION_NAMES]
     if not names or unknown:
@@ -113,9 +113,6 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
     "otsu": `otsu_threshold` of the map), dilated by
     `dilate` texels, then (snap) every body region whose texels are at least `snap` masked is added whole.
     Identical prompts give identical velocities, so an all-zero map and an empty mask."""
-    from backend.avatar.body_parts import REGION_NAMES
-    from backend.sampling.editing import noise_like
-    from backend.sampling.path import FlowPath
 
     if threshold != "otsu" and not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
         raise ValueError(f"threshold must be in (0, 1] or 'otsu', got {threshold!r}")
@@ -202,8 +199,6 @@ def _inpaint_mask(bundle, tokens: torch.Tensor, mask: torch.Tensor, prompt: str,
                   settings: SamplerSettings, progress: Progress | None,
                   cancel: Cancel | None) -> torch.Tensor:
     """(C, R, R): inpainted where mask (R, R) is True under `prompt`; the source tokens themselves elsewhere."""
-    from backend.sampling.editing import inpaint
-
     dit = bundle.dit
     src, atlas = _source(bundle, tokens)
     region = mask.to(src.device)
@@ -211,7 +206,7 @@ def _inpaint_mask(bundle, tokens: torch.Tensor, mask: torch.Tensor, prompt: str,
         x_src = dit.normalize(src[None]) * atlas
         velocity = guided_velocity(bundle, condition(bundle, prompt, None), settings)
         x = inpaint(velocity, x_src, ~region[None, None], settings.steps, seed=seed, method=settings.method,
-                    shift=settings.shift, progress=_stepper(progress, "sample"), cancel=cancel)
-        new = dit.denormalize(x)[0] * atlas
+                    shift=settings.shift, progress=stage_progress(progress, "sample"), cancel=cancel)
+        new = decoder_tokens(dit, x, atlas)[0]
         out = torch.where(region[None], new, src)  # outside the mask: the source tokens themselves
     return out.cpu()

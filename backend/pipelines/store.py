@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backend.avatar.avatar_file import load_avatar, save_avatar
+
 log = logging.getLogger("genlca.backend.store")
 
 
@@ -70,7 +72,7 @@ class PersistentAvatarStore(AvatarStore):
     characters) ever reach the file system. At most `max_files` files are kept; the least recently used
     (by modification time, refreshed on every load) are deleted.
 
-    Files are checked on load like wire arrays (backend.avatar.avatar_file.check_record); a file that fails,
+    Files are checked on load like wire arrays (bridge.files.avatar.read_avatar); a file that fails,
     or an entry that is not a regular file inside the folder (a symlink pointing out, a dangling link), is
     reported missing (not_found) with a warning, never served. Temporary files a killed save left behind
     (`.<name>.tmp`) are removed when the store opens.
@@ -113,8 +115,6 @@ class PersistentAvatarStore(AvatarStore):
         return self.folder / f"{avatar_id}.safetensors"
 
     def put(self, avatar_id: str, avatar: Any) -> list[str]:
-        from backend.avatar.avatar_file import save_avatar
-
         path = self.path(avatar_id)
         if path is None:
             raise ValueError(f"avatar id {avatar_id!r} is not 6-64 lowercase hex digits")
@@ -124,8 +124,6 @@ class PersistentAvatarStore(AvatarStore):
         return super().put(avatar_id, avatar)
 
     def get(self, avatar_id: str) -> Any | None:
-        from backend.avatar.avatar_file import load_avatar
-
         avatar = super().get(avatar_id)
         if avatar is not None:
             return avatar

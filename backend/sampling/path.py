@@ -1,4 +1,4 @@
-"""THE time convention of the project, written once here and nowhere else (DESIGN.md, "Sampling"):
+"""THE time convention of the project, written once here and nowhere else (docs/DESIGN.md, "The method, as built", 4):
 
     x_t = (1 - t) * x_data + t * noise,    t in [0, 1],  t = 1 is pure noise, t = 0 is data,
     v   = dx_t / dt = noise - x_data       (what the model predicts).

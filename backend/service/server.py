@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import zmq
 import zmq.auth
-import zmq.auth.thread
+from zmq.auth.thread import ThreadAuthenticator
 
 from bridge.wire import protocol
 from bridge.wire.codec import ProtocolError, bad_array, decode, encode, request_from_header
@@ -169,8 +169,6 @@ class BackendServer:
         self._draining = False
         try:
             if keys is not None:
-                from zmq.auth.thread import ThreadAuthenticator
-
                 self._auth = ThreadAuthenticator(self._context)
                 self._auth.start()
                 clients = Path(keys_dir) / "authorized_clients"  # type: ignore[arg-type]

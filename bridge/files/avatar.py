@@ -2,8 +2,9 @@
 
 The Blender add-on opens and re-exports avatars with no backend running (a file from a colleague, a splat
 from another tool), and cannot import torch or the `safetensors` package, so both formats are read and
-written here with numpy alone. The backend (`backend/avatar/avatar_file.py`, `backend/avatar/ply.py`)
-writes the same bytes; tests hold the two sides against each other.
+written here with numpy alone. This is the only reader and writer of the avatar `.safetensors`: the
+backend's `backend/avatar/avatar_file.py` turns what it reads into torch. The backend writes the `.ply`
+with `backend/avatar/ply.py`; tests hold the two sides against each other.
 
     avatar = read_avatar_file(path)        # .safetensors (rigged) or .ply (splats, unrigged)
     avatar.arrays                          # the bridge.wire.protocol.AVATAR_ARRAYS names (skin/skeleton only if rigged)
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bridge.files.atomic import write_atomic
+from bridge.geometry.rotations import matrix_to_quat, quat_multiply
 from bridge.wire import protocol
 from bridge.wire.contract import check_arrays
 
@@ -55,6 +57,7 @@ class AvatarFile:
     arrays: dict[str, np.ndarray]   # AVATAR_ARRAYS names; skin_* and skeleton only when rigged
     joint_names: list[str]
     meta: dict[str, Any]
+    tokens: np.ndarray | None = None   # (C, R, R) float32: the token map it was decoded from (the backend edits it)
 
     @property
     def rigged(self) -> bool:
@@ -122,7 +125,9 @@ def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
 
 # ------------------------------------------------------------------ the GenLCA avatar
 def read_avatar(path: str | os.PathLike) -> AvatarFile:
-    """A GenLCA avatar `.safetensors` (rigged Gaussians + skeleton + meta), checked like wire arrays."""
+    """A GenLCA avatar `.safetensors` (rigged Gaussians + skeleton + optional token map + meta), checked like
+    wire arrays (bridge.wire.contract). The only reader of the format: the backend's
+    `backend.avatar.avatar_file.load_avatar` wraps this one in torch."""
     path = Path(path)
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != AVATAR_FORMAT:
@@ -135,6 +140,8 @@ def read_avatar(path: str | os.PathLike) -> AvatarFile:
         meta = json.loads(metadata.get("meta", "{}"))
     except json.JSONDecodeError as exc:
         raise AvatarFileError(f"{path}: damaged metadata ({exc})") from None
+    if not isinstance(joint_names, list):
+        raise AvatarFileError(f"{path}: joint_names must be a JSON list")
     arrays: dict[str, np.ndarray] = {}
     for key in GAUSSIAN_KEYS:
         if f"gaussians.{key}" in tensors:
@@ -142,11 +149,17 @@ def read_avatar(path: str | os.PathLike) -> AvatarFile:
     for key in SKELETON_KEYS:
         if f"skeleton.{key}" in tensors:
             arrays[key] = tensors[f"skeleton.{key}"]
-    contract = protocol.AVATAR_ARRAYS
-    arrays = {k: _as_wire_dtype(path, k, v, contract[k][0]) for k, v in arrays.items()}
-    dims = check_arrays(arrays, contract, error=lambda message: AvatarFileError(f"{path}: {message}"))
+    spec = protocol.AVATAR_ARRAYS
+    arrays = {k: _as_wire_dtype(path, k, v, spec[k][0]) for k, v in arrays.items()}
+    dims = check_arrays(arrays, spec, error=lambda message: AvatarFileError(f"{path}: {message}"))
     check_avatar_values(path, arrays, dims, joint_names)
-    return AvatarFile(arrays, [str(n) for n in joint_names], meta if isinstance(meta, dict) else {})
+    tokens = tensors.get("tokens")
+    if tokens is not None:
+        if tokens.dtype.kind != "f" or tokens.ndim != 3 or not np.isfinite(tokens).all():
+            raise AvatarFileError(f"{path}: tokens must be a finite float (C, R, R) map, got {tokens.dtype} "
+                                  f"{tokens.shape}")
+        tokens = tokens.astype(np.float32)
+    return AvatarFile(arrays, [str(n) for n in joint_names], meta if isinstance(meta, dict) else {}, tokens)
 
 
 def _as_wire_dtype(path: Path, name: str, a: np.ndarray, dtype: str) -> np.ndarray:
@@ -177,17 +190,23 @@ def check_avatar_values(path: Any, arrays: dict[str, np.ndarray], dims: dict[str
     parents = arrays["joint_parents"]
     if (parents >= np.arange(j)).any() or (parents < -1).any():
         raise AvatarFileError(f"{path}: joint_parents must name an earlier joint or -1")
+    if len(set(joint_names)) != j:
+        raise AvatarFileError(f"{path}: joint_names has duplicates")
     if "skin_indices" in arrays and arrays["skin_indices"].size and int(arrays["skin_indices"].max()) >= j:
         raise AvatarFileError(f"{path}: skin_indices reach joint {int(arrays['skin_indices'].max())}, "
                               f"the skeleton has {j}")
+    if "skin_weights" in arrays and arrays["skin_weights"].size and float(arrays["skin_weights"].min()) < 0:
+        raise AvatarFileError(f"{path}: skin_weights has negative weights")
 
 
 def write_avatar(path: str | os.PathLike, avatar: AvatarFile) -> Path:
-    """Write a GenLCA avatar `.safetensors` (the layout `backend/avatar/avatar_file.py` reads)."""
+    """Write a GenLCA avatar `.safetensors` atomically (the one writer: the backend's `save_avatar` calls it)."""
     tensors = {f"gaussians.{k}": avatar.arrays[k] for k in GAUSSIAN_KEYS if k in avatar.arrays}
     if "gaussians.skin_indices" in tensors:  # the backend's files hold int64 (torch's index type)
         tensors["gaussians.skin_indices"] = tensors["gaussians.skin_indices"].astype(np.int64)
     tensors.update({f"skeleton.{k}": avatar.arrays[k] for k in SKELETON_KEYS if k in avatar.arrays})
+    if avatar.tokens is not None:
+        tensors["tokens"] = avatar.tokens
     metadata = {"format": AVATAR_FORMAT, "version": str(AVATAR_VERSION),
                 "joint_names": json.dumps(list(avatar.joint_names)), "meta": json.dumps(avatar.meta)}
     return write_safetensors(path, tensors, metadata)
@@ -310,31 +329,6 @@ def read_avatar_file(path: str | os.PathLike) -> AvatarFile:
 
 
 # ------------------------------------------------------------------ rotating splats (and their SH)
-def _matrix_to_quat(m: np.ndarray) -> np.ndarray:
-    t = np.trace(m)
-    if t > 0:
-        s = np.sqrt(t + 1.0) * 2
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k]) * 2
-        q = [0.0, 0.0, 0.0, 0.0]
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = np.asarray(q)
-    return q if q[0] >= 0 else -q
-
-
-def _quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # (4,) x (N, 4) -> (N, 4), wxyz
-    w1, x1, y1, z1 = a
-    w2, x2, y2, z2 = b.T
-    return np.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-                     w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], -1)
-
-
 def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
     """Real SH basis of 3DGS/gsplat (same order and signs as the renderer) at unit dirs (M, 3) -> (M, S)."""
     x, y, z = dirs[:, 0], dirs[:, 1], dirs[:, 2]
@@ -374,7 +368,7 @@ def rotate_splats(arrays: dict[str, np.ndarray], rotation: np.ndarray) -> dict[s
     out = dict(arrays)
     rot = np.asarray(rotation, dtype=np.float64)
     out["means"] = (arrays["means"].astype(np.float64) @ rot.T).astype(np.float32)
-    out["rotations"] = _quat_multiply(_matrix_to_quat(rot), arrays["rotations"].astype(np.float64)).astype(np.float32)
+    out["rotations"] = quat_multiply(matrix_to_quat(rot), arrays["rotations"].astype(np.float64)).astype(np.float32)
     sh = arrays["sh"]
     degree = int(round(np.sqrt(sh.shape[1]))) - 1
     if degree > 0:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.files.atomic import write_atomic
+
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
 
@@ -36,17 +38,8 @@ def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write `image` as PNG to `path` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(encode_png(image))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write `image` as PNG to `path` atomically (bridge.files.atomic.write_atomic)."""
+    return write_atomic(path, encode_png(image))
 
 
 def _unfilter(raw: np.ndarray, h: int, stride: int, bpp: int) -> np.ndarray:

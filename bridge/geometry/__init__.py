@@ -1,1 +1,2 @@
-"""Pure maths both sides share: `cameras` (Blender camera -> OpenCV camera). numpy + stdlib."""
+"""Pure maths both sides share: `rotations` (quaternions and rotation matrices, numpy or torch) and
+`cameras` (Blender camera -> OpenCV camera). numpy + stdlib."""

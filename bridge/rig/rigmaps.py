@@ -24,6 +24,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bridge.geometry.rotations import matrix_to_quat, quat_to_matrix
+
 RIGS = ("genlca", "mixamo", "rigify", "rigify_org", "cmu")
 
 
@@ -144,33 +146,7 @@ def map_for(rig: str, bone_names: Iterable[str] | None = None, overrides: Mappin
     return base
 
 
-# ------------------------------------------------------------------ rotation maths (numpy)
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:  # (..., 4) wxyz -> (..., 3, 3)
-    q = np.asarray(q, dtype=np.float64)
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = np.moveaxis(q, -1, 0)
-    m = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                  2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                  2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], axis=-1)
-    return m.reshape(q.shape[:-1] + (3, 3))
-
-
-def matrix_to_quat(m: np.ndarray) -> np.ndarray:  # (..., 3, 3) -> (..., 4) wxyz with w >= 0
-    m = np.asarray(m, dtype=np.float64)
-    t = np.stack([1 + m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2], 1 + m[..., 0, 0] - m[..., 1, 1] - m[..., 2, 2],
-                  1 - m[..., 0, 0] + m[..., 1, 1] - m[..., 2, 2], 1 - m[..., 0, 0] - m[..., 1, 1] + m[..., 2, 2]], -1)
-    c = np.stack([
-        np.stack([t[..., 0], m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-        np.stack([m[..., 2, 1] - m[..., 1, 2], t[..., 1], m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-        np.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], t[..., 2], m[..., 1, 2] + m[..., 2, 1]], -1),
-        np.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], t[..., 3]], -1),
-    ], -2)
-    best = np.argmax(t, axis=-1)[..., None, None]
-    q = np.take_along_axis(c, np.broadcast_to(best, best.shape[:-2] + (1, 4)), axis=-2)[..., 0, :]
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    return np.where(q[..., :1] < 0, -q, q)
-
-
+# ------------------------------------------------------------------ rotations of skeletons (numpy)
 def world_rotations(local: np.ndarray, rest_world: np.ndarray, parents: Sequence[int]) -> np.ndarray:
     """FK for rotations: local (J, 4) wxyz or (J, 3, 3), rest_world (J, 3, 3) -> posed world (J, 3, 3)."""
     loc = quat_to_matrix(local) if np.shape(local)[-1] == 4 else np.asarray(local, dtype=np.float64)

@@ -39,6 +39,7 @@ import zmq.auth
 
 from bridge.wire import protocol
 from bridge.wire.codec import ProtocolError, decode, encode, request_header
+from bridge.wire.keys import check_z85_key
 from bridge.wire.protocol import Request
 
 log = logging.getLogger("genlca.bridge")
@@ -125,8 +126,6 @@ class BridgeClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, server_public_key: bytes | str | os.PathLike | None = None,
                  client_public_key: bytes | str | None = None, client_secret_key: bytes | str | None = None,
                  timeout_s: float = 10.0, heartbeat_s: float = 1.0, max_message_bytes: int = 1 << 30) -> None:
-        from bridge.wire.keys import check_z85_key
-
         self.address = address
         self.timeout_s = float(timeout_s)
         self.heartbeat_s = float(heartbeat_s)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.geometry.rotations import matrix_to_quat
 from bridge.rig import rigmaps
 
 _BVH_TO_ZUP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
@@ -275,7 +276,7 @@ class WalkCycle:
             swing("lowerleg01" + side, 0.15 + 0.45 * np.clip(np.sin(phase * 1.0 + sign * 1.2), 0, None))
             swing("upperarm01" + side, 0.35 * s)                        # arms swing against the legs
             swing("lowerarm01" + side, -0.25 - 0.1 * np.clip(-s, 0, None))
-        quats = rigmaps.matrix_to_quat(local)
+        quats = matrix_to_quat(local)
         loc = self._sample("root", "location", t)
         trans = np.zeros((count, 3))
         if loc is not None:

@@ -27,6 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from backend.models.checkpoint import file_sha256  # one sha256 of a file for checkpoints and shards
+from backend.perception.observation import reference_crop as crop_around_mask
+from training.data.records import ClipRecord
 
 FORMAT = "genlca-tokens"
 VERSION = 1
@@ -76,6 +78,13 @@ class TokenShard:
             raise ShardError(f"ref_crops: expected ({n}, S, S, 3), got {self.ref_crops.shape}")
         if not np.isfinite(self.tokens.astype(np.float32)).all():
             raise ShardError("tokens: contain NaN or inf (or overflow float16)")
+
+
+def reference_crop(record: ClipRecord, size: int = 64, margin: float = 0.1) -> np.ndarray:
+    """A shard's reference crop of a clip: (size, size, 3) uint8, a square around the person's mask in the
+    first frame (whole frame if empty); the same crop photo -> avatar gives the DiT
+    (backend/perception/observation.py)."""
+    return crop_around_mask(record.frames[0], record.masks[0], size, margin)
 
 
 def save_shard(shard: TokenShard, path: str | os.PathLike) -> str:

@@ -387,7 +387,7 @@ def write_shards(records_dir: str | os.PathLike, shard_dir: str | os.PathLike, s
     from training.data import visibility as vis
     from training.data.records import iter_record_paths, load_record
     from training.data.shards import TokenShard, add_to_manifest, done_clip_ids, read_manifest, save_shard
-    from training.tokenize_library import reference_crop
+    from training.data.shards import reference_crop
 
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)

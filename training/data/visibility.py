@@ -30,7 +30,7 @@ def frame_visibility(means: torch.Tensor, rotations: torch.Tensor, depth: np.nda
                      k: int, near: float = 0.05) -> np.ndarray:
     """One frame. means (N, 3), rotations (N, 4) posed (N = M * K, texel-major); depth (H, W) rendered;
     occluders: [x0, y0, x1, y1] pixel rectangles; texel_size (M,) metres -> (M,) bool seen."""
-    from backend.avatar.skinning import quat_to_matrix
+    from bridge.geometry.rotations import quat_to_matrix
 
     h, w = depth.shape
     p = means.double().numpy() @ viewmat[:3, :3].T.astype(np.float64) + viewmat[:3, 3]  # (N, 3) camera
