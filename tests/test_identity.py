@@ -69,6 +69,7 @@ def crossing(tmp_path_factory):
     return video, path
 
 
+@pytest.mark.timeout(1800)  # MediaPipe on 16 frames (3 passes + a crop per person) and two fits: ~2 CPU-minutes
 def test_crossing_people_give_one_clip_each_and_no_clip_holds_both(crossing, tmp_path):
     from backend.perception.fitting import FitConfig
     from training.data.ingest import IngestConfig, ingest_file

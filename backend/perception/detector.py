@@ -11,7 +11,8 @@ marks every person-like pixel inside that person's region. How several people ar
   pixels that two people's masks both claim go to the person whose skeleton (the landmark bones) is
   nearer. Then MediaPipe runs again on each person's own region (`refine`): a crop around the person,
   upscaled to `roi_side` pixels, with the pixels owned by everyone else painted over, so small people get
-  landmarks and a mask at a useful resolution and the segmentation cannot spill onto a neighbour.
+  landmarks and a mask at a useful resolution and the segmentation cannot spill onto a neighbour (a
+  person alone in the frame and taller than `refine_below` of it is not re-run: the crop would be the frame).
 - **Tracks follow identities, not positions.** Detections are linked frame to frame by a cost of position
   (distance from the track's constant-velocity prediction, in the person's heights) and appearance
   (Bhattacharyya distance of the colour histograms of the person's masked pixels, upper and lower body
@@ -176,7 +177,8 @@ class PersonDetector:
                  refine: bool = True, roi_side: int = 384, roi_margin: float = 0.25, overlap: float = 0.05,
                  min_body_landmarks: int = 6, min_height: float = 40.0, blur_ratio: float = 0.35,
                  appearance_gate: float = 0.55, appearance_drop: float = 0.45, appearance_weight: float = 2.0,
-                 max_gap: int = 8, outlier_ratio: float = 2.0, appearance_floor: float = 0.15):
+                 max_gap: int = 8, outlier_ratio: float = 2.0, appearance_floor: float = 0.15,
+                 refine_below: float = 0.5):
         self.max_people = max_people
         self.work_side = work_side
         self.min_visible = min_visible        # landmarks with visibility >= 0.5 for a usable detection
@@ -184,6 +186,7 @@ class PersonDetector:
         self.max_jump = max_jump              # position gate: person heights per frame of gap
         self.min_mask_cover = min_mask_cover  # mean person-mask value inside the landmark box
         self.refine = refine
+        self.refine_below = refine_below      # refine a lone person only when shorter than this share of the frame
         self.roi_side = roi_side
         self.roi_margin = roi_margin
         self.overlap = overlap                # box_meet above this with another person: "overlap"
@@ -318,7 +321,9 @@ class PersonDetector:
         shape = image.shape[:2]
         self._own_masks(found, shape)
         if self.refine:
-            refined = [self._refine_one(image, found, p) for p in range(len(found))]
+            # a person alone and large in the frame has nothing to gain from a crop of the same pixels
+            worth = [len(found) > 1 or o.height < self.refine_below * shape[0] for o in found]
+            refined = [self._refine_one(image, found, p) if worth[p] else None for p in range(len(found))]
             found = [r if r is not None else o for r, o in zip(refined, found)]
             self._own_masks(found, shape)
         grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)

@@ -8,7 +8,9 @@ What is fitted (per frame, all frames of a clip in one batch):
 The camera is one fixed pinhole per clip: intrinsics from a focal guess (`FitConfig.fov_deg`, or given),
 placed in front of the body (on -Y, looking +Y, Z up: the template faces -Y, so frame 0 starts as a front
 view). A moving camera is absorbed by the body's global orientation and translation; that is exact for a
-single rigid view per frame, which is all a clip record needs (one world-to-camera per frame).
+single rigid view per frame, which is all a clip record needs (one world-to-camera per frame). With
+`FitConfig.fit_focal` (off by default) and no intrinsics given, stage 2 also fits the focal length, with
+the guess as a log-normal prior (`focal_sigma`).
 
 Losses (all lengths in metres at the body: pixel residuals are divided by the pixels per metre at the
 estimated depth, so weights do not depend on the image size):
@@ -92,6 +94,9 @@ class FitConfig:
     vertex_samples: int = 700        # template vertices projected for the silhouette terms
     mask_samples: int = 256          # mask pixels per frame for the coverage term
     seed: int = 0
+    fit_focal: bool = False          # fit the focal length too (only when no intrinsics are given)
+    w_focal: float = 0.01            # its prior: log(focal / guess) ~ N(0, focal_sigma)
+    focal_sigma: float = 0.3
 
 
 @dataclasses.dataclass
@@ -305,6 +310,7 @@ class BodyFitter:
             raise ValueError(f"expected keypoints of shape (F, 33, 3) ({KEYPOINT_FORMAT}), got {kp.shape}")
         n_frames = kp.shape[0]
         width, height = image_size
+        given_intrinsics = intrinsics is not None
         if intrinsics is None:
             f = 0.5 * width / math.tan(math.radians(cfg.fov_deg) / 2)
             intrinsics = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], np.float32)
@@ -352,17 +358,28 @@ class BodyFitter:
             orient = orient[best].clone().requires_grad_(True)
             trans = trans[best].clone().requires_grad_(True)
 
-        # stage 2: everything
+        # stage 2: everything (and the focal length, when asked for and not given)
         pose = torch.zeros(n_frames, len(FIT_JOINTS), 3, requires_grad=True)
         sil = self._silhouette_targets(masks, n_frames, width, height, ppm) if masks is not None else None
-        opt = torch.optim.Adam([orient, trans, pose], lr=cfg.lr)
+        fit_focal = cfg.fit_focal and not given_intrinsics
+        log_f = torch.zeros((), requires_grad=fit_focal)  # log(focal / guessed focal)
+        k0 = k
+
+        def k_now() -> torch.Tensor:
+            return _focal_scaled(k0, torch.exp(log_f)) if fit_focal else k0
+
+        opt = torch.optim.Adam([orient, trans, pose] + ([log_f] if fit_focal else []), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iters_pose, eta_min=cfg.lr * 0.05)
         for _ in range(cfg.iters_pose):
             opt.zero_grad()
-            loss = self._total_loss(orient, pose, trans, target, weight, viewmat, k, ppm, sil, temporal and n_frames > 1)
+            loss = self._total_loss(orient, pose, trans, target, weight, viewmat, k_now(), ppm, sil,
+                                    temporal and n_frames > 1)
+            if fit_focal:  # the prior: the guess, give or take a factor exp(focal_sigma)
+                loss = loss + cfg.w_focal * (log_f / cfg.focal_sigma) ** 2
             loss.backward()
             opt.step()
             sched.step()
+        k = k_now().detach()
 
         with torch.no_grad():
             loss = float(self._total_loss(orient, pose, trans, target, weight, viewmat, k, ppm, sil,
@@ -474,6 +491,12 @@ class BodyFitter:
                                              + 0.5 * ((rot[1:] - rot[:-1]) ** 2).sum((1, 2)).mean()
                                              + ((trans[1:] - trans[:-1]) ** 2).sum(1).mean())
         return loss
+
+
+def _focal_scaled(k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Intrinsics (3, 3) with fx and fy times s (a scalar tensor; differentiable), principal point kept."""
+    return torch.stack([torch.stack([k[0, 0] * s, k[0, 1], k[0, 2]]), torch.stack([k[1, 0], k[1, 1] * s, k[1, 2]]),
+                        k[2]])
 
 
 def _translation(t) -> np.ndarray:
