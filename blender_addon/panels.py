@@ -64,11 +64,7 @@ class GENLCA_PT_generate(_GenLCAPanel, bpy.types.Panel):
         layout = self.layout
         props = context.scene.genlca
         status = workflows.generator_status(session.current_session())  # what the backend said it uses
-        if status.placeholder:
-            box = layout.box()
-            box.label(text="Placeholder generator: no diffusion model yet", icon="INFO")
-            box.label(text=f"Not used: {', '.join(status.unused)}" if status.unused else status.name)
-        elif status.model:
+        if status.model:
             layout.label(text=f"Model: {status.model}", icon="OUTLINER_DATA_ARMATURE")
         layout.prop(props, "prompt", text="")
         col = layout.column(align=True)

@@ -34,7 +34,6 @@ class GeneratorStatus:
     """What the connected backend's generator is and which of the panel's inputs it uses."""
 
     name: str                 # "" when the backend has not said (not connected, no generate yet)
-    placeholder: bool         # no model: results are seeded token maps, not generated from the inputs
     inputs: frozenset         # of GENERATOR_INPUTS + EDIT_INPUTS: the controls to enable
     model: str = ""           # the model hello reported: "name version (sha256 prefix)"; "" when none
 
@@ -70,17 +69,16 @@ def model_label(model: dict | None) -> str:
 
 
 def generator_status(session: Session | None) -> GeneratorStatus:
-    """Data-driven: a generator named "placeholder..." uses only the prompt (it seeds the token map) unless it
-    lists what it uses; a named model uses what it lists (all inputs when it lists nothing); unknown: all."""
+    """Data-driven: a model uses what it lists (`supports` in hello); one that lists nothing, or a backend
+    that has not said yet, uses every input (nothing is greyed out on a guess)."""
     name = session.generator if session is not None else ""
     listed = session.generator_inputs if session is not None else None
-    placeholder = "placeholder" in name.lower()
     if listed is not None:
         inputs = frozenset(i for i in listed if i in GENERATOR_INPUTS + EDIT_INPUTS)
     else:
-        inputs = frozenset((("text",) if placeholder else GENERATOR_INPUTS) + EDIT_INPUTS)
+        inputs = frozenset(GENERATOR_INPUTS + EDIT_INPUTS)
     model = model_label(getattr(session, "model", None)) if session is not None else ""
-    return GeneratorStatus(name, placeholder, inputs, model)
+    return GeneratorStatus(name, inputs, model)
 
 
 def _props(scene_name: str):
@@ -116,9 +114,8 @@ def hello(session: Session, scene: bpy.types.Scene, on_done: Callable[[dict], No
             props.connected = True
             props.connection = f"connected to {session.address} ({server})"
         status = generator_status(session)
-        _set_message(name, f"connected to {session.address}"
-                     + (f"; generation is a placeholder ({status.name})" if status.placeholder else "")
-                     + (f"; model {status.model}" if status.model else ""), False)
+        _set_message(name, f"connected to {session.address}" + (f"; model {status.model}" if status.model else ""),
+                     False)
         if on_done:
             on_done(info)
 
@@ -213,10 +210,7 @@ def fetch_and_import(session: Session, scene: bpy.types.Scene, avatar_id: str, l
             target = bpy.data.scenes[name]
             yield from scene_import.import_steps(bpy.context, header, arrays, target.collection, out=out)
             item = add_to_avatar_list(target, avatar_id, label or avatar_id[:8], out["armature"])
-            if "placeholder" in generator.lower():  # say what it is: not an avatar generated from the prompt
-                text = f"imported placeholder avatar {item.label} ({generator})"
-            else:
-                text = f"imported avatar {item.label}" + (f" ({generator})" if generator else "")
+            text = f"imported avatar {item.label}" + (f" ({generator})" if generator else "")
             _set_message(name, text, False)
             notify("INFO", f"GenLCA: {text}")
             if on_done:

@@ -177,7 +177,7 @@ def draw_panel(panel_name: str) -> PanelRecorder:
 
 def test_panel_shows_the_model_and_greys_what_it_does_not_support(live, scene):
     """hello names the tiny random model and lists what it supports: the Generate panel shows the model's
-    name, every control is enabled; a generator that lists less (or a placeholder) greys out the rest."""
+    name, every control is enabled; a generator that lists less greys out the rest."""
     session, _ = live
     workflows = addon_module("workflows")
     errors: list[str] = []
@@ -186,7 +186,7 @@ def test_panel_shows_the_model_and_greys_what_it_does_not_support(live, scene):
     pump_until(session, lambda: said or errors, 60)
     assert not errors and scene.genlca.connected, errors
     status = workflows.generator_status(session)
-    assert status.name == f"genlca-dit {TINY_MODEL_NAME}" and not status.placeholder, status
+    assert status.name == f"genlca-dit {TINY_MODEL_NAME}", status
     assert status.model.startswith(TINY_MODEL_NAME) and session.model["sha256"][:8] in status.model
     assert set(workflows.GENERATOR_INPUTS + workflows.EDIT_INPUTS) <= status.inputs and status.unused == []
     assert f"model {status.model}" in scene.genlca.message
@@ -206,13 +206,13 @@ def test_panel_shows_the_model_and_greys_what_it_does_not_support(live, scene):
     other = addon_module("session").Session("tcp://127.0.0.1:9", timeout_s=1.0)
     try:
         assert workflows.generator_status(other).unused == []  # unknown: nothing is greyed out on a guess
-        workflows.note_generator(other, {"generator": "placeholder (seeded token maps)"})
+        workflows.note_generator(other, {"generator": "genlca-dit text-only", "supports": ["text", "seed"]})
         status = workflows.generator_status(other)
-        assert status.placeholder and status.unused == ["reference image", "steps", "guidance"]
+        assert status.unused == ["reference image", "steps", "guidance"]
         workflows.note_generator(other, {"capabilities": {"generator": "genlca-dit small", "model": {"name": "small"},
                                                      "supports": ["text", "image", "steps", "guidance"]}})
         status = workflows.generator_status(other)
-        assert not status.placeholder and status.unused == [] and status.model == "small"
+        assert status.unused == [] and status.model == "small"
         assert "region_edit" not in status.inputs
     finally:
         other.close()
