@@ -1,6 +1,6 @@
 """The array contract, checked once: a named array's dtype and its shape against a pattern such as "N,3"
 or "F,J,4" (bridge.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
-arrays. numpy + stdlib only: the codec, the backend and the Blender add-on all use it.
+arrays; `check_range` holds values to a range. numpy + stdlib only: the codec, the backend and the Blender add-on all use it.
 
 The error type is the caller's: the codec raises its ProtocolError(E_BAD_ARRAY) through `error`, the
 add-on a ValueError (the default).
@@ -62,3 +62,17 @@ def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[Any,
     for name, (dtype, pattern) in spec.items():
         check_array(arrays, name, dtype, pattern, dims, error)
     return dims
+
+
+def check_range(values: np.ndarray, name: str, low: float, high: float, what: str = "value",
+                low_inclusive: bool = True, error: ErrorFactory = ValueError) -> None:
+    """Every element of `values` finite and within [low, high] (low excluded when not low_inclusive);
+    else `error` naming the array, the first bad element's index, its value and the range. NaN and inf fail."""
+    v = np.asarray(values)
+    with np.errstate(invalid="ignore"):
+        above_low = v >= low if low_inclusive else v > low
+        bad = ~(np.isfinite(v) & above_low & (v <= high))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        opening = "[" if low_inclusive else "("
+        raise error(f"{name}{list(index)}: {float(v[index]):.4g} ({what}) is outside {opening}{low:g}, {high:g}]")

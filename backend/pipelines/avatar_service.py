@@ -39,10 +39,14 @@ class ServiceConfig:
     max_queued_mb: float = 2048.0               # bytes of all queued and running requests
     max_client_jobs: int = 8                    # jobs one client may have queued or running
     send_hwm: int = 256                         # replies waiting for one client before it counts as not reading
+    # The renderer's own cost unit: Gaussian-tile pairs of one frame (backend.render.frame_cost). A body
+    # filling a 2048^2 frame makes ~1e6; a camera 3 cm from a body shrunk to 2 cm at 2048^2, 4e8.
+    max_render_tile_pairs: int = 1 << 25        # per frame; counted before the frame is rasterised (too_costly)
+    render_block_pairs: int = 1 << 22           # pairs listed at once (~32 bytes each): the CPU twin's memory
 
     def __post_init__(self) -> None:
         for name in ("max_render_pixels", "max_frames", "max_steps", "max_render_cost", "max_image_pixels",
-                     "max_queued_mb", "max_client_jobs", "send_hwm"):
+                     "max_queued_mb", "max_client_jobs", "send_hwm", "max_render_tile_pairs", "render_block_pairs"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -62,6 +66,13 @@ class ServiceConfig:
                 raise ProtocolError(protocol.E_TOO_COSTLY, f"render of {frames} frames at {request.width}x"
                                     f"{request.height} is {cost} pixel-frames, the limit per job is "
                                     f"{self.max_render_cost}; render fewer frames or smaller")
+            for name, a in arrays.items():   # named as the handler names it (bad_array), before the ranges
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    raise ProtocolError(protocol.E_BAD_ARRAY, f"{name} contains NaN or inf")
+            try:
+                check_pose_ranges(arrays, request.width, request.height)
+            except ValueError as exc:
+                raise ProtocolError(protocol.E_INVALID, str(exc)) from None
         elif isinstance(request, protocol.Generate) and "image" in arrays:
             image = arrays["image"]
             pixels = int(np.prod(image.shape[:2])) if image.ndim >= 2 else 0
@@ -137,9 +148,8 @@ class AvatarService:
         from backend.jobs import HandlerError
 
         record = self.store.get(avatar_id)
-        if record is None:
-            folder = getattr(self.store, "folder", None)
-            where = f"in memory or in {folder}" if folder is not None else \
+        if record is None:  # the message names no path: a remote client has no business with the server's folders
+            where = "in memory or in the avatar folder" if getattr(self.store, "folder", None) is not None else \
                 "in memory (this backend keeps avatars in memory only: --no-persist)"
             raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} {where}; generate it again")
         return record
@@ -262,30 +272,40 @@ class AvatarService:
     def render(self, request: Request, arrays: dict[str, np.ndarray], ctx):
         from backend.avatar.skinning import pose
         from backend.jobs import HandlerError
-        from backend.render import RenderOptions, render
+        from backend.render import RenderCostError, RenderOptions, render
         from backend.render.camera import Camera
 
         assert isinstance(request, protocol.Render)
         record = self._record(request.avatar_id)
         poses, roots, w2c, intr, locations, scales = check_render_request(request, arrays, len(record.joint_names),
                                                                           self.config)
+        if scales is not None:
+            check_chain_scales(scales, np.asarray(record.joint_parents), list(record.joint_names))
         skeleton = record_skeleton(record)
         device = self.device
         gaussians = record.gaussians.to(device)
-        options = RenderOptions(background=tuple(float(c) for c in request.background))
+        options = RenderOptions(background=tuple(float(c) for c in request.background),
+                                max_tile_pairs=self.config.max_render_tile_pairs,
+                                block_pairs=self.config.render_block_pairs)
         frames = poses.shape[0]
         for f in range(frames):
             ctx.check_cancelled()
             fitted = {} if scales is None else {"joint_locations": torch.from_numpy(locations[f]),
                                                 "joint_scales": torch.from_numpy(scales[f])}
             posed = pose(gaussians, skeleton, torch.from_numpy(poses[f]), torch.from_numpy(roots[f]), **fitted)
+            if not bool(torch.isfinite(posed.means).all()):   # the ranges above keep this from happening
+                raise HandlerError(protocol.E_INVALID, f"frame {f}: the pose moves Gaussians to non-finite "
+                                   f"positions; keep joint_scales, joint_locations and root_translations in range")
             try:
                 camera = Camera(world_to_camera=torch.from_numpy(w2c[f]), intrinsics=torch.from_numpy(intr[f]),
                                 width=request.width, height=request.height)
             except ValueError as exc:
                 raise HandlerError(protocol.E_BAD_ARRAY, f"frame {f}: {exc}") from None
-            with torch.no_grad():
-                out = render(posed, camera, options=options)
+            try:
+                with torch.no_grad():
+                    out = render(posed, camera, options=options, between_blocks=ctx.check_cancelled)
+            except RenderCostError as exc:
+                raise HandlerError(protocol.E_TOO_COSTLY, f"render frame {f}: {exc}") from None
             rgba = torch.cat([out.rgb[0], out.alpha[0]], dim=-1)  # (H, W, 4)
             rgba8 = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
             ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
@@ -380,10 +400,77 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
     if not 1 <= frames <= config.max_frames:
         raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
     if len(out) == 4:
-        return (*out, None, None)
-    scales = out[5]
-    if (scales <= 0).any():
-        f, j = np.argwhere(scales <= 0)[0]
-        raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}, {j}] is {scales[f, j]}; expected a positive "
-                           f"uniform bone scale (1 keeps the avatar's proportions)")
+        out += [None, None]
+    else:
+        scales = out[5]
+        if (scales <= 0).any():
+            f, j = np.argwhere(scales <= 0)[0]
+            raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}, {j}] is {scales[f, j]}; expected a positive "
+                               f"uniform bone scale (1 keeps the avatar's proportions)")
+    try:
+        check_pose_ranges(dict(zip(("joint_rotations", "root_translations", "world_to_camera", "intrinsics",
+                                    "joint_locations", "joint_scales"), out)), request.width, request.height)
+    except ValueError as exc:
+        raise HandlerError(protocol.E_INVALID, str(exc)) from None
     return tuple(out)
+
+
+# What a real rig and camera produce, with room to spare: a pose or camera outside is a mistake or an attack,
+# refused by name (invalid_argument) before float32 overflows into `internal` (issue 24).
+MAX_TRANSLATION_M = 1e4          # root_translations, camera positions: 10 km
+MAX_BONE_OFFSET_M = 1e3          # joint_locations: a pose bone's offset from its rest head
+BONE_SCALE_RANGE = (1e-3, 1e3)   # joint_scales of one bone
+CHAIN_SCALE_RANGE = (1e-4, 1e4)  # the product of the scales from the root down to a bone
+QUATERNION_NORM_RANGE = (1e-6, 1e6)
+MAX_FOCAL_PER_PIXEL = 1e4        # fx / width: a 0.006 degree field of view
+MAX_PRINCIPAL_OFFSET = 100.0     # |cx|, |cy| in image sizes (Blender's shift is at most 10)
+
+
+def check_pose_ranges(arrays: dict[str, np.ndarray], width: int, height: int) -> None:
+    """Every pose and camera value of a render request within what a rig produces (the ranges above);
+    ValueError naming the array, the first bad element, its value and the range. Arrays that are absent or of
+    the wrong shape are skipped (the shape checks name those)."""
+    from bridge.contract import check_range
+
+    def get(name: str, ndim: int) -> np.ndarray | None:
+        a = arrays.get(name)
+        return a if a is not None and a.ndim == ndim and a.dtype.kind == "f" else None
+
+    if (q := get("joint_rotations", 3)) is not None and q.shape[-1] == 4:
+        check_range(np.linalg.norm(q.astype(np.float64), axis=-1), "joint_rotations", *QUATERNION_NORM_RANGE,
+                    what="quaternion norm")
+    if (t := get("root_translations", 2)) is not None:
+        check_range(t, "root_translations", -MAX_TRANSLATION_M, MAX_TRANSLATION_M, what="metres")
+    if (loc := get("joint_locations", 3)) is not None:
+        check_range(loc, "joint_locations", -MAX_BONE_OFFSET_M, MAX_BONE_OFFSET_M, what="metres")
+    if (s := get("joint_scales", 2)) is not None:
+        check_range(s, "joint_scales", *BONE_SCALE_RANGE, what="bone scale")
+    if (m := get("world_to_camera", 3)) is not None and m.shape[1:] == (4, 4):
+        check_range(m[:, :3, 3], "world_to_camera", -MAX_TRANSLATION_M, MAX_TRANSLATION_M,
+                    what="translation in metres")
+    if (k := get("intrinsics", 3)) is not None and k.shape[1:] == (3, 3):
+        size = np.array([width, height], np.float64)
+        focal = np.stack([k[:, 0, 0], k[:, 1, 1]], -1) / size    # (F, 2)
+        check_range(focal, "intrinsics", 0.0, MAX_FOCAL_PER_PIXEL, what="fx / width, fy / height",
+                    low_inclusive=False)
+        centre = np.stack([k[:, 0, 2], k[:, 1, 2]], -1) / size   # (F, 2)
+        check_range(centre, "intrinsics", -MAX_PRINCIPAL_OFFSET, MAX_PRINCIPAL_OFFSET,
+                    what="cx / width, cy / height")
+
+
+def check_chain_scales(scales: np.ndarray, parents: np.ndarray, joint_names: list[str]) -> None:
+    """joint_scales (F, J) compound down the skeleton: each bone's product from the root within
+    CHAIN_SCALE_RANGE. HandlerError(invalid_argument) naming the frame and the bone."""
+    from backend.jobs import HandlerError
+
+    logs = np.log(scales.astype(np.float64))   # (F, J), scales already checked positive and finite
+    chain = np.zeros_like(logs)
+    for j, p in enumerate(parents.tolist()):   # parents come before children (the template's order)
+        chain[:, j] = logs[:, j] + (chain[:, p] if p >= 0 else 0.0)
+    low, high = np.log(CHAIN_SCALE_RANGE[0]), np.log(CHAIN_SCALE_RANGE[1])
+    bad = np.argwhere((chain < low) | (chain > high))
+    if len(bad):
+        f, j = bad[0]
+        raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}]: the scales from the root down to bone "
+                           f"{joint_names[j]!r} multiply to {np.exp(chain[f, j]):.3g}, outside "
+                           f"{CHAIN_SCALE_RANGE[0]:g}..{CHAIN_SCALE_RANGE[1]:g}")
