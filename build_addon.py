@@ -1,7 +1,7 @@
 """Build the installable Blender extension: dist/genlca-<version>.zip (standard library only).
 
-The zip holds blender_addon/* at its root, a copy of the repository's bridge/ as the subpackage
-`bridge` (its absolute `bridge.` imports rewritten to relative ones; without BRIDGE_REPO_ONLY), and the wheels of pyzmq and
+The zip holds blender_addon/* at its root, a copy of the repository's bridge/ (its sub-packages included) as the
+subpackage `bridge` (its absolute `bridge.` imports rewritten to relative ones; without BRIDGE_REPO_ONLY), and the wheels of pyzmq and
 msgpack for every supported platform and Python (3.11: Blender 4.2-5.0; 3.13: Blender 5.1+), fetched
 with `pip download --only-binary=:all:` and cached in build/wheels. The manifest in the zip lists them
 (`wheels = [...]`) and the platforms they cover.
@@ -77,14 +77,25 @@ def download_wheels(blender_platform: str | None, python: str, pip: list[str]) -
 
 
 def vendored_bridge_source(text: str, name: str) -> str:
-    """Turn the bridge's absolute self-imports into relative ones (it becomes genlca.bridge)."""
-    text = re.sub(r"^(\s*)from bridge\.(\w+) import ", r"\1from .\2 import ", text, flags=re.M)
-    text = re.sub(r"^(\s*)from bridge import ", r"\1from . import ", text, flags=re.M)
-    text = re.sub(r"^(\s*)import bridge\.(\w+) as (\w+)", r"\1from . import \2 as \3", text, flags=re.M)
+    """Turn the bridge's absolute self-imports into relative ones (it becomes genlca.bridge). `name` is the
+    module's path inside bridge/ (e.g. "wire/codec.py"): its depth sets the number of leading dots."""
+    dots = "." * name.count("/") + "."
+    text = re.sub(r"^(\s*)from bridge\.([\w.]+) import ", lambda m: f"{m.group(1)}from {dots}{m.group(2)} import ",
+                  text, flags=re.M)
+    text = re.sub(r"^(\s*)from bridge import ", rf"\1from {dots} import ", text, flags=re.M)
+    text = re.sub(r"^(\s*)import bridge\.([\w.]+)\.(\w+) as (\w+)", rf"\1from {dots}\2 import \3 as \4", text,
+                  flags=re.M)
+    text = re.sub(r"^(\s*)import bridge\.(\w+) as (\w+)", rf"\1from {dots} import \2 as \3", text, flags=re.M)
     left = re.findall(r"^\s*(?:import bridge|from bridge)\b.*$", text, flags=re.M)
     if left:
         raise SystemExit(f"bridge/{name} has imports build_addon.py cannot make relative: {left}")
     return text
+
+
+def bridge_modules() -> list[Path]:
+    """The bridge's modules that go into the extension (sub-packages included), as paths inside bridge/."""
+    return sorted(p.relative_to(BRIDGE) for p in BRIDGE.rglob("*.py")
+                  if "__pycache__" not in p.parts and p.relative_to(BRIDGE).as_posix() not in BRIDGE_REPO_ONLY)
 
 
 def build(platforms: list[str] | None, out_dir: Path, pip: list[str]) -> Path:
@@ -116,8 +127,8 @@ def build(platforms: list[str] | None, out_dir: Path, pip: list[str]) -> Path:
                 zf.writestr("blender_manifest.toml", manifest)
             else:
                 zf.write(path, rel.as_posix())
-        for path in sorted(p for p in BRIDGE.glob("*.py") if p.name not in BRIDGE_REPO_ONLY):
-            zf.writestr(f"bridge/{path.name}", vendored_bridge_source(path.read_text(), path.name))
+        for rel in bridge_modules():
+            zf.writestr(f"bridge/{rel.as_posix()}", vendored_bridge_source((BRIDGE / rel).read_text(), rel.as_posix()))
         for wheel in wheels:
             zf.write(wheel, f"wheels/{wheel.name}")
     os.replace(tmp, target)

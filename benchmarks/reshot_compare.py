@@ -5,9 +5,9 @@
         [--sizes 100000 500000] [--repeats 2]
 
 For each size, in one process and alternating (both see the same machine load):
-- ours: the avatar file (`.safetensors`, written once by bridge/avatar_files.py from the synthetic avatar of
+- ours: the avatar file (`.safetensors`, written once by bridge/files/avatar.py from the synthetic avatar of
   tests/synthetic_avatar.py: 104 joints, top-8 sparse skin) read from disk and imported rigged
-  (`bridge.avatar_files.read_safetensors`, then `scene_import.import_steps`, the add-on's import of a
+  (`bridge.files.avatar.read_safetensors`, then `scene_import.import_steps`, the add-on's import of a
   `get_avatar` reply: armature, splat mesh with the packed skin and rest centres, Geometry Nodes, material;
   File > Import also runs the wire codec's array checks, which need the extension's bundled msgpack wheel);
 - ReshotAI: the same Gaussians as a standard 3DGS PLY (x y z, normals, f_dc, 45 f_rest, opacity, scale,
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import blender_addon  # noqa: E402
 from blender_addon import scene_import  # noqa: E402
 from benchmarks import blender_import  # noqa: E402
-from bridge import avatar_files  # noqa: E402
+from bridge.files.atomic import avatar as avatar_files  # noqa: E402
 from tests.synthetic_avatar import synthetic_avatar  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 
 
 def median_seconds(fn: Callable[[], object], runs: int, warm_up: bool = True) -> float:

@@ -2,7 +2,7 @@
 
 One module per concern (after Blender's pose_library add-on): preferences, properties, operators,
 panels; plain-function modules that tests call without operators: session (the backend connection,
-pumped by a timer), jobs (the workflows), scene_import, binding, camera, render, export.
+pumped by a timer), workflows, scene_import, binding, camera, render, export.
 """
 from __future__ import annotations
 

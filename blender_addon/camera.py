@@ -1,6 +1,6 @@
 """Blender camera -> the wire's OpenCV camera (world_to_camera 4x4, intrinsics 3x3 in pixels).
 
-The formula is bridge.cameras.blender_to_opencv, the project's only implementation of Blender's camera
+The formula is bridge.geometry.cameras.blender_to_opencv, the project's only implementation of Blender's camera
 model (backend.render.camera.from_blender calls it too); this module only reads the Blender data it needs.
 tests/blender/test_camera.py holds it against Blender's own projection.
 """

@@ -1,6 +1,6 @@
 """Avatars as files, no backend needed: a GenLCA avatar `.safetensors` (rigged) or a 3DGS `.ply` (splats).
 
-Reading and writing is `bridge.avatar_files` (numpy only); the scene is built by the same staged import
+Reading and writing is `bridge.files.avatar` (numpy only); the scene is built by the same staged import
 as a `get_avatar` reply (`scene_import.import_steps`), so a file and a download give the same objects.
 Export reads the arrays back from those objects: positions, the rest `rotation`, `log(scale)`, and the
 values the import keeps as they were stored (`genlca_opacity_logit`, `genlca_sh_<i>`: every SH band);
@@ -9,7 +9,6 @@ skeleton kept on the armature (`genlca_skeleton`). Both writers are atomic (temp
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -17,11 +16,11 @@ from typing import Iterator
 import bpy
 import numpy as np
 
-from . import _bridge, scene_import
+from . import scene_import
+from ._bridge import avatar_files
 from .armature_build import avatar_joint_names
 from .splat_pose import splat_skin
 
-avatar_files = importlib.import_module(_bridge._PREFIX + ".avatar_files")
 AvatarFileError = avatar_files.AvatarFileError
 FILE_SUFFIXES = (".safetensors", ".ply")
 

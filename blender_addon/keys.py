@@ -2,13 +2,12 @@
 
 Kept in Blender's user folder for this extension (`bpy.utils.extension_path_user(__package__, path="keys")`,
 Blender 4.2+), never in the add-on's own folder (which an update replaces). The file format and its safe
-writing are bridge.keys' (`load_or_create_client_keypair`: a zmq secret certificate, 0600, written through
+writing are bridge.wire.keys' (`load_or_create_client_keypair`: a zmq secret certificate, 0600, written through
 an exclusive temporary file). The public half is shown in the preferences to hand to the backend's
 operator: `genlca-backend keys --keys-dir K --add-client NAME --public-key <Z85>`.
 """
 from __future__ import annotations
 
-import importlib
 import os
 
 import bpy
@@ -31,7 +30,7 @@ def client_keypair() -> tuple[str, str]:
     """(public, secret) Z85 strings of this Blender user's client key, made on first use."""
     folder = keys_folder()
     if folder not in _cache:
-        keys = importlib.import_module(_bridge._PREFIX + ".keys")  # needs pyzmq: imported on first use
+        keys = _bridge.keys_module()  # needs pyzmq: imported on first use
         public, secret = keys.load_or_create_client_keypair(folder)
         _cache[folder] = (public.decode("ascii"), secret.decode("ascii"))
     return _cache[folder]

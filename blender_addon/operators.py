@@ -1,9 +1,9 @@
-"""Thin operators: check, start a job through `jobs`, report. Work happens in the session's timer."""
+"""Thin operators: check, start a job through `workflows`, report. Work happens in the session's timer."""
 
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import binding, file_io, jobs, preferences, properties, session, skin_groups
+from . import binding, file_io, preferences, properties, session, skin_groups, workflows
 
 
 def _session(op: bpy.types.Operator) -> session.Session | None:
@@ -53,7 +53,7 @@ class GENLCA_OT_connect(bpy.types.Operator):
     def execute(self, context):
         session.close_session()  # fresh socket: the preferences may have changed
         self.report({"INFO"}, f"Connecting to {session.settings()['address']}…")
-        return _start(self, jobs.hello, context.scene)
+        return _start(self, workflows.hello, context.scene)
 
 
 class GENLCA_OT_generate(bpy.types.Operator):
@@ -71,7 +71,7 @@ class GENLCA_OT_generate(bpy.types.Operator):
         return _idle(cls, context)
 
     def execute(self, context):
-        return _start(self, jobs.generate, context.scene)
+        return _start(self, workflows.generate, context.scene)
 
 
 class GENLCA_OT_edit(bpy.types.Operator):
@@ -86,13 +86,13 @@ class GENLCA_OT_edit(bpy.types.Operator):
         if _active_item(cls, context) is None:
             return False
         props = context.scene.genlca
-        if props.region in (jobs.WHOLE_BODY, jobs.AUTO_REGION) and not props.edit_prompt.strip():
+        if props.region in (workflows.WHOLE_BODY, workflows.AUTO_REGION) and not props.edit_prompt.strip():
             cls.poll_message_set("Write an edit prompt (or pick a body region to regenerate)")
             return False
         return _idle(cls, context)
 
     def execute(self, context):
-        return _start(self, jobs.edit, context.scene, region=context.scene.genlca.region)
+        return _start(self, workflows.edit, context.scene, region=context.scene.genlca.region)
 
 
 class GENLCA_OT_regenerate_region(bpy.types.Operator):
@@ -105,16 +105,16 @@ class GENLCA_OT_regenerate_region(bpy.types.Operator):
     def poll(cls, context):
         if _active_item(cls, context) is None:
             return False
-        if context.scene.genlca.region == jobs.WHOLE_BODY:
+        if context.scene.genlca.region == workflows.WHOLE_BODY:
             cls.poll_message_set("Pick the body region to regenerate")
             return False
-        if context.scene.genlca.region == jobs.AUTO_REGION and not context.scene.genlca.edit_prompt.strip():
+        if context.scene.genlca.region == workflows.AUTO_REGION and not context.scene.genlca.edit_prompt.strip():
             cls.poll_message_set("Write an edit prompt: Auto regenerates what it changes")
             return False
         return _idle(cls, context)
 
     def execute(self, context):
-        return _start(self, jobs.edit, context.scene, region=context.scene.genlca.region)
+        return _start(self, workflows.edit, context.scene, region=context.scene.genlca.region)
 
 
 class GENLCA_OT_cancel(bpy.types.Operator):
@@ -157,7 +157,7 @@ class GENLCA_OT_import_avatar(bpy.types.Operator):
                 self.report({"ERROR"}, "Give an avatar id or select an avatar in the list")
                 return {"CANCELLED"}
             avatar_id = item.avatar_id
-        return _start(self, jobs.fetch_and_import, context.scene, avatar_id)
+        return _start(self, workflows.fetch_and_import, context.scene, avatar_id)
 
 
 def _avatar_and_armature(cls, context):
@@ -395,7 +395,7 @@ class GENLCA_OT_render(bpy.types.Operator):
     def execute(self, context):
         avatar = properties.active_avatar(context.scene.genlca).armature
         frames = {} if self.use_scene_range else {"frame_start": self.frame_start, "frame_end": self.frame_end}
-        return _start(self, jobs.render_frames, context.scene, avatar, preferences.output_dir(context), **frames)
+        return _start(self, workflows.render_frames, context.scene, avatar, preferences.output_dir(context), **frames)
 
 
 class GENLCA_OT_export(bpy.types.Operator):
@@ -410,7 +410,7 @@ class GENLCA_OT_export(bpy.types.Operator):
 
     def execute(self, context):
         props = context.scene.genlca
-        return _start(self, jobs.export_file, context.scene, properties.active_avatar(props).avatar_id,
+        return _start(self, workflows.export_file, context.scene, properties.active_avatar(props).avatar_id,
                       props.export_format, preferences.output_dir(context))
 
 
@@ -450,7 +450,7 @@ class GENLCA_OT_import_file(bpy.types.Operator, ImportHelper):
             self.report({"ERROR"}, f"GenLCA cannot import: {exc}")
             return {"CANCELLED"}
         if armature is not None:  # a rigged avatar joins the list: bind, render and export work on it
-            jobs.add_to_avatar_list(context.scene, armature.get("genlca_avatar_id", ""),
+            workflows.add_to_avatar_list(context.scene, armature.get("genlca_avatar_id", ""),
                                     bpy.path.display_name_from_filepath(self.filepath)[:40], armature)
         what = f"avatar {armature.name}" if armature is not None else f"splats {mesh.name} (unrigged)"
         self.report({"INFO"}, f"GenLCA imported {what}: {len(mesh.data.vertices)} Gaussians")

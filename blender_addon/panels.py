@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import jobs, properties, session
+from . import properties, session, workflows
 
 
 class GENLCA_UL_avatars(bpy.types.UIList):
@@ -63,7 +63,7 @@ class GENLCA_PT_generate(_GenLCAPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         props = context.scene.genlca
-        status = jobs.generator_status(session.current_session())  # what the backend said it uses
+        status = workflows.generator_status(session.current_session())  # what the backend said it uses
         if status.placeholder:
             box = layout.box()
             box.label(text="Placeholder generator: no diffusion model yet", icon="INFO")
@@ -112,12 +112,12 @@ class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         props = context.scene.genlca
-        inputs = jobs.generator_status(session.current_session()).inputs  # greyed: what the model lacks
+        inputs = workflows.generator_status(session.current_session()).inputs  # greyed: what the model lacks
         row = layout.row()
         row.enabled = "region_edit" in inputs
         row.prop(props, "region")
-        whole = props.region == jobs.WHOLE_BODY
-        auto = props.region == jobs.AUTO_REGION
+        whole = props.region == workflows.WHOLE_BODY
+        auto = props.region == workflows.AUTO_REGION
         col = layout.column(align=True)
         col.enabled = "text_edit" in inputs if whole or auto else True
         col.prop(props, "edit_prompt", text="")

@@ -2,7 +2,7 @@
 
 Three stages, none blocking the main thread for long: (1) a session task reads the avatar armature's
 pose and the active camera frame by frame (a few frames per timer tick); (2) a `render` request carries
-joint_rotations, root_translations, world_to_camera and intrinsics (bridge.protocol.RENDER_ARRAYS), and
+joint_rotations, root_translations, world_to_camera and intrinsics (bridge.wire.protocol.RENDER_ARRAYS), and
 for an avatar fitted to another armature's proportions joint_locations and joint_scales
 (RENDER_POSE_ARRAYS), so the frames show the proportions the viewport shows;
 (3) each streamed frame (`progress`, stage "frame", array "rgba") is written atomically as a PNG in the

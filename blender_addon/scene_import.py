@@ -1,4 +1,4 @@
-"""Build a rigged avatar in the scene from a `get_avatar` result (bridge.protocol.AVATAR_ARRAYS).
+"""Build a rigged avatar in the scene from a `get_avatar` result (bridge.wire.protocol.AVATAR_ARRAYS).
 
 Result: an armature object (`armature_build`) and, parented to it, a mesh object with one vertex per
 Gaussian and no faces. The mesh carries the attributes "scale" (exp of log-scale, FLOAT_VECTOR),
@@ -8,11 +8,11 @@ linear RGBA), the top-k skin packed into k INT attributes "genlca_skin_0".. and 
 (`splat_nodes`). No vertex groups and no Armature modifier: binding's handlers pose the centres and
 orientations in numpy (`splat_pose.update_splat_pose`), which makes the import as fast as an unrigged one;
 vertex groups for other tools are an explicit operator (`skin_groups`, "Bake Vertex Groups"). The arrays
-are checked first against bridge.protocol.AVATAR_ARRAYS with the one contract check of `bridge.contract`.
+are checked first against bridge.wire.protocol.AVATAR_ARRAYS with the one contract check of `bridge.wire.contract`.
 
 `import_steps` yields between stages so the session can spread a large import over several timer
 ticks; `import_avatar` runs them all. The names of the modules it was split into stay importable from
-here (binding, jobs and the tests use them).
+here (binding, workflows and the tests use them).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def is_rigged(arrays: Mapping[str, np.ndarray]) -> bool:
 
 
 def check_avatar_arrays(arrays: Mapping[str, np.ndarray], joint_names: list[str]) -> tuple[int, int, int]:
-    """Check every array of AVATAR_ARRAYS (`bridge.contract.check_arrays`) and the skeleton's and skin's
+    """Check every array of AVATAR_ARRAYS (`bridge.wire.contract.check_arrays`) and the skeleton's and skin's
     values; returns (N, J, k). Splats without skin and skeleton (a third-party PLY): (N, 0, 0)."""
     if not is_rigged(arrays):
         dims = contract.check_arrays(arrays, {k: protocol.AVATAR_ARRAYS[k] for k in SPLAT_KEYS})

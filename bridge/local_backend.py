@@ -1,4 +1,4 @@
-"""A backend service process on this machine: `<python> -m backend.cli serve` on a loopback port, started,
+"""A backend service process on this machine: `<python> -m backend.service.cli serve` on a loopback port, started,
 waited for and always stopped.
 
 For the callers that run outside the backend's Python (Blender's Python has no torch): scripts/demo_blender.py,
@@ -47,7 +47,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class LocalBackend:
-    """`<python> -m backend.cli serve --bind tcp://127.0.0.1:<port> <serve_args...>`, run in `cwd` (the
+    """`<python> -m backend.service.cli serve --bind tcp://127.0.0.1:<port> <serve_args...>`, run in `cwd` (the
     repository, default). Its stdout and stderr go to `log_path`, or to a temporary file removed at stop.
     A `python` with a path separator is made absolute against the caller's folder, not `cwd`."""
 
@@ -66,7 +66,7 @@ class LocalBackend:
 
     @property
     def command(self) -> list[str]:
-        return [self.python, "-m", "backend.cli", "serve", "--bind", self.address, *self.serve_args]
+        return [self.python, "-m", "backend.service.cli", "serve", "--bind", self.address, *self.serve_args]
 
     def start(self, timeout_s: float = 120.0, poll_s: float = 0.1) -> LocalBackend:
         """Run the process and return once its port accepts connections. Raises BackendStartError (with the

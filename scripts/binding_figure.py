@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for panel in panels[1:]:
             sheet = bf.side_by_side(sheet, panel) if sheet.shape == panel.shape else np.concatenate(
                 [sheet, np.full((sheet.shape[0], bf.GAP_PX, 3), 200, np.uint8), panel], axis=1)
-        m.bridge.png.write_png(args.out, sheet)
+        m.bridge.files.png.write_png(args.out, sheet)
         m.session.close_session()
     finally:
         backend.stop(grace_s=10.0)

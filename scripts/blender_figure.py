@@ -5,8 +5,8 @@ backend's photoreal frame of the same pose from the same camera.
         --out docs/images/blender_vs_backend.png
 
 What it does, all through the add-on's own code (installed from the built extension zip, as the tests do):
-starts `<backend-python> -m backend.cli serve` on a free loopback port (bridge.local_backend; stopped
-at the end, whatever happens), says hello, generates an avatar and imports it (`jobs.generate`: armature + splat mesh with the
+starts `<backend-python> -m backend.service.cli serve` on a free loopback port (bridge.local_backend; stopped
+at the end, whatever happens), says hello, generates an avatar and imports it (`workflows.generate`: armature + splat mesh with the
 Geometry Nodes ellipsoids and their material), poses two bones on the armature (the end frame of
 backend/demo.py's animation: left arm raised 70°, right knee bent 60°), adds a camera (front 3/4 view)
 and a light, renders with Cycles, then renders the same frame through the backend with the add-on's
@@ -51,7 +51,7 @@ GAP_PX = 6
 # ---------------------------------------------------------------------- add-on and backend
 def addon_modules(package: str = ADDON_MODULE) -> SimpleNamespace:
     """The add-on modules the figure uses (an installed and enabled extension)."""
-    names = ("jobs", "binding", "camera", "render", "session", "_bridge")
+    names = ("workflows", "binding", "camera", "render", "session", "_bridge")
     return SimpleNamespace(**{n.lstrip("_"): importlib.import_module(f"{package}.{n}") for n in names})
 
 
@@ -68,7 +68,7 @@ def _call(session, start: Callable[[Callable, Callable], object], timeout_s: flo
 
 def connect(m: SimpleNamespace, scene, timeout_s: float = 60.0) -> dict:
     session = m.session.get_session()
-    (info,) = _call(session, lambda ok, err: m.jobs.hello(session, scene, on_done=ok, on_error=err), timeout_s,
+    (info,) = _call(session, lambda ok, err: m.workflows.hello(session, scene, on_done=ok, on_error=err), timeout_s,
                     "hello")
     return info
 
@@ -77,7 +77,7 @@ def generate_avatar(m: SimpleNamespace, scene, prompt: str, seed: int, steps: in
     """Generate over the bridge and import: (armature object, splat mesh object)."""
     session = m.session.get_session()
     scene.genlca.prompt, scene.genlca.seed, scene.genlca.steps = prompt, seed, steps
-    return _call(session, lambda ok, err: m.jobs.generate(session, scene, on_done=ok, on_error=err), timeout_s,
+    return _call(session, lambda ok, err: m.workflows.generate(session, scene, on_done=ok, on_error=err), timeout_s,
                  "generate + import")
 
 
@@ -225,7 +225,7 @@ def render_backend(m: SimpleNamespace, scene, avatar, out_dir: Path, background=
     (paths,) = _call(session, lambda ok, err: m.render.RenderJob(session, scene, avatar, frame, frame, out_dir,
                                                                  background=background, on_done=ok, on_error=err),
                      timeout_s, "render through the backend")
-    return m.bridge.png.read_png(paths[0])
+    return m.bridge.files.png.read_png(paths[0])
 
 
 # ---------------------------------------------------------------------- picture
@@ -277,7 +277,7 @@ def make_figure(m: SimpleNamespace, scene, avatar, mesh_obj, work: Path, width: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend-python", default=os.environ.get("GENLCA_BACKEND_PYTHON", ".venv/bin/python"),
-                   help="the Python with torch that runs `-m backend.cli serve` (default: %(default)s)")
+                   help="the Python with torch that runs `-m backend.service.cli serve` (default: %(default)s)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "blender_vs_backend.png")
     p.add_argument("--width", type=int, default=384)
     p.add_argument("--height", type=int, default=512)
@@ -316,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(avatar.data.bones)} bones", flush=True)
         fig = make_figure(m, scene, avatar, mesh_obj, work, args.width, args.height, args.samples)
         timings.update(fig["timings"])
-        m.bridge.png.write_png(args.out, fig["sheet"])  # atomic: temporary file, then rename
+        m.bridge.files.png.write_png(args.out, fig["sheet"])  # atomic: temporary file, then rename
         if args.keep is not None:
-            m.bridge.png.write_png(args.keep / "blender.png", fig["blender"])
-            m.bridge.png.write_png(args.keep / "backend.png", fig["backend"])
+            m.bridge.files.png.write_png(args.keep / "blender.png", fig["blender"])
+            m.bridge.files.png.write_png(args.keep / "backend.png", fig["backend"])
         m.session.close_session()
     finally:
         backend.stop(grace_s=10.0)

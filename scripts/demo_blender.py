@@ -6,7 +6,7 @@ Run by the Python of .venv-blender (the `bpy` module from PyPI):
 
 Stages (each timed; a failure names its stage, exits with status 1 and stops the backend):
   build add-on   build_addon.py --platform current: the installable extension zip
-  backend        `python -m backend.cli serve` (the backend's Python, default .venv/bin/python) on a free
+  backend        `python -m backend.service.cli serve` (the backend's Python, default .venv/bin/python) on a free
                  loopback port, on the shipped model (or --model / $GENLCA_MODEL)
   install        Blender's own extension installer installs the zip and enables the add-on
   connect        the add-on's Connect operator (hello: protocol, model)

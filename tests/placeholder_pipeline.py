@@ -3,7 +3,7 @@
 They exist so that the server's tests (tests/test_server_*.py) exercise the service and the wire without
 the avatar core or any weights; production code serves backend.pipelines.default_handlers.
 `generate` is real work, done in `steps` relaxation steps with a progress reply per step (so progress
-order and cancellation can be tested); `get_avatar` returns the arrays of bridge.protocol.AVATAR_ARRAYS
+order and cancellation can be tested); `get_avatar` returns the arrays of bridge.wire.protocol.AVATAR_ARRAYS
 with a one-joint skeleton. Every result says `meta.generator == "placeholder-random"`.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from bridge import protocol
-from bridge.codec import check_array
-from bridge.protocol import Request
-from backend.jobs import HandlerError, JobContext
+from bridge.wire import protocol
+from bridge.wire.codec import check_array
+from bridge.wire.protocol import Request
+from backend.service.queue import HandlerError, JobContext
 from backend.pipelines.store import AvatarStore
 
 GENERATOR = "placeholder-random"

@@ -1,4 +1,4 @@
-"""A random rigged avatar (header, arrays per bridge.protocol.AVATAR_ARRAYS) for tests and benchmarks.
+"""A random rigged avatar (header, arrays per bridge.wire.protocol.AVATAR_ARRAYS) for tests and benchmarks.
 numpy only: the Blender tests and benchmarks/blender_import.py import it from the repository."""
 from __future__ import annotations
 

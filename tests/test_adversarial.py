@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import zmq
 
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
-from bridge.keys import load_or_create_client_keypair
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
+from bridge.wire.keys import load_or_create_client_keypair
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 class Backend:
-    """`python -m backend.cli serve ...` in a subprocess; its log goes to a file (a pipe nobody reads
+    """`python -m backend.service.cli serve ...` in a subprocess; its log goes to a file (a pipe nobody reads
     would block a chatty server)."""
 
     def __init__(self, tmp_path: Path, *args: str, port: int | None = None) -> None:
@@ -44,7 +44,7 @@ class Backend:
         self.log_path = tmp_path / f"backend-{self.port}.log"
         self._log = open(self.log_path, "w")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--bind", self.address, *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend.service.cli", "serve", "--bind", self.address, *args],
                                      cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
         while "serving" not in self.log():
@@ -148,7 +148,7 @@ def test_client_chosen_routing_ids_cannot_abort_the_server(backend_factory):
 
 # ------------------------------------------------------------------------------------------ remote mode
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "backend.service.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
 
 
@@ -165,8 +165,8 @@ def test_serve_with_keys_admits_only_listed_client_keys(backend_factory, tmp_pat
 
     backend = backend_factory("--no-persist", "--keys-dir", str(keys))
     # a fresh interpreter (nothing imported zmq.auth for it) with the persistent keypair from its folder
-    script = ("import sys; from bridge import protocol; from bridge.client import BridgeClient; "
-              "from bridge.keys import load_or_create_client_keypair; "
+    script = ("import sys; from bridge import protocol; from bridge.wire.client import BridgeClient; "
+              "from bridge.wire.keys import load_or_create_client_keypair; "
               "pub, sec = load_or_create_client_keypair(sys.argv[2]); "
               "c = BridgeClient(sys.argv[1], server_public_key=sys.argv[3], client_public_key=pub, "
               "client_secret_key=sec, timeout_s=20); "

@@ -1,4 +1,4 @@
-"""bridge.avatar_files (numpy only, for the add-on) against the backend's torch writers and readers."""
+"""bridge.files.avatar (numpy only, for the add-on) against the backend's torch writers and readers."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import torch
 from backend.avatar.avatar_file import AvatarRecord, load_avatar, save_avatar
 from backend.avatar.gaussians import Gaussians
 from backend.avatar.ply import load_ply, save_ply
-from bridge.avatar_files import (Z_UP_TO_Y_UP, AvatarFile, AvatarFileError, read_avatar, read_avatar_file, read_ply,
+from bridge.files.avatar import (Z_UP_TO_Y_UP, AvatarFile, AvatarFileError, read_avatar, read_avatar_file, read_ply,
                                  sh_basis, sh_rotation, write_avatar, write_ply)
 
 

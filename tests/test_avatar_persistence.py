@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from backend.pipelines import default_handlers
-from backend.pipelines.avatar_service import ServiceConfig
+from backend.service.handlers import default_handlers
+from backend.service.config import ServiceConfig
 from backend.pipelines.store import PersistentAvatarStore, default_avatar_dir
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
 
 CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 
@@ -90,7 +90,7 @@ def test_a_damaged_file_is_reported_missing_and_the_server_keeps_serving(tmp_pat
 
 
 def test_the_folder_keeps_at_most_max_files_dropping_the_least_recently_used(tmp_path):
-    from backend.pipelines.avatar_service import AvatarService
+    from backend.service.handlers import AvatarService
 
     service = AvatarService(PersistentAvatarStore(tmp_path, capacity=8, max_files=2), CONFIG)
 
@@ -116,7 +116,7 @@ def test_default_folder_follows_the_environment(monkeypatch, tmp_path):
 
 
 def _generated(tmp_path, prompt: str = "v"):
-    from backend.pipelines.avatar_service import AvatarService
+    from backend.service.handlers import AvatarService
 
     class Ctx:
         def progress(self, *a, **k): pass
@@ -145,7 +145,7 @@ def _write_unchecked(path, record) -> None:
 @pytest.mark.parametrize("damage", ["skin_index_out_of_range", "nan_means", "shape_mismatch", "bad_parent"])
 def test_inconsistent_avatar_files_are_refused_on_load(tmp_path, damage):
     from backend.avatar.avatar_file import load_avatar
-    from backend.jobs import HandlerError
+    from backend.service.queue import HandlerError
 
     service, store, avatar_id, ctx = _generated(tmp_path)
     path = tmp_path / f"{avatar_id}.safetensors"

@@ -1,4 +1,4 @@
-"""bridge.codec: frames <-> (header, arrays), request parsing and array contracts (no sockets here)."""
+"""bridge.wire.codec: frames <-> (header, arrays), request parsing and array contracts (no sockets here)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import protocol
-from bridge.codec import (WIRE_DTYPES, ProtocolError, check_array, check_arrays, decode, encode,
+from bridge.wire import protocol
+from bridge.wire.codec import (WIRE_DTYPES, ProtocolError, check_array, check_arrays, decode, encode,
                           request_from_header, request_header)
 
 HEADER = {"v": protocol.PROTOCOL_VERSION, "id": "r1", "op": "ping"}

@@ -1,4 +1,4 @@
-"""bridge/files.py: the one atomic writer (backend, training, benchmarks and the add-on write through it)."""
+"""bridge/files/atomic.py: the one atomic writer (backend, training, benchmarks and the add-on write through it)."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 
 
 def test_text_bytes_and_chunks_land_whole_with_the_mode_asked_for(tmp_path):

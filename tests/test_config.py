@@ -10,7 +10,8 @@ from typing import Literal
 import pytest
 
 from backend.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
-from backend.pipelines.avatar_service import ServiceConfig
+from backend.service.cli import parser, service_config
+from backend.service.config import ServiceConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,8 +101,25 @@ def test_the_service_config_checks_its_own_values():
     assert from_dict({"model": "/models/x", "device": "cpu"}, ServiceConfig).model == "/models/x"
 
 
+def test_every_serve_flag_is_the_twin_of_a_config_field_and_overrides_the_file(tmp_path):
+    path = _write(tmp_path, "queue_size: 4\nheartbeat_s: 0.5\nbind: tcp://127.0.0.1:6001\nsend_hwm: 9\n"
+                            "persist: false\n")
+    from_file = service_config(parser().parse_args(["serve", "--config", str(path)]))
+    assert (from_file.queue_size, from_file.heartbeat_s, from_file.bind, from_file.send_hwm, from_file.persist) == \
+        (4, 0.5, "tcp://127.0.0.1:6001", 9, False)
+    flags = service_config(parser().parse_args(["serve", "--config", str(path), "--queue-size", "7", "--bind",
+                                                "tcp://127.0.0.1:6002", "--max-message-mb", "8", "--keys-dir", "K",
+                                                "--avatar-dir", "A", "--set", "max_client_jobs=3"]))
+    assert (flags.queue_size, flags.bind, flags.max_message_bytes, flags.keys_dir, flags.avatar_dir,
+            flags.max_client_jobs, flags.heartbeat_s) == (7, "tcp://127.0.0.1:6002", 8 << 20, "K", "A", 3, 0.5)
+    assert service_config(parser().parse_args(["serve"])) == ServiceConfig()
+    assert service_config(parser().parse_args(["serve", "--no-persist"])).persist is False
+    with pytest.raises(ValueError, match="queue_size must be positive"):
+        service_config(parser().parse_args(["serve", "--queue-size", "0"]))
+
+
 def test_serve_refuses_a_bad_config_with_a_named_error(tmp_path):
     path = _write(tmp_path, "device: cpu\nsh_degre: 2\n")
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--no-persist", "--config", str(path)],
+    done = subprocess.run([sys.executable, "-m", "backend.service.cli", "serve", "--no-persist", "--config", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "sh_degre: unknown key for ServiceConfig" in done.stderr

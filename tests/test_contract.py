@@ -1,10 +1,10 @@
-"""bridge.contract: the one array-contract check (dtype, shape pattern, dimensions bound across arrays)."""
+"""bridge.wire.contract: the one array-contract check (dtype, shape pattern, dimensions bound across arrays)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bridge import contract, protocol
+from bridge.wire import contract, protocol
 
 
 def _avatar(n=5, j=3, k=2, s=1):

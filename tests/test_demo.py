@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from backend import demo
-from bridge.png import read_png
+from bridge.files.png import read_png
 
 
 def test_demo_writes_frames_sheets_exports_and_summary(tmp_path):

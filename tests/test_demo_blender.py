@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridge.png import read_png
+from bridge.files.png import read_png
 
 ROOT = Path(__file__).resolve().parents[1]
 BLENDER_PYTHON = ROOT / ".venv-blender" / "bin" / "python"

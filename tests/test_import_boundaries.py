@@ -90,6 +90,39 @@ def test_no_module_imports_what_its_package_must_not(package: str):
     assert bad == {}, f"{package} must never import {FORBIDDEN[package]}: {bad}"
 
 
+# the backend's floors, top to bottom: a room imports only rooms below it (docs/ARCHITECTURE.md, "The house")
+BACKEND_FLOORS = {
+    "backend/pipelines": ("backend.service",),
+    "backend/models": ("backend.service", "backend.pipelines"),
+    "backend/sampling": ("backend.service", "backend.pipelines"),
+    "backend/avatar": ("backend.service", "backend.pipelines"),
+    "backend/render": ("backend.service", "backend.pipelines"),
+}
+
+
+def dotted_imports(path: Path) -> set[str]:
+    """The dotted names of every absolute import in the file (at any depth of the code)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+@pytest.mark.parametrize("room", sorted(BACKEND_FLOORS))
+def test_no_backend_room_imports_a_room_above_it(room: str):
+    bad = {}
+    for path in sorted((ROOT / room).rglob("*.py")):
+        hit = sorted(name for name in dotted_imports(path)
+                     if any(name == up or name.startswith(up + ".") for up in BACKEND_FLOORS[room]))
+        if hit:
+            bad[str(path.relative_to(ROOT))] = hit
+    assert bad == {}, f"{room} must never import {BACKEND_FLOORS[room]}: {bad}"
+
+
 def test_static_check_sees_lazy_and_relative_imports(tmp_path):
     """The AST walk finds an import inside a function and resolves relative ones (so the check can fail)."""
     (tmp_path / "blender_addon").mkdir()
@@ -141,7 +174,7 @@ def test_backend_render_does_not_load_gsplat_on_cpu():
 def test_discovery_finds_the_packages_modules():
     """The walk is what makes new modules checked: it must see nested packages and plain modules."""
     backend = modules_of("backend")
-    assert {"backend.render", "backend.render.cpu_rasterizer", "backend.server",
+    assert {"backend.render", "backend.render.cpu_rasterizer", "backend.service.server",
             "backend.avatar.gaussians"} <= set(backend)
     assert "training.data" in modules_of("training")
     assert {"blender_addon.session", "blender_addon.panels"} <= set(modules_of("blender_addon"))

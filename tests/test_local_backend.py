@@ -1,4 +1,4 @@
-"""bridge.local_backend.LocalBackend with real processes: a real `backend.cli serve` answers hello over the
+"""bridge.local_backend.LocalBackend with real processes: a real `backend.service.cli serve` answers hello over the
 wire and exits 0 on stop; a backend that cannot start raises BackendStartError with its output's tail; a
 process that never opens its port, or ignores SIGTERM, is still stopped."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import zipfile
 
 import pytest
 
-from bridge import protocol
-from bridge.client import BridgeClient
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient
 from bridge.local_backend import BackendStartError, LocalBackend, port_open
 from tests.model_package import make_tiny_package
 
@@ -102,4 +102,4 @@ def test_the_addon_zip_leaves_the_launcher_out(tmp_path):
     zip_path = build_addon.build(None, tmp_path, [sys.executable, "-m", "pip"])
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
-    assert "bridge/protocol.py" in names and "bridge/local_backend.py" not in names
+    assert "bridge/wire/protocol.py" in names and "bridge/local_backend.py" not in names

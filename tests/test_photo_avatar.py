@@ -183,11 +183,11 @@ def test_server_refuses_a_reference_image_without_a_person(photos):
     import socket
 
     from backend.perception.media import read_image
-    from backend.pipelines import default_handlers
-    from backend.pipelines.avatar_service import ServiceConfig
-    from backend.server import BackendServer
-    from bridge import protocol
-    from bridge.client import BridgeClient, BridgeError
+    from backend.service.handlers import default_handlers
+    from backend.service.config import ServiceConfig
+    from backend.service.server import BackendServer
+    from bridge.wire import protocol
+    from bridge.wire.client import BridgeClient, BridgeError
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

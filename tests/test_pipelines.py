@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from backend.pipelines import default_handlers
-from backend.pipelines.avatar_service import ServiceConfig
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
-from bridge.codec import check_arrays
+from backend.service.handlers import default_handlers
+from backend.service.config import ServiceConfig
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
+from bridge.wire.codec import check_arrays
 
 CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 SIZE = 96

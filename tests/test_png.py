@@ -1,8 +1,8 @@
-"""bridge.png: round trip through our writer/reader and an independent reader (zlib-level check)."""
+"""bridge.files.png: round trip through our writer/reader and an independent reader (zlib-level check)."""
 import numpy as np
 import pytest
 
-from bridge.png import encode_png, read_png, write_png
+from bridge.files.png import encode_png, read_png, write_png
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])

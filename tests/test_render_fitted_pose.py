@@ -1,5 +1,5 @@
 """Renders of an avatar fitted to another armature's proportions: the optional render arrays
-joint_locations and joint_scales (bridge.protocol.RENDER_POSE_ARRAYS, Blender's pose-bone location and
+joint_locations and joint_scales (bridge.wire.protocol.RENDER_POSE_ARRAYS, Blender's pose-bone location and
 uniform scale), through a real server on 127.0.0.1: forward kinematics puts the joints where the fitted
 skeleton has them, a render with the arrays differs from one without and equals the CPU render of the
 Gaussians posed with them; bad arrays are refused with named errors."""
@@ -11,14 +11,14 @@ import torch
 
 from backend.avatar.gaussians import Gaussians
 from backend.avatar.skinning import Skeleton, forward_kinematics, pose
-from backend.pipelines import default_handlers
-from backend.pipelines.avatar_service import ServiceConfig
+from backend.service.handlers import default_handlers
+from backend.service.config import ServiceConfig
 from backend.render import RenderOptions, render
 from backend.render.camera import Camera
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
-from bridge.retarget import pose_basis
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
+from bridge.rig.retarget import pose_basis
 
 CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 SIZE = 48
@@ -39,7 +39,7 @@ def served():
 def fitted_pose(rest: np.ndarray, parents: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A fitted skeleton's pose: target armature-space matrices (J, 4, 4) (joints moved from the rest by up
     to ~4 cm plus a 10% taller body, a turn and a uniform scale of 0.85-1.2 per bone) and the pose channels
-    that reach it (bridge.retarget.pose_basis, as the add-on computes them) for one frame."""
+    that reach it (bridge.rig.retarget.pose_basis, as the add-on computes them) for one frame."""
     rng = np.random.default_rng(seed)
     j = len(rest)
     target = np.tile(np.eye(4), (j, 1, 1))

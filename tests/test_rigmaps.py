@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from bridge import rigmaps
+from bridge.rig import rigmaps
 from backend.avatar.template import load_template
 
 CMU_01_01 = ["Hips", "LHipJoint", "LeftUpLeg", "LeftLeg", "LeftFoot", "LeftToeBase", "RHipJoint", "RightUpLeg",
@@ -22,7 +22,7 @@ def template(tmp_path_factory):
 
 
 def test_imports_no_torch():
-    code = "import sys, bridge.rigmaps; bad = [m for m in ('torch', 'bpy', 'backend') if m in sys.modules]; print(bad)"
+    code = "import sys, bridge.rig.rigmaps; bad = [m for m in ('torch', 'bpy', 'backend') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -229,9 +229,9 @@ def test_check_map_names_every_mistake(template):
 
 
 def test_retarget_fit_lands_mapped_joints_and_unmapped_follow(template):
-    """bridge.retarget: a source that is the template scaled by 1.1, moved and posed; with fitting every
+    """bridge.rig.retarget: a source that is the template scaled by 1.1, moved and posed; with fitting every
     mapped joint lands on its source bone's head and the unmapped ones keep their rest relation."""
-    from bridge import retarget
+    from bridge.rig import retarget
 
     rng = np.random.default_rng(3)
     parents = template.joint_parents.tolist()

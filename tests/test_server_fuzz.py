@@ -16,9 +16,9 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.codec import decode, encode, request_header
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.codec import decode, encode, request_header
 from tests.placeholder_pipeline import placeholder_handlers
 
 LIMIT = 1 << 20

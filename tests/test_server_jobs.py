@@ -1,4 +1,4 @@
-"""backend.server + bridge.client over real sockets on 127.0.0.1: every message type, big payloads,
+"""backend.service.server + bridge.wire.client over real sockets on 127.0.0.1: every message type, big payloads,
 progress order, cancellation, vanished clients, concurrency, queue limits and handler failures."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import zmq
 
-from backend.jobs import HandlerError
+from backend.service.queue import HandlerError
 from backend.pipelines.store import AvatarStore
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
-from bridge.codec import check_arrays, decode, encode, request_header
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
+from bridge.wire.codec import check_arrays, decode, encode, request_header
 from tests.placeholder_pipeline import placeholder_handlers
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from backend.cli import main as cli_main
-from backend.server import BackendServer, is_loopback
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
+from backend.service.cli import main as cli_main
+from backend.service.server import BackendServer, is_loopback
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
 from tests.placeholder_pipeline import placeholder_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,11 +96,11 @@ def test_curve_with_an_authorized_clients_folder(keys_dir, tmp_path):
 def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    refused = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--bind", f"tcp://0.0.0.0:{port}",
+    refused = subprocess.run([sys.executable, "-m", "backend.service.cli", "serve", "--bind", f"tcp://0.0.0.0:{port}",
                               "--no-persist"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "CURVE" in refused.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "backend.service.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}",
                              "--queue-size", "4", "--max-message-mb", "64", "--avatar-dir", str(tmp_path / "avatars")],
                             cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -120,7 +120,7 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
 
 
 def test_a_persistent_client_keypair_is_private_reused_and_never_written_through_a_symlink(tmp_path):
-    from bridge.keys import check_z85_key, load_or_create_client_keypair
+    from bridge.wire.keys import check_z85_key, load_or_create_client_keypair
 
     folder = tmp_path / "client"
     public, secret = load_or_create_client_keypair(folder)

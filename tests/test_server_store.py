@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from backend.pipelines.store import AvatarStore
-from bridge import protocol
-from bridge.codec import check_arrays
+from bridge.wire import protocol
+from bridge.wire.codec import check_arrays
 from tests.placeholder_pipeline import placeholder_cloud
 
 

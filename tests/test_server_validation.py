@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.pipelines import default_handlers
-from backend.pipelines.avatar_service import ServiceConfig
-from backend.server import BackendServer
-from bridge import protocol
-from bridge.client import BridgeClient, BridgeError
+from backend.service.handlers import default_handlers
+from backend.service.config import ServiceConfig
+from backend.service.server import BackendServer
+from bridge.wire import protocol
+from bridge.wire.client import BridgeClient, BridgeError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
@@ -89,7 +89,7 @@ def test_an_ipv6_loopback_bind_serves_or_fails_cleanly():
     except OSError:
         port = None
     if port is None:       # no IPv6 on this machine: the CLI must still say so without a traceback
-        proc = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--bind", "tcp://[::1]:5599",
+        proc = subprocess.run([sys.executable, "-m", "backend.service.cli", "serve", "--bind", "tcp://[::1]:5599",
                                "--no-persist"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and "[::1]" in proc.stderr

@@ -11,7 +11,7 @@ from backend.avatar.gaussians import Gaussians
 from backend.avatar.skinning import (Skeleton, forward_kinematics, matrix_to_quat, pose, pose_frames,
                                      quat_multiply, quat_to_matrix, skinning_matrices)
 from backend.avatar.template import load_template
-from bridge import rigmaps
+from bridge.rig import rigmaps
 
 
 @pytest.fixture(scope="module")

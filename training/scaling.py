@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 
 
 class ScalingError(RuntimeError):

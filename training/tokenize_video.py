@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.render.camera import Camera
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 from training.data.records import ClipRecord, iter_record_paths, load_record
 
 METHODS = ("mean", "fit", "tokenizer")

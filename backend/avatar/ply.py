@@ -7,7 +7,7 @@ The file always carries degree-3 room: degree < 3 is zero-padded on export; `loa
 bands (default 3), because zeros cannot tell an absent band from a band that happens to be zero. Skin
 weights and skeletons are not part of this format (see avatar_file).
 
-The bytes are written and read by `bridge/avatar_files.py` (numpy only, shared with the Blender add-on,
+The bytes are written and read by `bridge/files/avatar.py` (numpy only, shared with the Blender add-on,
 which opens PLY files without a backend); this module converts to and from `Gaussians`. The header
 carries `comment genlca axes=z-up units=m`; `y_up=True` writes the Y-up convention of most viewers.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from backend.avatar.gaussians import Gaussians, sh_coeff_count
-from bridge.avatar_files import PLY_PROPERTIES, AvatarFileError, read_ply, write_ply
+from bridge.files.avatar import PLY_PROPERTIES, AvatarFileError, read_ply, write_ply
 
 PROPERTIES = PLY_PROPERTIES
 

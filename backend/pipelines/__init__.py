@@ -1,20 +1,7 @@
-"""Pipelines: the operations the backend serves, as handlers for backend.server.
+"""Pipelines: what the backend does with a model and an avatar, as plain functions and classes.
 
-`default_service()` is what `genlca-backend serve` runs: the model package named by ServiceConfig.model
-(diffusion model, token decoder, optional tokenizer) over the avatar core (template, skinning, renderer,
-PLY/safetensors export); `default_handlers()` gives just its handlers.
+`generate` (text/photo -> token map), `edit` (text edit, region and auto-region regeneration), `photo`
+(a photo -> what it shows of the person), `avatars` (decode, find, render, export), `model_bundle` (a model
+package), `store` (avatars in memory or as files). They take a progress callback and a cancel check, raise
+the domain errors of `errors.py`, and never import the service (backend/service), which maps them to the wire.
 """
-from __future__ import annotations
-
-from typing import Any
-
-
-def default_service(store=None, config=None):
-    from backend.pipelines.avatar_service import AvatarService
-    from backend.pipelines.store import AvatarStore
-
-    return AvatarService(store if store is not None else AvatarStore(), config)
-
-
-def default_handlers(store=None, config=None) -> dict[str, Any]:
-    return default_service(store, config).handlers()

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 # camera axes of Blender (x right, y up, -z forward) -> OpenCV (x right, y down, z forward)
-from bridge.cameras import BLENDER_TO_OPENCV_AXES, SENSOR_FITS, blender_to_opencv  # noqa: F401 (re-exported)
+from bridge.geometry.cameras import BLENDER_TO_OPENCV_AXES, SENSOR_FITS, blender_to_opencv  # noqa: F401 (re-exported)
 
 
 def _as_matrix(value: Any, shape: tuple[int, int], name: str) -> np.ndarray:

@@ -381,10 +381,10 @@ class _Composite(torch.autograd.Function):
 class RenderCostError(ValueError):
     """A frame above its cost limit, counted in Gaussian-tile pairs before any pair is made."""
 
-    def __init__(self, pairs: int, limit: int, tile_size: int) -> None:
-        super().__init__(f"the frame makes {pairs} Gaussian-tile pairs ({tile_size}-pixel tiles), the limit is "
+    def __init__(self, pairs: int, limit: int, tile_size: int, where: str = "the frame") -> None:
+        super().__init__(f"{where} makes {pairs} Gaussian-tile pairs ({tile_size}-pixel tiles), the limit is "
                          f"{limit}; move the camera back, render smaller, or keep bone scales near 1")
-        self.pairs, self.limit = pairs, limit
+        self.pairs, self.limit, self.tile_size = pairs, limit, tile_size
 
 
 def composite(proj: dict[str, torch.Tensor], width: int, height: int, background: torch.Tensor,

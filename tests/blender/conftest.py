@@ -122,7 +122,7 @@ def tiny_model() -> str:
 
 
 def start_backend(port: int, *extra: str) -> LocalBackend:
-    """`python -m backend.cli serve` on 127.0.0.1:port (plus extra arguments) with the tiny random model, run by
+    """`python -m backend.service.cli serve` on 127.0.0.1:port (plus extra arguments) with the tiny random model, run by
     GENLCA_BACKEND_PYTHON (bridge.local_backend); waits for the port."""
     backend = LocalBackend(backend_python(), "--avatar-dir", os.path.join(_USER_DIR, "avatars"),
                            "--set", f"model={tiny_model()}", *extra, port=port)

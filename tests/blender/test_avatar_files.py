@@ -1,5 +1,5 @@
 """Avatars as files with no backend: a GenLCA avatar .safetensors (rigged) and a 3DGS .ply (splats) imported
-through the File > Import operator, re-exported through File > Export, read back with bridge.avatar_files;
+through the File > Import operator, re-exported through File > Export, read back with bridge.files.avatar;
 a corrupt or foreign file is refused with a report that names it, and nothing is left half-written."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Against a real backend on 127.0.0.1 (GENLCA_BACKEND_PYTHON -m backend.cli serve): generate, import,
+"""Against a real backend on 127.0.0.1 (GENLCA_BACKEND_PYTHON -m backend.service.cli serve): generate, import,
 bind to a CMU BVH armature, render 3 frames through the backend, export. Every pump of the session (the
 timer callback's work) is counted: none may handle more than the session's bounds (replies, task slices)."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ def live(scene, addon, backend_address, tmp_path):
 
 def test_generate_bind_render_export(live, scene, cmu_bvh):
     session, out_dir = live
-    jobs, binding = addon_module("jobs"), addon_module("binding")
+    workflows, binding = addon_module("workflows"), addon_module("binding")
     pumps: list = []
     errors: list[str] = []
     on_error = lambda code, msg: errors.append(f"{code}: {msg}")  # noqa: E731
@@ -45,7 +45,7 @@ def test_generate_bind_render_export(live, scene, cmu_bvh):
     # generate -> get_avatar -> staged import
     scene.genlca.prompt, scene.genlca.steps, scene.genlca.seed = "a woman in a green jacket", 2, 7
     imported: list = []
-    jobs.generate(session, scene, on_done=lambda arm, mesh: imported.append((arm, mesh)), on_error=on_error)
+    workflows.generate(session, scene, on_done=lambda arm, mesh: imported.append((arm, mesh)), on_error=on_error)
     pump_until(session, lambda: imported or errors, 300, pumps)
     assert not errors, errors
     avatar, mesh = imported[0]
@@ -78,7 +78,7 @@ def test_generate_bind_render_export(live, scene, cmu_bvh):
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 128, 96, 100
     scene.frame_start, scene.frame_end = 30, 32
     frames: list[Path] = []
-    jobs.render_frames(session, scene, avatar, str(out_dir), on_done=frames.extend, on_error=on_error)
+    workflows.render_frames(session, scene, avatar, str(out_dir), on_done=frames.extend, on_error=on_error)
     pump_until(session, lambda: frames or errors, 300, pumps)
     assert not errors, errors
     assert [p.name[-8:] for p in frames] == ["0030.png", "0031.png", "0032.png"]
@@ -95,7 +95,7 @@ def test_generate_bind_render_export(live, scene, cmu_bvh):
 
     # export a PLY
     files: list[Path] = []
-    jobs.export_file(session, scene, avatar["genlca_avatar_id"], "ply", str(out_dir), on_done=files.append,
+    workflows.export_file(session, scene, avatar["genlca_avatar_id"], "ply", str(out_dir), on_done=files.append,
                      on_error=on_error)
     pump_until(session, lambda: files or errors, 120, pumps)
     assert not errors, errors
@@ -112,17 +112,17 @@ def test_backend_killed_mid_session(scene, addon):
     saved = (prefs.backend_address, prefs.timeout_s)
     prefs.backend_address, prefs.timeout_s = f"tcp://127.0.0.1:{port}", 1.5
     try:
-        jobs, session_mod = addon_module("jobs"), addon_module("session")
+        workflows, session_mod = addon_module("workflows"), addon_module("session")
         session = session_mod.get_session()
         pumps: list = []
         errors: list[str] = []
-        jobs.hello(session, scene, on_error=lambda code, msg: errors.append(msg))
+        workflows.hello(session, scene, on_error=lambda code, msg: errors.append(msg))
         pump_until(session, lambda: scene.genlca.connected or errors, 30, pumps)
         assert scene.genlca.connected and not errors
         stop_backend(proc)
         start = time.monotonic()
         scene.genlca.prompt = "a dancer"
-        jobs.generate(session, scene, on_error=lambda code, msg: errors.append(f"{code}: {msg}"))
+        workflows.generate(session, scene, on_error=lambda code, msg: errors.append(f"{code}: {msg}"))
         pump_until(session, lambda: errors, 30, pumps)
         assert time.monotonic() - start >= 1.5  # the timeout, never earlier
         assert errors[0].startswith("timeout: ") and prefs.backend_address in errors[0], errors
@@ -179,16 +179,16 @@ def test_panel_shows_the_model_and_greys_what_it_does_not_support(live, scene):
     """hello names the tiny random model and lists what it supports: the Generate panel shows the model's
     name, every control is enabled; a generator that lists less (or a placeholder) greys out the rest."""
     session, _ = live
-    jobs = addon_module("jobs")
+    workflows = addon_module("workflows")
     errors: list[str] = []
     said: list[dict] = []
-    jobs.hello(session, scene, on_done=said.append, on_error=lambda code, msg: errors.append(f"{code}: {msg}"))
+    workflows.hello(session, scene, on_done=said.append, on_error=lambda code, msg: errors.append(f"{code}: {msg}"))
     pump_until(session, lambda: said or errors, 60)
     assert not errors and scene.genlca.connected, errors
-    status = jobs.generator_status(session)
+    status = workflows.generator_status(session)
     assert status.name == f"genlca-dit {TINY_MODEL_NAME}" and not status.placeholder, status
     assert status.model.startswith(TINY_MODEL_NAME) and session.model["sha256"][:8] in status.model
-    assert set(jobs.GENERATOR_INPUTS + jobs.EDIT_INPUTS) <= status.inputs and status.unused == []
+    assert set(workflows.GENERATOR_INPUTS + workflows.EDIT_INPUTS) <= status.inputs and status.unused == []
     assert f"model {status.model}" in scene.genlca.message
     panel = draw_panel("GENLCA_PT_generate")
     assert ("label", f"Model: {status.model}", True) in panel.items, panel.items
@@ -205,13 +205,13 @@ def test_panel_shows_the_model_and_greys_what_it_does_not_support(live, scene):
 
     other = addon_module("session").Session("tcp://127.0.0.1:9", timeout_s=1.0)
     try:
-        assert jobs.generator_status(other).unused == []  # unknown: nothing is greyed out on a guess
-        jobs.note_generator(other, {"generator": "placeholder (seeded token maps)"})
-        status = jobs.generator_status(other)
+        assert workflows.generator_status(other).unused == []  # unknown: nothing is greyed out on a guess
+        workflows.note_generator(other, {"generator": "placeholder (seeded token maps)"})
+        status = workflows.generator_status(other)
         assert status.placeholder and status.unused == ["reference image", "steps", "guidance"]
-        jobs.note_generator(other, {"capabilities": {"generator": "genlca-dit small", "model": {"name": "small"},
+        workflows.note_generator(other, {"capabilities": {"generator": "genlca-dit small", "model": {"name": "small"},
                                                      "supports": ["text", "image", "steps", "guidance"]}})
-        status = jobs.generator_status(other)
+        status = workflows.generator_status(other)
         assert not status.placeholder and status.unused == [] and status.model == "small"
         assert "region_edit" not in status.inputs
     finally:
@@ -241,14 +241,14 @@ def _synthetic_image(name: str, width: int = 96, height: int = 128) -> bpy.types
 
 def _generate(session, scene, timeout_s: float = 300):
     """jobs.generate through the live session; returns (armature, mesh, error, progress stages with steps)."""
-    jobs, session_mod = addon_module("jobs"), addon_module("session")
+    workflows, session_mod = addon_module("workflows"), addon_module("session")
     imported, errors, progress = [], [], []
 
     def on_progress(reply) -> None:
         session_mod._show_progress(session)  # what the timer shows: panel field and status bar
         progress.append(scene.genlca.job_stage)
 
-    job_id = jobs.generate(session, scene, on_done=lambda arm, mesh: imported.append((arm, mesh)),
+    job_id = workflows.generate(session, scene, on_done=lambda arm, mesh: imported.append((arm, mesh)),
                            on_error=lambda code, msg: errors.append((code, msg)))
     session.jobs[job_id].on_progress = on_progress
     pump_until(session, lambda: imported or errors, timeout_s)
@@ -261,12 +261,12 @@ def test_generate_from_a_reference_image_and_a_photo_without_a_person(live, scen
     """The panel's reference image (a Blender image datablock) goes with generate: a photo of a person gives an
     avatar (sampler steps shown as they come); an image with no person is refused by name."""
     session, _ = live
-    jobs = addon_module("jobs")
+    workflows = addon_module("workflows")
     scene.genlca.prompt, scene.genlca.steps, scene.genlca.seed = "", 4, 11
     if ingest_photos is not None:
         photo = bpy.data.images.load(str(ingest_photos / "2008_001009.jpg"))
         scene.genlca.image = photo
-        sent = jobs.reference_image(scene.genlca)
+        sent = workflows.reference_image(scene.genlca)
         assert sent.dtype == np.uint8 and sent.shape == (photo.size[1], photo.size[0], 3)
         arm, mesh, error, progress = _generate(session, scene)
         assert error is None, error
@@ -289,18 +289,18 @@ def test_generate_from_a_reference_image_and_a_photo_without_a_person(live, scen
 
 
 def test_reference_image_from_a_blender_image_is_top_row_first_and_bounded(addon, scene):
-    jobs = addon_module("jobs")
+    workflows = addon_module("workflows")
     image = bpy.data.images.new("ref", 6, 4)
     rgba = np.zeros((4, 6, 4), np.float32)  # Blender: bottom row first
     rgba[..., 3] = 1
     rgba[0] = (1.0, 0.0, 0.0, 1.0)  # bottom row red
     rgba[3, 2] = (0.0, 0.5, 1.0, 1.0)  # top row, third pixel
     image.pixels.foreach_set(rgba.ravel())
-    got = jobs.image_rgb(image)
+    got = workflows.image_rgb(image)
     assert got.shape == (4, 6, 3) and got.dtype == np.uint8
     assert (got[3] == (255, 0, 0)).all() and tuple(got[0, 2]) == (0, 128, 255)
     big = bpy.data.images.new("big", 300, 150)
-    small = jobs.image_rgb(big, max_side=100)
+    small = workflows.image_rgb(big, max_side=100)
     assert small.shape == (50, 100, 3) and tuple(big.size) == (300, 150)  # read from a copy
     assert [i.name for i in bpy.data.images] == ["big", "ref"]  # the copy is gone
 

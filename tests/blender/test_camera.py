@@ -1,4 +1,4 @@
-"""The add-on's camera (`camera.camera_arrays`, i.e. bridge.cameras.blender_to_opencv) against Blender's own
+"""The add-on's camera (`camera.camera_arrays`, i.e. bridge.geometry.cameras.blender_to_opencv) against Blender's own
 projection, two ways: `bpy_extras.object_utils.world_to_camera_view` (points through the camera frame, which
 Blender builds from lens, sensor fit, shift and pixel aspect) and the projection matrix Blender itself renders
 with (`Object.calc_matrix_camera`). The expected numbers come from Blender, never from our formula."""

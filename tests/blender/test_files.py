@@ -98,13 +98,13 @@ def test_no_torch_in_blender(addon):
 
 
 def test_reference_image_reads_top_row_first(addon, tmp_path):
-    png, jobs = addon_module("_bridge").png, addon_module("jobs")
+    png, workflows = addon_module("_bridge").png, addon_module("workflows")
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[:5] = (255, 0, 0)  # red band on top
     rgb[:, -3:] = (0, 0, 255)
     rgb[7, 8] = (12, 200, 77)
     png.write_png(tmp_path / "ref.png", rgb)
-    got = jobs.load_reference_image(str(tmp_path / "ref.png"))
+    got = workflows.load_reference_image(str(tmp_path / "ref.png"))
     assert got.shape == (20, 30, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, rgb)
     assert not any(i.filepath.endswith("ref.png") for i in bpy.data.images)  # not left in the file

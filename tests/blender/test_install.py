@@ -22,7 +22,7 @@ def test_zip_carries_manifest_bridge_and_wheels(addon_zip):
         listed = re.findall(r'"\./(wheels/[^"]+)"', wheels)
         assert {w.split("/")[1].split("-")[0] for w in listed} == {"pyzmq", "msgpack"}
         assert set(listed) <= names
-        assert {"__init__.py", "bridge/protocol.py", "bridge/rigmaps.py", "bridge/cameras.py"} <= names
+        assert {"__init__.py", "bridge/wire/protocol.py", "bridge/rig/rigmaps.py", "bridge/geometry/cameras.py"} <= names
         for name in names:
             if name.startswith("bridge/"):
                 assert not re.search(r"^\s*(from|import) bridge\b", zf.read(name).decode(), re.M), name
@@ -49,13 +49,13 @@ def test_install_enable_disable_leaves_nothing(addon):
 
 def test_every_installed_module_imports_in_blender_without_torch(addon):
     """Each module of the installed extension (walked, so new ones count), its vendored bridge included,
-    imports inside real Blender; the bundled pyzmq/msgpack wheels make bridge.client importable (a wheel
+    imports inside real Blender; the bundled pyzmq/msgpack wheels make bridge.wire.client importable (a wheel
     that failed to install fails here, it does not skip); torch is never loaded."""
     import pkgutil
     import sys
 
     names = [m.name for m in pkgutil.walk_packages(addon.__path__, prefix=ADDON_MODULE + ".")]
-    assert {ADDON_MODULE + ".session", ADDON_MODULE + ".panels", ADDON_MODULE + ".bridge.client"} <= set(names)
+    assert {ADDON_MODULE + ".session", ADDON_MODULE + ".panels", ADDON_MODULE + ".bridge.wire.client"} <= set(names)
     for name in names:
         importlib.import_module(name)
     assert importlib.import_module(ADDON_MODULE + "._bridge").client_module().BridgeClient

@@ -17,7 +17,7 @@ from .conftest import (ADDON_MODULE, ROOT, addon_module, assert_pumps_bounded, b
 
 @pytest.fixture
 def client_available(addon):
-    """bridge.client with the bundled pyzmq: a wheel that did not install is a failure, not a skip."""
+    """bridge.wire.client with the bundled pyzmq: a wheel that did not install is a failure, not a skip."""
     try:
         addon_module("_bridge").client_module()
     except ImportError as exc:
@@ -34,12 +34,12 @@ def prefs(addon):
 
 
 def test_absent_backend_reports_within_the_timeout(scene, prefs, client_available):
-    session_mod, jobs = addon_module("session"), addon_module("jobs")
+    session_mod, workflows = addon_module("session"), addon_module("workflows")
     prefs.backend_address, prefs.timeout_s = f"tcp://127.0.0.1:{free_port()}", 1.0
     session = session_mod.get_session()
     errors: list[tuple[str, str]] = []
     start = time.monotonic()
-    jobs.hello(session, scene, on_error=lambda code, msg: errors.append((code, msg)))
+    workflows.hello(session, scene, on_error=lambda code, msg: errors.append((code, msg)))
     pumps: list = []
     pump_until(session, lambda: bool(errors), timeout_s=30.0, pumps=pumps)
     elapsed = time.monotonic() - start
@@ -54,7 +54,7 @@ def test_absent_backend_reports_within_the_timeout(scene, prefs, client_availabl
 def test_silent_backend_times_out_and_cancel_works(scene, prefs, client_available):
     """A real ROUTER socket that takes requests and never answers (a hung or dead backend)."""
     import zmq
-    session_mod, jobs = addon_module("session"), addon_module("jobs")
+    session_mod, workflows = addon_module("session"), addon_module("workflows")
     port = free_port()
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
@@ -66,7 +66,7 @@ def test_silent_backend_times_out_and_cancel_works(scene, prefs, client_availabl
         scene.genlca.prompt = "a person in a red coat"
         errors: list[str] = []
         start = time.monotonic()
-        job = jobs.generate(session, scene, on_error=lambda code, msg: errors.append(code))
+        job = workflows.generate(session, scene, on_error=lambda code, msg: errors.append(code))
         pumps: list = []
         pump_until(session, lambda: bool(errors), timeout_s=30.0, pumps=pumps)
         assert errors == ["timeout"] and time.monotonic() - start >= 1.0
@@ -76,7 +76,7 @@ def test_silent_backend_times_out_and_cancel_works(scene, prefs, client_availabl
         prefs.timeout_s = 30.0
         session = session_mod.get_session()
         cancelled: list[str] = []
-        job = jobs.generate(session, scene, on_error=lambda code, msg: cancelled.append(code))
+        job = workflows.generate(session, scene, on_error=lambda code, msg: cancelled.append(code))
         assert bpy.ops.genlca.cancel.poll()
         assert bpy.ops.genlca.cancel() == {"FINISHED"}
         assert cancelled == ["cancelled"] and not session.busy
@@ -132,18 +132,18 @@ def test_curve_backend_admits_the_addons_listed_key_only(scene, prefs, tmp_path)
     public = addon_module("keys").client_keypair()[0]
     for args in (["keys", "--keys-dir", str(keys_dir)],
                  ["keys", "--keys-dir", str(keys_dir), "--add-client", "blender", "--public-key", public]):
-        done = subprocess.run([python, "-m", "backend.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        done = subprocess.run([python, "-m", "backend.service.cli", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
     port = free_port()
     proc = start_backend(port, "--keys-dir", str(keys_dir))
-    session_mod, jobs = addon_module("session"), addon_module("jobs")
+    session_mod, workflows = addon_module("session"), addon_module("workflows")
     try:
         prefs.backend_address, prefs.timeout_s = f"tcp://127.0.0.1:{port}", 5.0
         prefs.server_public_key = str(keys_dir / "server.key")
         session = session_mod.get_session()
         errors: list[str] = []
-        jobs.hello(session, scene, on_error=lambda code, msg: errors.append(f"{code}: {msg}"))
+        workflows.hello(session, scene, on_error=lambda code, msg: errors.append(f"{code}: {msg}"))
         pump_until(session, lambda: scene.genlca.connected or errors, 60)
         assert scene.genlca.connected and not errors, errors
         # the same server key, another client key: not on the list, never answered
@@ -152,7 +152,7 @@ def test_curve_backend_admits_the_addons_listed_key_only(scene, prefs, tmp_path)
         other = session_mod.Session(prefs.backend_address, prefs.server_public_key, 1.5, client_keypair=stranger)
         try:
             refused: list[str] = []
-            jobs.hello(other, scene, on_error=lambda code, msg: refused.append(code))
+            workflows.hello(other, scene, on_error=lambda code, msg: refused.append(code))
             pump_until(other, lambda: bool(refused), 60)
             assert refused == ["timeout"]
         finally:

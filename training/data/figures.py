@@ -4,7 +4,7 @@
     python -m training.data.figures vis-atlas     # docs/images/synthetic_visibility.png: visibility on the atlas
 
 Both generate their people with the real generator (`synthetic.generate_one` / `make_clip`), seed fixed.
-Captions are drawn with Pillow's built-in bitmap font (text only; PNGs are written by bridge/png.py).
+Captions are drawn with Pillow's built-in bitmap font (text only; PNGs are written by bridge/files/png.py).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _text_block(lines: list[str], width: int, height: int, colour=(20, 20, 20),
 
 
 def synth_sheet(out: Path, seed: int = 7, people: int = 24, cols: int = 4) -> Path:
-    from bridge.png import write_png
+    from bridge.files.png import write_png
     from training.data import synthetic
 
     torch.set_num_threads(2)
@@ -83,7 +83,7 @@ def _visibility_rgb(vis: np.ndarray, atlas: np.ndarray) -> np.ndarray:
 
 
 def vis_atlas(out: Path, seed: int = 7) -> Path:
-    from bridge.png import write_png
+    from bridge.files.png import write_png
     from training.data import synthetic
 
     torch.set_num_threads(2)

@@ -29,7 +29,7 @@ from backend.perception.fitting import KEYPOINT_FORMAT, FitConfig
 from backend.perception.media import (CorruptFileError, NoPersonError, PerceptionError, fit_size, media_kind,
                                       read_image, read_video)
 from backend.perception.observation import Perception, perception
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 from training.data.records import ClipRecord, record_path, save_record
 
 __all__ = ["IngestConfig", "IngestError", "CorruptFileError", "NoPersonError", "TooFewFramesError",

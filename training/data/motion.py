@@ -2,7 +2,7 @@
 
 - BVH: a small parser (hierarchy, channels, frames), forward kinematics in the file's Y-up axes,
   converted to the template's Z-up world (x, y, z) -> (x, -z, y) as Blender's BVH importer does (a
-  figure facing +Z then faces -Y, like the template), and retargeted with `bridge.rigmaps.retarget_pose`
+  figure facing +Z then faces -Y, like the template), and retargeted with `bridge.rig.rigmaps.retarget_pose`
   (CMU names; rest-pose alignment turns the template's A-pose into the file's T-pose first). Each
   BVH joint's rest frame has +Y along its bone (towards its children); the root takes the template root's
   direction (its own is meaningless). Root translation: the hips' path scaled by template leg length /
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge import rigmaps
+from bridge.rig import rigmaps
 
 _BVH_TO_ZUP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 

@@ -4,7 +4,7 @@
     server.serve_forever()                 # or server.serve_in_thread() in tests; server.stop() ends it
 
 Threads: the I/O thread (the one in serve_forever) owns the ROUTER socket and every table of jobs and
-clients; one worker thread (backend.jobs.Worker) runs the handlers and sends what they say through an
+clients; one worker thread (backend.service.queue.Worker) runs the handlers and sends what they say through an
 inproc PUSH -> PULL pipe that the I/O thread polls beside the ROUTER. Built-in ops (hello, ping, cancel)
 are answered on the I/O thread at once; the others are queued (bounded; full -> queue_full).
 
@@ -20,7 +20,7 @@ stay under max_queued_bytes, each client under max_client_jobs; every client's p
 send_hwm replies, and a client that lets it fill (does not read) loses its replies and its jobs.
 Routing ids: libzmq's ROUTER aborts the process when the id it auto-assigns to a new peer is already
 taken by a peer that chose it (router.cpp identify_peer); see unpredictable_routing_ids().
-stop() (SIGTERM/SIGINT in backend.cli) drains: every queued and running job gets `shutting_down`, the
+stop() (SIGTERM/SIGINT in backend.service.cli) drains: every queued and running job gets `shutting_down`, the
 running one stops at its next progress/cancel check, new jobs are refused, then the sockets close.
 Docs: docs/PROTOCOL.md.
 """
@@ -41,10 +41,10 @@ import zmq
 import zmq.auth
 import zmq.auth.thread
 
-from bridge import protocol
-from bridge.codec import ProtocolError, check_arrays, decode, encode, request_from_header
-from bridge.protocol import PROTOCOL_VERSION, Request
-from backend.jobs import FINAL, Handler, Job, JobQueue, QueueFull, Worker, error_header, reply_header
+from bridge.wire import protocol
+from bridge.wire.codec import ProtocolError, check_arrays, decode, encode, request_from_header
+from bridge.wire.protocol import PROTOCOL_VERSION, Request
+from backend.service.queue import FINAL, Handler, Job, JobQueue, QueueFull, Worker, error_header, reply_header
 
 log = logging.getLogger("genlca.backend")
 
@@ -96,7 +96,7 @@ def unpredictable_routing_ids() -> bool:
     libzmq has no option to refuse peer-chosen ids; ROUTER_HANDOVER takes the same path, and a ZAP
     handler never sees the peer's id (the ZAP request carries the server socket's own id). Seeding rand()
     makes the start unguessable (2**32 values); our own clients also pick random ids outside the auto
-    range (bridge.client), so they never take the auto-id path at all. Returns False when libc's srand
+    range (bridge.wire.client), so they never take the auto-id path at all. Returns False when libc's srand
     cannot be found (then the ids stay predictable; logged)."""
     try:
         libc = ctypes.CDLL(None)
@@ -118,8 +118,8 @@ def return_large_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
 
 
 class BackendServer:
-    """The ROUTER service. `handlers` maps op -> Handler (see backend.jobs); `request_types` adds ops
-    beyond bridge.protocol.REQUEST_TYPES (e.g. the benchmark's echo)."""
+    """The ROUTER service. `handlers` maps op -> Handler (see backend.service.queue); `request_types` adds ops
+    beyond bridge.wire.protocol.REQUEST_TYPES (e.g. the benchmark's echo)."""
 
     def __init__(self, bind: str = DEFAULT_BIND, handlers: Mapping[str, Handler] | None = None, *,
                  keys_dir: str | os.PathLike | None = None, queue_size: int = 16,

@@ -86,7 +86,7 @@ RENDER_POSE_ARRAYS: dict[str, tuple[str, str]] = {
     "joint_locations":   ("<f4", "F,J,3"),   # metres, in the bone's rest frame (scaled by its parent's scale)
     "joint_scales":      ("<f4", "F,J"),     # uniform, > 0; 1 keeps the avatar's own proportions
 }
-# The arrays each request op may carry: (dtype, shape pattern) as in bridge.codec.check_array. The server
+# The arrays each request op may carry: (dtype, shape pattern) as in bridge.wire.codec.check_array. The server
 # refuses, before queueing, any array an op does not declare (bad_array): a request cannot make the
 # backend hold bytes it will never use. Ops not listed here (benchmark/test ops) are not checked.
 IMAGE_ARRAY: dict[str, tuple[str, str]] = {"image": ("|u1", "H,W,3")}   # sRGB

@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bridge.rigmaps import matrix_to_quat
+from bridge.rig.rigmaps import matrix_to_quat
 
 DEGENERATE = 0.01  # a source bone shorter than this fraction of the source's height has no direction
 # A bone's uniform scale stays within this factor of the body's (source height / template height): the

@@ -1,4 +1,4 @@
-"""Frames <-> (header, arrays): the msgpack header plus raw array frames of bridge.protocol.
+"""Frames <-> (header, arrays): the msgpack header plus raw array frames of bridge.wire.protocol.
 
     frames = encode({"v": 1, "id": "a1", "op": "ping"}, {"means": means})
     header, arrays = decode(frames, max_bytes=1 << 30)
@@ -7,7 +7,7 @@ No pickle and no copies: `encode` hands out memoryviews of the arrays (C-contigu
 as they are; others are converted once), `decode` wraps every frame with `np.frombuffer` (the arrays
 are read-only views on the received frames). msgpack runs with raw=False, strict_map_key and without
 ext types; every array spec is checked (name, dtype from an allow-list, shape, byte length) before any
-array is built. Problems raise `ProtocolError(code, message)` with a code from bridge.protocol and a
+array is built. Problems raise `ProtocolError(code, message)` with a code from bridge.wire.protocol and a
 message that names the bad value and what was expected.
 
 Also here: typed requests to and from headers (`request_header`, `request_from_header`) and the array
@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import msgpack
 import numpy as np
 
-from bridge import protocol
-from bridge.protocol import PROTOCOL_VERSION, Request
+from bridge.wire import protocol
+from bridge.wire.protocol import PROTOCOL_VERSION, Request
 
 # The dtypes allowed on the wire, by their spec string. Multi-byte types are little-endian ("<");
 # one-byte types have no byte order and numpy spells them with "|" (both "|u1" and "<u1" are accepted).
@@ -48,7 +48,7 @@ RESERVED_KEYS = frozenset(("v", "id", "op", "kind", "arrays"))
 
 
 class ProtocolError(Exception):
-    """A message that breaks the protocol. `code` is one of bridge.protocol.ERROR_CODES; `request_id`
+    """A message that breaks the protocol. `code` is one of bridge.wire.protocol.ERROR_CODES; `request_id`
     is the id of the offending message when its header could be read that far (else "")."""
 
     def __init__(self, code: str, message: str, request_id: str = "") -> None:

@@ -2,7 +2,7 @@
 
 One compute worker thread runs the jobs one at a time (the models share one GPU). It never touches the
 ROUTER socket: everything a job says (progress, result, error) goes through the worker's own inproc PUSH
-socket to the I/O thread (backend.server), which owns the ROUTER. zmq sockets are not thread-safe, so
+socket to the I/O thread (backend.service.server), which owns the ROUTER. zmq sockets are not thread-safe, so
 each socket here is created and used by exactly one thread.
 
 Worker -> I/O thread message: [b"more" | b"final", identity, request id (utf-8), header, array frames...];
@@ -21,9 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from bridge import protocol
-from bridge.codec import ProtocolError, encode
-from bridge.protocol import PROTOCOL_VERSION, Request
+from bridge.wire import protocol
+from bridge.wire.codec import ProtocolError, encode
+from bridge.wire.protocol import PROTOCOL_VERSION, Request
 
 log = logging.getLogger("genlca.backend")
 
@@ -31,7 +31,7 @@ MORE, FINAL = b"more", b"final"
 
 
 class HandlerError(Exception):
-    """Raised by a handler to end its job with `error {code, message}` (code from bridge.protocol)."""
+    """Raised by a handler to end its job with `error {code, message}` (code from bridge.wire.protocol)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -222,7 +222,7 @@ class Worker(threading.Thread):
                                                 f"was cancelled"), None, False)
         except HandlerError as exc:
             self._send(FINAL, job, error_header(request.id, exc.code, exc.message), None, False)
-        except ProtocolError as exc:   # bridge.codec.check_array in a handler
+        except ProtocolError as exc:   # bridge.wire.codec.check_array in a handler
             self._send(FINAL, job, error_header(request.id, exc.code, exc.message), None, False)
         except Exception as exc:  # a bug in a handler ends its job, never the server
             log.error("%s %r failed:\n%s", request.op, request.id, traceback.format_exc())

@@ -9,7 +9,7 @@ source bone drives keep an identity local rotation (they follow their parent).
 Any other humanoid: `propose_map` tries those tables, then naming conventions (`match_by_names`: Unreal,
 Unity, Biped, the Hips/Chest/Collar/Shoulder/Elbow/Wrist/Hip/Knee/Ankle BVH family, prefixes and side
 marks of every kind), then the skeleton's shape (`match_by_topology`); `check_map` refuses a map that
-names missing bones or joints, naming them. Binding's per-frame solver is bridge/retarget.py.
+names missing bones or joints, naming them. Binding's per-frame solver is bridge/rig/retarget.py.
 
 Quaternions are (w, x, y, z). Retargeting transfers each mapped bone's world-space rotation delta
 `posed_world · rest_world⁻¹` to its template joint and converts the result to template-local

@@ -7,9 +7,12 @@
 
 Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
 the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
-memory only. --config reads a YAML file of backend.pipelines.avatar_service.ServiceConfig fields (the model:
-a package under checkpoints/, a folder or a dit .safetensors, default the shipped genlca-small; device,
-limits); --set overrides single fields (e.g. --set model=/models/studio-v2).
+memory only. Every setting is a field of backend.service.config.ServiceConfig: --config reads a YAML file
+of them (the model: a package under checkpoints/, a folder or a dit .safetensors, default the shipped
+genlca-small; device, socket, queue, limits), --set overrides single fields (e.g. --set model=/models/studio-v2),
+and the flags above override both (each flag is the twin of one field: --bind bind, --keys-dir keys_dir,
+--max-message-mb max_message_mb, --queue-size queue_size, --heartbeat-s heartbeat_s, --avatar-dir avatar_dir,
+--no-persist persist=false).
 
 `serve` loads the model before it binds: a missing, truncated or foreign checkpoint exits with status 2 and
 a message naming the file and the problem. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
@@ -21,6 +24,7 @@ has stopped between frames; a second signal exits at once (status 128 + signal).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -29,35 +33,48 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import zmq
+import zmq.auth
 
-def build_service(avatar_dir: str | None = None, config: Any = None):
+from backend.config import ConfigError, apply_overrides, load_config
+from backend.pipelines.model_bundle import ModelError
+from backend.pipelines.store import PersistentAvatarStore, default_avatar_dir
+from backend.service.config import ServiceConfig
+from backend.service.handlers import AvatarService, default_service
+from backend.service.server import BackendServer
+from bridge.wire.keys import check_z85_key, read_public_certificate, write_public_certificate
+
+# flag -> the ServiceConfig field it sets (a flag left out keeps the config file's value)
+FLAG_FIELDS = {"bind": "bind", "keys_dir": "keys_dir", "max_message_mb": "max_message_mb",
+               "queue_size": "queue_size", "heartbeat_s": "heartbeat_s", "avatar_dir": "avatar_dir"}
+
+
+def service_config(args: argparse.Namespace) -> ServiceConfig:
+    """--config, then --set, then the flags. Raises ConfigError (or ValueError from a bad value)."""
+    config = load_config(args.config, ServiceConfig) if args.config else ServiceConfig()
+    config = apply_overrides(config, args.set or [])
+    flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    if args.no_persist:
+        flags["persist"] = False
+    return dataclasses.replace(config, **flags) if flags else config
+
+
+def build_service(avatar_dir: str | None = None, config: ServiceConfig | None = None) -> tuple[AvatarService, str]:
     """(AvatarService, description of where avatars are kept). With avatar_dir, avatars are also kept as
     files there (PersistentAvatarStore)."""
-    from backend.pipelines import default_service
-
     if avatar_dir is None:
         return default_service(config=config), "avatars in memory only"
-    from backend.pipelines.store import PersistentAvatarStore
-
     store = PersistentAvatarStore(avatar_dir)
     return default_service(store=store, config=config), f"avatars kept in {store.folder}"
 
 
 def serve(args: argparse.Namespace) -> int:
-    from backend.config import ConfigError, apply_overrides, load_config
-    from backend.pipelines.avatar_service import ServiceConfig
-    from backend.pipelines.store import default_avatar_dir
-    from backend.server import BackendServer
-
     try:
-        config = load_config(args.config, ServiceConfig) if args.config else ServiceConfig()
-        config = apply_overrides(config, args.set or [])
-    except ConfigError as exc:
+        config = service_config(args)
+    except (ConfigError, ValueError) as exc:
         print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
         return 2
-    avatar_dir = None if args.no_persist else (args.avatar_dir or str(default_avatar_dir()))
-    from backend.pipelines.model_bundle import ModelError
-
+    avatar_dir = None if not config.persist else (config.avatar_dir or str(default_avatar_dir()))
     try:
         service, source = build_service(avatar_dir, config)
     except OSError as exc:
@@ -69,21 +86,18 @@ def serve(args: argparse.Namespace) -> int:
         print(f"genlca-backend: cannot load the model: {exc}", file=sys.stderr)
         return 2
     source = f"model {model['name']} (sha256 {model['sha256']}, R={model['resolution']}), {source}"
-    handlers = service.handlers()
-    import zmq
-
     try:
-        server = BackendServer(args.bind, handlers, keys_dir=args.keys_dir, queue_size=args.queue_size,
-                               max_message_bytes=int(args.max_message_mb * (1 << 20)),
-                               heartbeat_s=args.heartbeat_s, send_hwm=config.send_hwm,
-                               max_queued_bytes=int(config.max_queued_mb * (1 << 20)),
+        server = BackendServer(config.bind, service.handlers(), keys_dir=config.keys_dir or None,
+                               queue_size=config.queue_size, max_message_bytes=config.max_message_bytes,
+                               heartbeat_s=config.heartbeat_s, client_timeout_s=config.client_timeout_s,
+                               send_hwm=config.send_hwm, max_queued_bytes=config.max_queued_bytes,
                                max_client_jobs=config.max_client_jobs, admission=config.check_request,
                                hello_extra=service.hello_fields)
     except (PermissionError, FileNotFoundError, ValueError) as exc:
         print(f"genlca-backend: {exc}", file=sys.stderr)
         return 2
     except zmq.ZMQError as exc:
-        print(f"genlca-backend: cannot bind {args.bind}: {exc}", file=sys.stderr)
+        print(f"genlca-backend: cannot bind {config.bind}: {exc}", file=sys.stderr)
         return 2
     stopping = []
 
@@ -107,8 +121,6 @@ CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def keys(args: argparse.Namespace) -> int:
-    import zmq.auth
-
     folder = Path(args.keys_dir)
     if args.add_client is not None or args.public_key is not None:
         return add_client(folder, args.add_client, args.public_key, args.replace)
@@ -122,10 +134,6 @@ def keys(args: argparse.Namespace) -> int:
 def add_client(folder: Path, name: str | None, public_key: str | None, replace: bool = False) -> int:
     """Write folder/authorized_clients/NAME.key (a zmq public certificate) for one client's Z85 key. An
     existing NAME with another key is kept unless `replace` (the same key again is a no-op)."""
-    import zmq.auth
-
-    from bridge.keys import check_z85_key, read_public_certificate, write_public_certificate
-
     if not name or not CLIENT_NAME.fullmatch(name):
         print(f"genlca-backend: --add-client needs a name of letters, digits, '_', '.', '-' (at most 64), "
               f"got {name!r}", file=sys.stderr)
@@ -161,11 +169,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="genlca-backend", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the backend service")
-    s.add_argument("--bind", default="tcp://127.0.0.1:5555", help="ZeroMQ endpoint (default: %(default)s)")
+    d = ServiceConfig()   # the flags' defaults are the config's; a flag left out keeps the --config value
+    s.add_argument("--bind", default=None, help=f"ZeroMQ endpoint (default: {d.bind})")
     s.add_argument("--keys-dir", default=None, help="folder with server.key_secret (CURVE); needed off loopback")
-    s.add_argument("--max-message-mb", type=float, default=1024.0, help="largest message accepted, MiB")
-    s.add_argument("--queue-size", type=int, default=16, help="jobs waiting at most (default: %(default)s)")
-    s.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval, seconds")
+    s.add_argument("--max-message-mb", type=float, default=None,
+                   help=f"largest message accepted, MiB (default: {d.max_message_mb:g})")
+    s.add_argument("--queue-size", type=int, default=None, help=f"jobs waiting at most (default: {d.queue_size})")
+    s.add_argument("--heartbeat-s", type=float, default=None,
+                   help=f"heartbeat interval, seconds (default: {d.heartbeat_s:g})")
     s.add_argument("--avatar-dir", default=None,
                    help="keep avatars as files here (default: $GENLCA_AVATAR_DIR or ~/.cache/genlca/avatars)")
     s.add_argument("--no-persist", action="store_true", help="keep avatars in memory only")

@@ -15,11 +15,11 @@ Pirate) and every pending request fails with timeout. While requests are in flig
 every heartbeat_s, so the server can tell a slow client from a vanished one.
 
 CURVE: with server_public_key the socket is a CURVE client. Its own keypair is client_public_key /
-client_secret_key when given (a persistent pair, bridge.keys.load_or_create_client_keypair, that the
+client_secret_key when given (a persistent pair, bridge.wire.keys.load_or_create_client_keypair, that the
 server's allow-list can name), else a fresh pair per connection (accepted only by servers without one).
 
 Routing id: every socket takes a random 16-byte routing id that does not start with a zero byte, so the
-server's ROUTER never auto-assigns one to it (see backend.server.unpredictable_routing_ids).
+server's ROUTER never auto-assigns one to it (see backend.service.server.unpredictable_routing_ids).
 
 Zero-copy sends: large arrays go out as memoryviews with `track=True`; the client keeps them referenced
 until libzmq is done with them (sending from a buffer freed too early crashes with "Bad address").
@@ -37,9 +37,9 @@ import numpy as np
 import zmq
 import zmq.auth
 
-from bridge import protocol
-from bridge.codec import ProtocolError, decode, encode, request_header
-from bridge.protocol import Request
+from bridge.wire import protocol
+from bridge.wire.codec import ProtocolError, decode, encode, request_header
+from bridge.wire.protocol import Request
 
 log = logging.getLogger("genlca.bridge")
 
@@ -125,7 +125,7 @@ class BridgeClient:
     def __init__(self, address: str = DEFAULT_ADDRESS, *, server_public_key: bytes | str | os.PathLike | None = None,
                  client_public_key: bytes | str | None = None, client_secret_key: bytes | str | None = None,
                  timeout_s: float = 10.0, heartbeat_s: float = 1.0, max_message_bytes: int = 1 << 30) -> None:
-        from bridge.keys import check_z85_key
+        from bridge.wire.keys import check_z85_key
 
         self.address = address
         self.timeout_s = float(timeout_s)

@@ -6,7 +6,7 @@
 The pair lives in `folder/client.key_secret` (the zmq certificate format: `zmq.auth.load_certificate`
 reads it) with 0600 permissions, and the public half in `folder/client.key` to hand to the server's
 operator (`genlca-backend keys --keys-dir K --add-client NAME --public-key <Z85>`). Files are written to a
-fresh temporary name created exclusively (`bridge.files.write_atomic`: nothing planted there is
+fresh temporary name created exclusively (`bridge.files.atomic.write_atomic`: nothing planted there is
 followed) and renamed into place. Standard library and pyzmq only: the Blender add-on calls this.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import zmq
 from zmq.utils import z85
 
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 
 SECRET_FILE = "client.key_secret"
 PUBLIC_FILE = "client.key"

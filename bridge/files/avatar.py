@@ -6,7 +6,7 @@ written here with numpy alone. The backend (`backend/avatar/avatar_file.py`, `ba
 writes the same bytes; tests hold the two sides against each other.
 
     avatar = read_avatar_file(path)        # .safetensors (rigged) or .ply (splats, unrigged)
-    avatar.arrays                          # the bridge.protocol.AVATAR_ARRAYS names (skin/skeleton only if rigged)
+    avatar.arrays                          # the bridge.wire.protocol.AVATAR_ARRAYS names (skin/skeleton only if rigged)
     write_ply(path, avatar.arrays, y_up=True)   # for viewers that expect Y-up
 
 Axes: GenLCA is metres, right-handed, Z-up (Blender's world). The PLY header says so in a comment
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge.files import write_atomic
+from bridge.files.atomic import write_atomic
 
 AVATAR_FORMAT = "genlca-avatar"
 AVATAR_VERSION = 1
@@ -121,8 +121,8 @@ def write_safetensors(path: str | os.PathLike, arrays: dict[str, np.ndarray], me
 # ------------------------------------------------------------------ the GenLCA avatar
 def read_avatar(path: str | os.PathLike) -> AvatarFile:
     """A GenLCA avatar `.safetensors` (rigged Gaussians + skeleton + meta), checked like wire arrays."""
-    from bridge import protocol
-    from bridge.codec import ProtocolError, check_arrays
+    from bridge.wire import protocol
+    from bridge.wire.codec import ProtocolError, check_arrays
 
     path = Path(path)
     tensors, metadata = read_safetensors(path)

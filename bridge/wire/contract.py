@@ -1,6 +1,7 @@
 """The array contract, checked once: a named array's dtype and its shape against a pattern such as "N,3"
-or "F,J,4" (bridge.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
-arrays; `check_range` holds values to a range. numpy + stdlib only: the codec, the backend and the Blender add-on all use it.
+or "F,J,4" (bridge.wire.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
+arrays; `check_range` holds values to a range. numpy + stdlib only: the codec, the backend and the Blender
+add-on all use it.
 
 The error type is the caller's: the codec raises its ProtocolError(E_BAD_ARRAY) through `error`, the
 add-on a ValueError (the default).

@@ -1,90 +1,46 @@
-"""The avatar operations the backend serves, as a thin protocol adapter over the pipelines.
+"""The avatar operations the backend serves: each handler checks its request, calls the pipelines
+(backend/pipelines: generate, edit, photo, avatars) with the job's progress callback and cancel check, and
+maps the pipelines' domain errors to wire errors (HandlerError with a bridge.wire.protocol code):
 
-`AvatarService` checks each request, calls a pipeline (`generate.py`, `edit.py`; posing and rendering
-here) with the job's progress callback and cancel check, decodes token maps into rigged Gaussians and
-keeps the avatar in the store. The model comes from a checkpoint (`ServiceConfig.model`, resolved by
-`model_bundle.load_bundle`): resolution, channels, Gaussians per texel, SH degree and template are the
-checkpoint's, never the service's. Every generate/edit reply's `meta` names the model (name, version,
-sha256 prefix) and what the request used.
+    AvatarNotFound -> not_found    BadInput -> bad_array    PerceptionError, any other ValueError -> invalid_argument
+    SamplingCancelled -> the job's own cancellation
+
+The model comes from a checkpoint (`ServiceConfig.model`, resolved by `model_bundle.load_bundle`):
+resolution, channels, Gaussians per texel, SH degree and template are the checkpoint's, never the
+service's. Every generate/edit reply's `meta` names the model (name, version, sha256 prefix) and what the
+request used. `default_service()` is what `genlca-backend serve` runs; `default_handlers()` gives just its
+handlers.
 """
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 import threading
 import uuid
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from bridge import protocol
-from bridge.protocol import Request
-
-
-@dataclasses.dataclass
-class ServiceConfig:
-    """What `genlca-backend serve --config FILE.yaml` (or `--set key=value`) sets (backend/config.py)."""
-
-    model: str = "default"         # a model package under checkpoints/, a folder, or a dit .safetensors
-    text_encoder: str = ""         # "" = the checkpoint's own; else "minilm", "hashing" or a folder
-    max_render_pixels: int = 2048 * 2048
-    max_frames: int = 2000
-    max_steps: int = 200            # sampler steps one generate/edit may ask for
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Bounds on what clients can make the backend hold or do (docs/ARCHITECTURE.md, "Threat model").
-    max_render_cost: int = 1024 * 1024 * 1000   # width x height x frames of one render job
-    max_image_pixels: int = 4096 * 4096         # generate's reference image
-    max_queued_mb: float = 2048.0               # bytes of all queued and running requests
-    max_client_jobs: int = 8                    # jobs one client may have queued or running
-    send_hwm: int = 256                         # replies waiting for one client before it counts as not reading
-    # The renderer's own cost unit: Gaussian-tile pairs of one frame (backend.render.frame_cost). A body
-    # filling a 2048^2 frame makes ~1e6; a camera 3 cm from a body shrunk to 2 cm at 2048^2, 4e8.
-    max_render_tile_pairs: int = 1 << 25        # per frame; counted before the frame is rasterised (too_costly)
-    render_block_pairs: int = 1 << 22           # pairs listed at once (~32 bytes each): the CPU twin's memory
-
-    def __post_init__(self) -> None:
-        for name in ("max_render_pixels", "max_frames", "max_steps", "max_render_cost", "max_image_pixels",
-                     "max_queued_mb", "max_client_jobs", "send_hwm", "max_render_tile_pairs", "render_block_pairs"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-
-    def check_request(self, request: Request, arrays: dict[str, np.ndarray]) -> None:
-        """Per-job cost limits, checked by the server before a job is queued (BackendServer admission).
-        Raises bridge.codec.ProtocolError with too_costly / too_large / invalid_argument."""
-        from bridge.codec import ProtocolError
-
-        if isinstance(request, protocol.Render):
-            rotations = arrays.get("joint_rotations")
-            frames = int(rotations.shape[0]) if rotations is not None and rotations.ndim >= 1 else 0
-            if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192):
-                raise ProtocolError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of "
-                                    f"range (1..8192 each)")
-            cost = request.width * request.height * frames
-            if cost > self.max_render_cost:
-                raise ProtocolError(protocol.E_TOO_COSTLY, f"render of {frames} frames at {request.width}x"
-                                    f"{request.height} is {cost} pixel-frames, the limit per job is "
-                                    f"{self.max_render_cost}; render fewer frames or smaller")
-            for name, a in arrays.items():   # named as the handler names it (bad_array), before the ranges
-                if a.dtype.kind == "f" and not np.isfinite(a).all():
-                    raise ProtocolError(protocol.E_BAD_ARRAY, f"{name} contains NaN or inf")
-            try:
-                check_pose_ranges(arrays, request.width, request.height)
-            except ValueError as exc:
-                raise ProtocolError(protocol.E_INVALID, str(exc)) from None
-        elif isinstance(request, protocol.Generate) and "image" in arrays:
-            image = arrays["image"]
-            pixels = int(np.prod(image.shape[:2])) if image.ndim >= 2 else 0
-            if pixels > self.max_image_pixels:
-                raise ProtocolError(protocol.E_TOO_LARGE, f"reference image of {image.shape[1]}x{image.shape[0]} "
-                                    f"pixels is above the limit of {self.max_image_pixels} pixels")
+from backend.perception.media import PerceptionError
+from backend.pipelines.avatars import (decode_avatar, export_avatar, find_avatar, render_frames,
+                                       resolve_device)
+from backend.pipelines.edit import edit_text, regenerate_auto, regenerate_region
+from backend.pipelines.errors import AvatarNotFound, BadInput
+from backend.pipelines.generate import SamplerSettings, generate_tokens
+from backend.pipelines.model_bundle import load_bundle
+from backend.pipelines.photo import observe_photo
+from backend.pipelines.store import AvatarStore
+from backend.sampling.solvers import SamplingCancelled
+from backend.render import RenderCostError
+from backend.service.config import CHAIN_SCALE_RANGE, ServiceConfig, check_pose_ranges
+from backend.service.queue import HandlerError, JobContext
+from bridge.wire import protocol
+from bridge.wire.protocol import Request
 
 
 class AvatarService:
     """The model bundle (loaded once) and the handlers over it.
 
-    Handlers follow backend.jobs' signature: (request, arrays, ctx) -> (header fields, arrays).
+    Handlers follow backend.service.queue's signature: (request, arrays, ctx) -> (header fields, arrays).
     """
 
     def __init__(self, store, config: ServiceConfig | None = None, bundle=None) -> None:
@@ -96,17 +52,12 @@ class AvatarService:
     # ------------------------------------------------------------------ set-up
     @property
     def device(self) -> torch.device:
-        want = self.config.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.device(want)
+        return resolve_device(self.config.device)
 
     def bundle(self):
         """The model package (backend.pipelines.model_bundle); loaded on first use. Raises ModelError."""
         with self._lock:
             if self._bundle is None:
-                from backend.pipelines.model_bundle import load_bundle
-
                 self._bundle = load_bundle(self.config.model, str(self.device), self.config.text_encoder or None)
             return self._bundle
 
@@ -120,44 +71,22 @@ class AvatarService:
                 "render": self.render, "export": self.export}
 
     # ------------------------------------------------------------------ helpers
-    def _decode_and_store(self, tokens: torch.Tensor, meta: dict[str, Any], ctx) -> dict[str, Any]:
-        from backend.avatar.avatar_file import AvatarRecord
-        from backend.avatar.tokens import decode
-
-        bundle = self.bundle()
+    def _decode_and_store(self, tokens: torch.Tensor, meta: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
         ctx.progress("decode", 0, 1)
-        with torch.no_grad():
-            gaussians = decode(tokens.to(self.device), bundle.layout, bundle.decoder).to("cpu")
+        record = decode_avatar(self.bundle(), tokens, meta, self.device)
         ctx.check_cancelled()
-        template = bundle.template
-        model = bundle.describe()
-        record = AvatarRecord(
-            gaussians=gaussians.detach(), tokens=tokens.detach().cpu(), joint_names=list(template.joint_names),
-            joint_parents=np.asarray(template.joint_parents, dtype=np.int32),
-            rest_matrices=np.asarray(template.rest_matrices, dtype=np.float32),
-            joint_tails=np.asarray(template.joint_tails, dtype=np.float32),
-            meta={**meta, "generator": f"genlca-dit {model['name']}",
-                  "model": {k: model[k] for k in ("name", "version", "sha256")}, "template": template.name,
-                  "resolution": bundle.resolution, "gaussians": len(gaussians)})
         avatar_id = uuid.uuid4().hex[:12]
         self.store.put(avatar_id, record)
         ctx.progress("decode", 1, 1)
         return {"avatar_id": avatar_id, "meta": record.meta}
 
     def _record(self, avatar_id: str):
-        from backend.jobs import HandlerError
+        try:
+            return find_avatar(self.store, avatar_id)
+        except AvatarNotFound as exc:
+            raise HandlerError(protocol.E_NOT_FOUND, str(exc)) from None
 
-        record = self.store.get(avatar_id)
-        if record is None:  # the message names no path: a remote client has no business with the server's folders
-            where = "in memory or in the avatar folder" if getattr(self.store, "folder", None) is not None else \
-                "in memory (this backend keeps avatars in memory only: --no-persist)"
-            raise HandlerError(protocol.E_NOT_FOUND, f"no avatar with id {avatar_id!r} {where}; generate it again")
-        return record
-
-    def _settings(self, request):
-        from backend.jobs import HandlerError
-        from backend.pipelines.generate import SamplerSettings
-
+    def _settings(self, request) -> SamplerSettings:
         if not 1 <= request.steps <= self.config.max_steps:
             raise HandlerError(protocol.E_INVALID, f"steps must be in 1..{self.config.max_steps}, got {request.steps}")
         try:
@@ -166,11 +95,8 @@ class AvatarService:
             raise HandlerError(protocol.E_INVALID, str(exc)) from None
 
     @staticmethod
-    def _run(fn, ctx):
+    def _run(fn: Callable, ctx: JobContext):
         """Run a pipeline with the job's progress and cancel; a cancel between steps ends the job."""
-        from backend.jobs import HandlerError
-        from backend.sampling.solvers import SamplingCancelled
-
         try:
             return fn(lambda stage, i, n: ctx.progress(stage, i, n), lambda: bool(getattr(ctx, "cancelled", False)))
         except SamplingCancelled:
@@ -180,11 +106,7 @@ class AvatarService:
             raise HandlerError(protocol.E_INVALID, str(exc)) from None
 
     # ------------------------------------------------------------------ generate / edit
-    def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.jobs import HandlerError
-        from backend.pipelines.generate import generate_tokens
-        from backend.pipelines.photo import PerceptionError, observe_photo
-
+    def generate(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Generate)
         image = arrays.get("image")
         if image is not None and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3
@@ -218,10 +140,7 @@ class AvatarService:
             meta["photo"] = photo.info
         return self._decode_and_store(tokens, meta, ctx), {}
 
-    def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.jobs import HandlerError
-        from backend.pipelines.edit import edit_text, regenerate_auto, regenerate_region
-
+    def edit(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Edit)
         if arrays:
             raise HandlerError(protocol.E_BAD_ARRAY, f"edit takes no arrays, got {sorted(arrays)}")
@@ -263,76 +182,54 @@ class AvatarService:
         return self._decode_and_store(tokens, meta, ctx), {}
 
     # ------------------------------------------------------------------ get / render / export
-    def get_avatar(self, request: Request, arrays: dict[str, np.ndarray], ctx):
+    def get_avatar(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.GetAvatar)
         record = self._record(request.avatar_id)
         return ({"avatar_id": request.avatar_id, "joint_names": list(record.joint_names), "meta": record.meta},
                 avatar_arrays(record))
 
-    def render(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.avatar.skinning import pose
-        from backend.jobs import HandlerError
-        from backend.render import RenderCostError, RenderOptions, render
-        from backend.render.camera import Camera
-
+    def render(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Render)
         record = self._record(request.avatar_id)
         poses, roots, w2c, intr, locations, scales = check_render_request(request, arrays, len(record.joint_names),
                                                                           self.config)
         if scales is not None:
             check_chain_scales(scales, np.asarray(record.joint_parents), list(record.joint_names))
-        skeleton = record_skeleton(record)
-        device = self.device
-        gaussians = record.gaussians.to(device)
-        options = RenderOptions(background=tuple(float(c) for c in request.background),
-                                max_tile_pairs=self.config.max_render_tile_pairs,
-                                block_pairs=self.config.render_block_pairs)
         frames = poses.shape[0]
-        for f in range(frames):
-            ctx.check_cancelled()
-            fitted = {} if scales is None else {"joint_locations": torch.from_numpy(locations[f]),
-                                                "joint_scales": torch.from_numpy(scales[f])}
-            posed = pose(gaussians, skeleton, torch.from_numpy(poses[f]), torch.from_numpy(roots[f]), **fitted)
-            if not bool(torch.isfinite(posed.means).all()):   # the ranges above keep this from happening
-                raise HandlerError(protocol.E_INVALID, f"frame {f}: the pose moves Gaussians to non-finite "
-                                   f"positions; keep joint_scales, joint_locations and root_translations in range")
-            try:
-                camera = Camera(world_to_camera=torch.from_numpy(w2c[f]), intrinsics=torch.from_numpy(intr[f]),
-                                width=request.width, height=request.height)
-            except ValueError as exc:
-                raise HandlerError(protocol.E_BAD_ARRAY, f"frame {f}: {exc}") from None
-            try:
-                with torch.no_grad():
-                    out = render(posed, camera, options=options, between_blocks=ctx.check_cancelled)
-            except RenderCostError as exc:
-                raise HandlerError(protocol.E_TOO_COSTLY, f"render frame {f}: {exc}") from None
-            rgba = torch.cat([out.rgb[0], out.alpha[0]], dim=-1)  # (H, W, 4)
-            rgba8 = (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
-            ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
+        try:
+            for f, rgba8 in enumerate(render_frames(record, poses, roots, w2c, intr, request.width, request.height,
+                                                    request.background, self.device, joint_locations=locations,
+                                                    joint_scales=scales, check_cancelled=ctx.check_cancelled,
+                                                    max_tile_pairs=self.config.max_render_tile_pairs,
+                                                    block_pairs=self.config.render_block_pairs)):
+                ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
+        except BadInput as exc:
+            raise HandlerError(protocol.E_BAD_ARRAY, str(exc)) from None
+        except RenderCostError as exc:   # the frame's Gaussian-tile pairs, counted before it was rasterised
+            raise HandlerError(protocol.E_TOO_COSTLY, f"render {exc}") from None
         return {"frames": frames, "avatar_id": request.avatar_id}, {}
 
-    def export(self, request: Request, arrays: dict[str, np.ndarray], ctx):
-        from backend.avatar.avatar_file import save_avatar
-        from backend.avatar.ply import save_ply
-        from backend.jobs import HandlerError
-
+    def export(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
         assert isinstance(request, protocol.Export)
         if request.format not in protocol.EXPORT_FORMATS:
             raise HandlerError(protocol.E_INVALID,
                                f"unknown export format {request.format!r}; expected one of {protocol.EXPORT_FORMATS}")
         record = self._record(request.avatar_id)
-        suffix = ".ply" if request.format == "ply" else ".safetensors"
-        with tempfile.TemporaryDirectory(prefix="genlca-export-") as tmp:
-            path = Path(tmp) / f"avatar{suffix}"
-            if request.format == "ply":
-                save_ply(path, record.gaussians)
-            else:
-                save_avatar(path, record)
-            data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+        data, suffix = export_avatar(record, request.format)
         return {"filename": f"genlca-{request.avatar_id}{suffix}", "format": request.format}, {"file": data}
 
 
-# ---------------------------------------------------------------------- free functions
+def default_service(store=None, config: ServiceConfig | None = None) -> AvatarService:
+    """What `genlca-backend serve` runs: the model package named by ServiceConfig.model (diffusion model,
+    token decoder, optional tokenizer) over the avatar core; avatars in `store` (default: in memory)."""
+    return AvatarService(store if store is not None else AvatarStore(), config)
+
+
+def default_handlers(store=None, config: ServiceConfig | None = None) -> dict[str, Any]:
+    return default_service(store, config).handlers()
+
+
+# ---------------------------------------------------------------------- wire <-> record
 def avatar_arrays(record) -> dict[str, np.ndarray]:
     """The AVATAR_ARRAYS of a stored avatar, as wire dtypes."""
     g = record.gaussians
@@ -350,19 +247,10 @@ def avatar_arrays(record) -> dict[str, np.ndarray]:
     }
 
 
-def record_skeleton(record):
-    from backend.avatar.skinning import Skeleton
-
-    return Skeleton(list(record.joint_names), torch.as_tensor(np.asarray(record.joint_parents), dtype=torch.long),
-                    torch.as_tensor(np.asarray(record.rest_matrices), dtype=torch.float32))
-
-
 def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, config: ServiceConfig):
     """Validate a render request's arrays against RENDER_ARRAYS and the optional RENDER_POSE_ARRAYS; returns
     joint_rotations, root_translations, world_to_camera, intrinsics, joint_locations and joint_scales as
     float32 numpy (the last two None when absent; one alone gets the other's neutral value)."""
-    from backend.jobs import HandlerError
-
     if not (1 <= request.width <= 8192 and 1 <= request.height <= 8192) or \
             request.width * request.height > config.max_render_pixels:
         raise HandlerError(protocol.E_INVALID, f"render size {request.width}x{request.height} is out of range "
@@ -415,54 +303,9 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
     return tuple(out)
 
 
-# What a real rig and camera produce, with room to spare: a pose or camera outside is a mistake or an attack,
-# refused by name (invalid_argument) before float32 overflows into `internal` (issue 24).
-MAX_TRANSLATION_M = 1e4          # root_translations, camera positions: 10 km
-MAX_BONE_OFFSET_M = 1e3          # joint_locations: a pose bone's offset from its rest head
-BONE_SCALE_RANGE = (1e-3, 1e3)   # joint_scales of one bone
-CHAIN_SCALE_RANGE = (1e-4, 1e4)  # the product of the scales from the root down to a bone
-QUATERNION_NORM_RANGE = (1e-6, 1e6)
-MAX_FOCAL_PER_PIXEL = 1e4        # fx / width: a 0.006 degree field of view
-MAX_PRINCIPAL_OFFSET = 100.0     # |cx|, |cy| in image sizes (Blender's shift is at most 10)
-
-
-def check_pose_ranges(arrays: dict[str, np.ndarray], width: int, height: int) -> None:
-    """Every pose and camera value of a render request within what a rig produces (the ranges above);
-    ValueError naming the array, the first bad element, its value and the range. Arrays that are absent or of
-    the wrong shape are skipped (the shape checks name those)."""
-    from bridge.contract import check_range
-
-    def get(name: str, ndim: int) -> np.ndarray | None:
-        a = arrays.get(name)
-        return a if a is not None and a.ndim == ndim and a.dtype.kind == "f" else None
-
-    if (q := get("joint_rotations", 3)) is not None and q.shape[-1] == 4:
-        check_range(np.linalg.norm(q.astype(np.float64), axis=-1), "joint_rotations", *QUATERNION_NORM_RANGE,
-                    what="quaternion norm")
-    if (t := get("root_translations", 2)) is not None:
-        check_range(t, "root_translations", -MAX_TRANSLATION_M, MAX_TRANSLATION_M, what="metres")
-    if (loc := get("joint_locations", 3)) is not None:
-        check_range(loc, "joint_locations", -MAX_BONE_OFFSET_M, MAX_BONE_OFFSET_M, what="metres")
-    if (s := get("joint_scales", 2)) is not None:
-        check_range(s, "joint_scales", *BONE_SCALE_RANGE, what="bone scale")
-    if (m := get("world_to_camera", 3)) is not None and m.shape[1:] == (4, 4):
-        check_range(m[:, :3, 3], "world_to_camera", -MAX_TRANSLATION_M, MAX_TRANSLATION_M,
-                    what="translation in metres")
-    if (k := get("intrinsics", 3)) is not None and k.shape[1:] == (3, 3):
-        size = np.array([width, height], np.float64)
-        focal = np.stack([k[:, 0, 0], k[:, 1, 1]], -1) / size    # (F, 2)
-        check_range(focal, "intrinsics", 0.0, MAX_FOCAL_PER_PIXEL, what="fx / width, fy / height",
-                    low_inclusive=False)
-        centre = np.stack([k[:, 0, 2], k[:, 1, 2]], -1) / size   # (F, 2)
-        check_range(centre, "intrinsics", -MAX_PRINCIPAL_OFFSET, MAX_PRINCIPAL_OFFSET,
-                    what="cx / width, cy / height")
-
-
 def check_chain_scales(scales: np.ndarray, parents: np.ndarray, joint_names: list[str]) -> None:
     """joint_scales (F, J) compound down the skeleton: each bone's product from the root within
     CHAIN_SCALE_RANGE. HandlerError(invalid_argument) naming the frame and the bone."""
-    from backend.jobs import HandlerError
-
     logs = np.log(scales.astype(np.float64))   # (F, J), scales already checked positive and finite
     chain = np.zeros_like(logs)
     for j, p in enumerate(parents.tolist()):   # parents come before children (the template's order)

@@ -1,0 +1,1 @@
+"""Pure maths both sides share: `cameras` (Blender camera -> OpenCV camera). numpy + stdlib."""
