@@ -1,6 +1,6 @@
 """`genlca-backend`: run the GenLCA service, or make its CURVE keys.
 
-    genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 1024] [--queue-size 16]
+    genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 64] [--queue-size 16]
                          [--avatar-dir DIR | --no-persist] [--config service.yaml] [--set key=value ...]
     genlca-backend keys --keys-dir DIR [--name server]
     genlca-backend keys --keys-dir DIR --add-client NAME --public-key Z85 [--replace]   # allow one client key
@@ -92,7 +92,8 @@ def serve(args: argparse.Namespace) -> int:
                                heartbeat_s=config.heartbeat_s, client_timeout_s=config.client_timeout_s,
                                send_hwm=config.send_hwm, max_queued_bytes=config.max_queued_bytes,
                                max_client_jobs=config.max_client_jobs, admission=config.check_request,
-                               hello_extra=service.hello_fields)
+                               hello_extra=service.hello_fields, max_unread_reply_bytes=config.max_unread_reply_bytes,
+                               max_inbound_bytes=config.max_inbound_bytes)
     except (PermissionError, FileNotFoundError, ValueError) as exc:
         print(f"genlca-backend: {exc}", file=sys.stderr)
         return 2

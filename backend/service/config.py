@@ -37,7 +37,9 @@ class ServiceConfig:
     persist: bool = True           # False: avatars in memory only
     # the server (flags: --queue-size, --max-message-mb, --heartbeat-s)
     queue_size: int = 16           # jobs waiting at most
-    max_message_mb: float = 1024.0  # largest message accepted, MiB (libzmq drops the connection above it)
+    max_message_mb: float = 64.0   # largest request accepted, MiB: the largest legal one is generate with a
+    #                                 4096^2 photo (48 MiB); libzmq drops a connection that sends more
+    max_inbound_mb: float = 512.0  # unfinished requests of all connections (half-received, not yet taken)
     heartbeat_s: float = 1.0       # heartbeat interval to clients with jobs
     client_timeout_s: float = 30.0  # a client silent this long while it has jobs is gone
     # Bounds on what clients can make the backend hold or do (docs/ARCHITECTURE.md, "Threat model").
@@ -49,6 +51,7 @@ class ServiceConfig:
     max_queued_mb: float = 2048.0               # bytes of all queued and running requests
     max_client_jobs: int = 8                    # jobs one client may have queued or running
     send_hwm: int = 256                         # replies waiting for one client before it counts as not reading
+    max_unread_reply_mb: float = 64.0           # reply bytes one client has not read before its jobs end
     # The renderer's own cost unit: Gaussian-tile pairs of one frame (backend.render.frame_cost). A body
     # filling a 2048^2 frame makes ~1e6; a camera 3 cm from a body shrunk to 2 cm at 2048^2, 4e8.
     max_render_tile_pairs: int = 1 << 25        # per frame; counted before the frame is rasterised (too_costly)
@@ -57,13 +60,22 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         for name in ("max_render_pixels", "max_frames", "max_steps", "max_render_cost", "max_image_pixels",
                      "max_queued_mb", "max_client_jobs", "send_hwm", "queue_size", "max_message_mb", "heartbeat_s",
-                     "client_timeout_s", "max_render_tile_pairs", "render_block_pairs"):
+                     "client_timeout_s", "max_render_tile_pairs", "render_block_pairs", "max_inbound_mb",
+                     "max_unread_reply_mb"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * (1 << 20))
+
+    @property
+    def max_unread_reply_bytes(self) -> int:
+        return int(self.max_unread_reply_mb * (1 << 20))
+
+    @property
+    def max_inbound_bytes(self) -> int:
+        return int(self.max_inbound_mb * (1 << 20))
 
     @property
     def max_queued_bytes(self) -> int:
