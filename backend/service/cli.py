@@ -42,7 +42,7 @@ from backend.pipelines.store import PersistentAvatarStore, default_avatar_dir
 from backend.service.config import ServiceConfig
 from backend.service.handlers import AvatarService, default_service
 from backend.service.server import BackendServer
-from bridge.wire.keys import check_z85_key, read_public_certificate, write_public_certificate
+from bridge.wire.keys import check_z85_key, read_authorized_clients, read_public_certificate, write_public_certificate
 
 # flag -> the ServiceConfig field it sets (a flag left out keeps the config file's value)
 FLAG_FIELDS = {"bind": "bind", "keys_dir": "keys_dir", "max_message_mb": "max_message_mb",
@@ -74,6 +74,13 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
         return 2
+    clients = Path(config.keys_dir) / "authorized_clients" if config.keys_dir else None
+    if clients is not None and clients.is_dir():   # before the model loads: a bad key file fails fast
+        try:
+            read_authorized_clients(clients)
+        except ValueError as exc:
+            print(f"genlca-backend: {exc}", file=sys.stderr)
+            return 2
     avatar_dir = None if not config.persist else (config.avatar_dir or str(default_avatar_dir()))
     try:
         service, source = build_service(avatar_dir, config)

@@ -647,7 +647,7 @@ class BackendServer:
                 raise ProtocolError(exc.code, exc.message, rid) from None
         if conn is not None and conn.stalled:
             unread = conn.unread()
-            if unread > self.max_unread_reply_bytes // 2:
+            if unread > self.max_unread_reply_bytes // 8:   # it has read (nearly) all: serve it again
                 raise ProtocolError(protocol.E_OVER_BUDGET, f"this client has {unread} bytes of replies it has not "
                                     f"read (the budget is {self.max_unread_reply_bytes}); read them, then retry", rid)
             conn.stalled = False
