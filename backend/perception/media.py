@@ -58,8 +58,8 @@ def read_image(path: str | os.PathLike, max_side: int = 1024, max_pixels: int = 
 
     The size comes from the file's header first: a JPEG above `max_pixels` is decoded at the smallest 1/2^k
     scale that still covers max_side (Pillow's draft mode), and an image that would still decode to more
-    than `max_pixels` raises ImageTooLargeError naming its size, before any pixel is decoded (Pillow's own bomb check only
-    warns below 2 x its limit and raises an exception of its own above)."""
+    than `max_pixels` raises ImageTooLargeError naming its size, before any pixel is decoded (Pillow's own
+    bomb check only warns below 2 x its limit, and raises an exception of its own above)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
