@@ -6,7 +6,8 @@ outside, for the attacks of tests/test_adversarial_bounds.py at full size, again
 
 Cases (each on a fresh `genlca-backend serve --no-persist`, default settings):
 - render:    one 2048^2 frame of the avatar with the root bone scaled to 0.01, the camera 3 cm away, fov 90
-- nonreader: a DEALER asks for 200 frames at 2048^2 (16 MiB each) and never reads, 60 s
+- nonreader: a DEALER asks for 1000 frames at 512^2 (1 MiB each) and never reads, 60 s (it pings every
+             second, so it is not "silent" and its jobs are not dropped for client_timeout_s)
 - partial:   4 raw connections each send 300 MiB of a frame declared as 1000 MiB and stop, 20 s
 - partial-under-limit: 12 raw connections each send 60 MiB of a frame declared as 63 MiB (below the 64 MiB
              request limit), 20 s
@@ -152,7 +153,7 @@ def case_render(server: Server, cap: int, seconds: float) -> dict:
 
 def case_nonreader(server: Server, cap: int, seconds: float) -> dict:
     avatar_id, joints, rest, _ = _avatar(server)
-    arrays = _render_arrays(joints, 2048, 200, rest[0, :3, 3], 2.5, 40.0, 1.0)
+    arrays = _render_arrays(joints, 512, 1000, rest[0, :3, 3], 2.5, 40.0, 1.0)
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -160,10 +161,13 @@ def case_nonreader(server: Server, cap: int, seconds: float) -> dict:
     sock.connect(server.address)
     watch = Watch(server, cap)
     start = time.monotonic()
-    sock.send_multipart(encode(request_header(protocol.Render(id="flood", avatar_id=avatar_id, width=2048,
-                                                              height=2048)), arrays), copy=False)
+    sock.send_multipart(encode(request_header(protocol.Render(id="flood", avatar_id=avatar_id, width=512,
+                                                              height=512)), arrays), copy=False)
+    pings = 0
     while time.monotonic() - start < seconds and not watch.over_cap:
-        time.sleep(0.1)
+        sock.send_multipart(encode(request_header(protocol.Ping(id=f"p{pings}"))))
+        pings += 1
+        time.sleep(1.0)
     result = watch.stop()
     sock.setsockopt(zmq.RCVHWM, 1000)
     final = "none"
@@ -175,7 +179,9 @@ def case_nonreader(server: Server, cap: int, seconds: float) -> dict:
             break
     sock.close()
     context.term()
-    return {**result, "outcome": f"final reply: {final}", "seconds": round(seconds)}
+    logged = "replies it has not read" in server.log_path.read_text()
+    return {**result, "outcome": f"final reply: {final}" + ("; over its unread-reply budget (logged)" if logged
+                                                            else ""), "seconds": round(seconds)}
 
 
 def _raw_partial(port: int, declared: int, send: int) -> socket.socket:

@@ -177,7 +177,7 @@ def test_not_found_names_no_server_path(backend):
 
 # ------------------------------------------------------------------------------------------ 2. unread replies
 def test_a_client_that_never_reads_its_frames_stops_getting_work_within_its_budget(backend, avatar):
-    """A DEALER asks for 200 frames of 512^2 (1 MiB each) and never reads: once its unread bytes would pass
+    """A DEALER asks for 200 frames of 512^2 (1 MiB each), pings, and never reads: once its unread bytes would pass
     max_unread_reply_mb (8 MiB) its render ends with over_budget, a new job is refused, and the server holds
     no more than the budget plus the kernel's socket buffers and a frame in flight. A well-behaved client is
     answered throughout."""
@@ -193,10 +193,14 @@ def test_a_client_that_never_reads_its_frames_stops_getting_work_within_its_budg
     try:
         sock.send_multipart(encode(request_header(request), arrays), copy=False)
         deadline = time.monotonic() + 300
+        pings = 0
         with BridgeClient(backend.address, timeout_s=60) as good:
             while "replies it has not read" not in backend.log():
                 assert time.monotonic() < deadline, backend.log()[-3000:]
                 assert good.call(protocol.Ping()).kind == "result"
+                # the flood pings too (never reading the answers), so it is not taken for gone when silent
+                sock.send_multipart(encode(request_header(protocol.Ping(id=f"p{pings}"))))
+                pings += 1
                 time.sleep(0.2)
         grown = peak.stop()
         again = protocol.Render(id="again", avatar_id=avatar_id, width=512, height=512)
