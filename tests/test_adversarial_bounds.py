@@ -31,20 +31,44 @@ from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
 from bridge.wire.codec import encode, request_header
 from tests.placeholder_pipeline import placeholder_handlers
-from tests.test_adversarial import Backend
+from tests.test_adversarial import Backend, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
 MSG_MB, INBOUND_MB, UNREAD_MB, BLOCK_PAIRS = 32, 64, 8, 1 << 18
+pytestmark = pytest.mark.timeout(900)   # the module's server loads the model in the first test's set-up
+
+
+class PatientBackend(Backend):
+    """tests.test_adversarial.Backend with a longer start (the model loads in minutes on a loaded 2-core
+    machine), and the process killed when it does not start."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"backend-{self.port}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend.service.cli", "serve", "--bind", self.address,
+                                      *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 900
+        try:
+            while "serving" not in self.log():
+                assert self.proc.poll() is None, f"the backend exited with {self.proc.returncode}:\n{self.log()}"
+                assert time.monotonic() < deadline, f"the backend did not start:\n{self.log()}"
+                time.sleep(0.1)
+        except AssertionError:
+            self.close()
+            raise
 
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     """One real server for the module, with small budgets so that each case crosses them quickly."""
     tmp = tmp_path_factory.mktemp("bounds")
-    server = Backend(tmp, "--avatar-dir", str(tmp / "avatars"), "--max-message-mb", str(MSG_MB),
-                     "--set", f"max_inbound_mb={INBOUND_MB}", "--set", f"max_unread_reply_mb={UNREAD_MB}",
-                     "--set", f"render_block_pairs={BLOCK_PAIRS}")
+    server = PatientBackend(tmp, "--avatar-dir", str(tmp / "avatars"), "--max-message-mb", str(MSG_MB),
+                            "--set", f"max_inbound_mb={INBOUND_MB}", "--set", f"max_unread_reply_mb={UNREAD_MB}",
+                            "--set", f"render_block_pairs={BLOCK_PAIRS}")
     server.avatar_dir = tmp / "avatars"
     yield server
     server.close()
