@@ -240,8 +240,10 @@ def test_a_client_that_never_reads_for_60_s_keeps_memory_bounded(backend_factory
 
 
 def test_oversized_requests_are_refused_or_bounded_by_the_byte_budget(backend_factory):
-    backend = backend_factory("--no-persist", "--queue-size", "32", "--set", "max_queued_mb=64",
-                              "--set", "max_client_jobs=32")
+    # 200 MiB requests: above the 64 MiB default message limit (libzmq would drop the connection), so the
+    # limit is raised here to reach the image-size check and the byte budget behind it
+    backend = backend_factory("--no-persist", "--queue-size", "32", "--max-message-mb", "256",
+                              "--set", "max_queued_mb=64", "--set", "max_client_jobs=32")
     huge = np.zeros((200 * MB // (3 * 4096), 4096, 3), np.uint8)      # 200 MiB, 17M pixels: above the image limit
     big = np.zeros((2048, 2048, 3), np.uint8)                         # 12 MiB each, 16 of them: 192 MiB > 64
     with BridgeClient(backend.address, timeout_s=120) as client:

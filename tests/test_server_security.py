@@ -82,6 +82,11 @@ def test_curve_with_an_authorized_clients_folder(keys_dir, tmp_path):
     (tmp_path / "authorized_clients").mkdir()
     for name in ("server.key", "server.key_secret"):
         (tmp_path / name).write_bytes((keys_dir / name).read_bytes())
+    with pytest.raises(ValueError, match="holds no client key"):   # a list that would refuse everyone
+        BackendServer("tcp://127.0.0.1:*", placeholder_handlers(), keys_dir=tmp_path)
+    listed_public, listed_secret = zmq.curve_keypair()
+    assert cli_main(["keys", "--keys-dir", str(tmp_path), "--add-client", "listed",
+                     "--public-key", listed_public.decode()]) == 0
     server = BackendServer("tcp://127.0.0.1:*", placeholder_handlers(), keys_dir=tmp_path)
     server.serve_in_thread()
     try:
@@ -89,6 +94,9 @@ def test_curve_with_an_authorized_clients_folder(keys_dir, tmp_path):
             with pytest.raises(BridgeError):
                 stranger.call(protocol.Ping())   # its on-the-fly key is not in authorized_clients
         assert server.stats["received"] == 0
+        with BridgeClient(server.address, server_public_key=tmp_path / "server.key", client_public_key=listed_public,
+                          client_secret_key=listed_secret, timeout_s=5) as listed:
+            assert listed.call(protocol.Ping()).kind == "result"
     finally:
         server.stop()
 
@@ -109,7 +117,8 @@ def test_cli_serve_answers_and_stops_cleanly_on_sigterm(tmp_path):
             hello = client.call(protocol.Hello(), timeout_s=120)
         assert hello.header["limits"] == {"max_message_bytes": 64 << 20, "queue_size": 4, "heartbeat_s": 1.0,
                                           "client_timeout_s": 30.0, "max_queued_bytes": 2048 << 20,
-                                          "max_client_jobs": 8, "send_hwm": 256}
+                                          "max_client_jobs": 8, "send_hwm": 256, "max_unread_reply_bytes": 64 << 20,
+                                          "max_inbound_bytes": 512 << 20}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         out = proc.stdout.read()

@@ -25,6 +25,11 @@ class CorruptFileError(PerceptionError):
     """Unreadable, truncated or not a photo/video at all."""
 
 
+class ImageTooLargeError(CorruptFileError):
+    """A photo that declares more pixels than `read_image` decodes (a decompression bomb: a 109 KB PNG can
+    declare 30000 x 30000). Refused from the header, before any pixel is decoded."""
+
+
 class NoPersonError(PerceptionError):
     """Nobody was found in the photo (or in any frame of the video)."""
 
@@ -45,17 +50,36 @@ def fit_size(image: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
-def read_image(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
-    """(H, W, 3) uint8 RGB."""
+MAX_IMAGE_PIXELS = 8192 * 8192   # what read_image decodes at most (after JPEG draft scaling): ~200 MB as RGB
+
+
+def read_image(path: str | os.PathLike, max_side: int = 1024, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, the longer side at most `max_side`.
+
+    The size comes from the file's header first: a JPEG above `max_pixels` is decoded at the smallest 1/2^k
+    scale that still covers max_side (Pillow's draft mode), and an image that would still decode to more
+    than `max_pixels` raises ImageTooLargeError naming its size, before any pixel is decoded (Pillow's own
+    bomb check only warns below 2 x its limit, and raises an exception of its own above)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            if im.format == "JPEG" and im.size[0] * im.size[1] > max_pixels:
+                im.draft("RGB", (max_side, max_side))   # decode at 1/2, 1/4 or 1/8 scale: far fewer pixels
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(f"{path}: image of {width}x{height} pixels is above the limit of "
+                                         f"{max_pixels} pixels (a decompression-bomb guard); downscale it first")
             im = ImageOps.exif_transpose(im)
             rgb = np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise CorruptFileError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as exc:   # Pillow's own check, when it fires before ours (at open)
+        raise ImageTooLargeError(f"{path}: image above the limit of {max_pixels} pixels (a decompression-bomb "
+                                 f"guard): {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, PerceptionError):
+            raise
         raise CorruptFileError(f"{path}: cannot read the image ({exc})") from None
     if rgb.ndim != 3 or min(rgb.shape[:2]) < 16:
         raise CorruptFileError(f"{path}: image of size {rgb.shape[1::-1]} is too small (need at least 16 px a side)")

@@ -25,7 +25,7 @@ from backend.avatar.tokens import decode
 from backend.export.avatar_mesh import avatar_mesh, pose_matrices_from_wire
 from backend.export.gltf import glb_bytes
 from backend.pipelines.errors import AvatarNotFound, BadInput
-from backend.render import RenderOptions, render
+from backend.render import RenderCostError, RenderOptions, render
 from backend.render.camera import Camera
 
 EXPORT_SUFFIXES = {"ply": ".ply", "safetensors": ".safetensors", "glb": ".glb"}
@@ -59,8 +59,8 @@ def find_avatar(store, avatar_id: str) -> AvatarRecord:
     """The stored avatar, or AvatarNotFound naming where it was looked for."""
     record = store.get(avatar_id)
     if record is None:
-        folder = getattr(store, "folder", None)
-        where = f"in memory or in {folder}" if folder is not None else \
+        # no path in the message: it goes to clients, and a remote one has no business with the server's folders
+        where = "in memory or in the avatar folder" if getattr(store, "folder", None) is not None else \
             "in memory (this backend keeps avatars in memory only: --no-persist)"
         raise AvatarNotFound(f"no avatar with id {avatar_id!r} {where}; generate it again")
     return record
@@ -75,14 +75,19 @@ def render_frames(record, joint_rotations: np.ndarray, root_translations: np.nda
                   intrinsics: np.ndarray, width: int, height: int, background: tuple[float, float, float],
                   device: torch.device, joint_locations: np.ndarray | None = None,
                   joint_scales: np.ndarray | None = None,
-                  check_cancelled: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+                  check_cancelled: Callable[[], None] | None = None, max_tile_pairs: int | None = None,
+                  block_pairs: int = RenderOptions.block_pairs) -> Iterator[np.ndarray]:
     """Pose and render the avatar once per frame; yields (H, W, 4) uint8 RGBA. Arrays are float32 numpy:
     joint_rotations (F, J, 4) wxyz, root_translations (F, 3), world_to_camera (F, 4, 4), intrinsics (F, 3, 3),
     optionally joint_locations (F, J, 3) and joint_scales (F, J) (a skeleton fitted to another armature).
-    A camera that is not a rigid transform raises BadInput naming the frame."""
+    A camera that is not a rigid transform, or a pose that moves Gaussians to non-finite positions, raises
+    BadInput naming the frame; a frame above `max_tile_pairs` Gaussian-tile pairs raises
+    backend.render.RenderCostError naming it, before it is rasterised. check_cancelled also runs between
+    blocks of `block_pairs` pairs inside a frame."""
     skeleton = record_skeleton(record)
     gaussians = record.gaussians.to(device)
-    options = RenderOptions(background=tuple(float(c) for c in background))
+    options = RenderOptions(background=tuple(float(c) for c in background), max_tile_pairs=max_tile_pairs,
+                            block_pairs=block_pairs)
     for f in range(joint_rotations.shape[0]):
         if check_cancelled is not None:
             check_cancelled()
@@ -90,13 +95,19 @@ def render_frames(record, joint_rotations: np.ndarray, root_translations: np.nda
                                                   "joint_scales": torch.from_numpy(joint_scales[f])}
         posed = pose(gaussians, skeleton, torch.from_numpy(joint_rotations[f]),
                      torch.from_numpy(root_translations[f]), **fitted)
+        if not bool(torch.isfinite(posed.means).all()):
+            raise BadInput(f"frame {f}: the pose moves Gaussians to non-finite positions; keep joint_scales, "
+                           f"joint_locations and root_translations in a rig's range")
         try:
             camera = Camera(world_to_camera=torch.from_numpy(world_to_camera[f]),
                             intrinsics=torch.from_numpy(intrinsics[f]), width=width, height=height)
         except ValueError as exc:
             raise BadInput(f"frame {f}: {exc}") from None
-        with torch.no_grad():
-            out = render(posed, camera, options=options)
+        try:
+            with torch.no_grad():
+                out = render(posed, camera, options=options, between_blocks=check_cancelled)
+        except RenderCostError as exc:
+            raise RenderCostError(exc.pairs, exc.limit, exc.tile_size, f"frame {f}") from None
         rgba = torch.cat([out.rgb[0], out.alpha[0]], dim=-1)  # (H, W, 4)
         yield (rgba.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 

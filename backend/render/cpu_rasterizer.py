@@ -23,6 +23,7 @@ tests hold it to (forward and gradients).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -129,38 +130,111 @@ def _take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return t.index_select(0, index.reshape(-1)).reshape(*index.shape, *t.shape[1:])
 
 
+def tile_bounds(means2d: torch.Tensor, radii: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each Gaussian's box of tiles, clamped to the image: x0, x1, y0, y1 (M,) int32, inclusive.
+
+    The bounds are clamped before the cast to int32, so a Gaussian projected far off screen (a camera a few
+    centimetres from a shrunken body) stays on the image's edge tiles instead of wrapping around."""
+    with torch.no_grad():
+        lo = torch.floor((means2d - radii) / tile_size)  # (M, 2)
+        hi = torch.floor((means2d + radii) / tile_size)  # (M, 2)
+        limit = torch.tensor([tiles_x - 1, tiles_y - 1], dtype=lo.dtype, device=lo.device)  # (2,)
+        lo = torch.minimum(lo.clamp_min(0), limit).to(torch.int32)  # (M, 2)
+        hi = torch.minimum(hi.clamp_min(0), limit).to(torch.int32)  # (M, 2)
+    return lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]
+
+
+def tile_pair_counts(means2d: torch.Tensor, radii: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int,
+                     ) -> torch.Tensor:
+    """(tiles_y, tiles_x) int64: how many Gaussians each tile's list holds, without listing them.
+
+    A 2D difference array over the Gaussians' tile boxes (O(M + tiles) memory and time): the renderer's cost
+    in its own unit, Gaussian-tile pairs, known before any pair is made. Its sum is `bin_tiles`'s P."""
+    x0, x1, y0, y1 = (t.long() for t in tile_bounds(means2d, radii, tile_size, tiles_x, tiles_y))  # (M,) each
+    diff = torch.zeros((tiles_y + 1) * (tiles_x + 1), dtype=torch.int64, device=means2d.device)
+    ones = torch.ones_like(x0)
+    w = tiles_x + 1
+    for ys, xs, sign in ((y0, x0, 1), (y0, x1 + 1, -1), (y1 + 1, x0, -1), (y1 + 1, x1 + 1, 1)):
+        diff.index_add_(0, ys * w + xs, ones * sign)
+    grid = diff.reshape(tiles_y + 1, tiles_x + 1).cumsum(0).cumsum(1)  # (tiles_y + 1, tiles_x + 1)
+    return grid[:tiles_y, :tiles_x]
+
+
+def split_tiles(counts: torch.Tensor, max_pairs: int) -> list[tuple[int, int, int, int]]:
+    """Cover the tile grid with rectangles (tx0, ty0, tx1, ty1), ends exclusive, of at most `max_pairs`
+    Gaussian-tile pairs each (or one tile, when a single tile holds more): bands of whole tile rows, a row
+    above the budget cut into runs of tiles. counts (tiles_y, tiles_x) from `tile_pair_counts`."""
+    tiles_y, tiles_x = counts.shape
+    rows = counts.sum(1).tolist()  # pairs per tile row
+    rects: list[tuple[int, int, int, int]] = []
+    y = 0
+    while y < tiles_y:
+        if rows[y] > max_pairs:  # one row is too much: runs of tiles along it
+            cols = counts[y].tolist()
+            x = 0
+            while x < tiles_x:
+                end, total = x + 1, cols[x]
+                while end < tiles_x and total + cols[end] <= max_pairs:
+                    total += cols[end]
+                    end += 1
+                rects.append((x, y, end, y + 1))
+                x = end
+            y += 1
+            continue
+        end, total = y + 1, rows[y]
+        while end < tiles_y and rows[end] <= max_pairs and total + rows[end] <= max_pairs:
+            total += rows[end]
+            end += 1
+        rects.append((0, y, tiles_x, end))
+        y = end
+    return rects
+
+
 def bin_tiles(means2d: torch.Tensor, radii: torch.Tensor, tile_size: int, tiles_x: int, tiles_y: int,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              rect: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Gaussian, tile) pairs, grouped by tile and kept in depth order inside each tile.
 
     means2d (M, 2), radii (M, 2) of Gaussians already sorted front to back. Returns gauss (P,) indices
-    into the M Gaussians, tile_start (T,) and tile_count (T,) with T = tiles_x * tiles_y.
+    into the M Gaussians, tile_start (T,) and tile_count (T,) with T = tiles_x * tiles_y. With `rect`
+    (tx0, ty0, tx1, ty1), ends exclusive, only the pairs of those tiles, numbered row-major inside the
+    rectangle (T = its tile count); the pairs of the whole image are the union over rectangles.
     """
+    tx0, ty0, tx1, ty1 = rect if rect is not None else (0, 0, tiles_x, tiles_y)
+    rx, ry = tx1 - tx0, ty1 - ty0
     with torch.no_grad():
         i32 = torch.int32  # pairs stay int32 (half the memory of int64); the sort key as narrow as fits
-        lo = torch.floor((means2d - radii) / tile_size).to(i32)  # (M, 2)
-        hi = torch.floor((means2d + radii) / tile_size).to(i32)  # (M, 2)
-        x0, x1 = lo[:, 0].clamp(0, tiles_x - 1), hi[:, 0].clamp(0, tiles_x - 1)  # (M,) each
-        y0, y1 = lo[:, 1].clamp(0, tiles_y - 1), hi[:, 1].clamp(0, tiles_y - 1)  # (M,) each
+        x0, x1, y0, y1 = tile_bounds(means2d, radii, tile_size, tiles_x, tiles_y)  # (M,) each
+        dev = means2d.device
+        members = None
+        if rect is not None:  # the Gaussians that touch the rectangle, their boxes cut to it
+            keep = (x1 >= tx0) & (x0 < tx1) & (y1 >= ty0) & (y0 < ty1)  # (M,)
+            members = keep.nonzero().squeeze(1).to(i32)  # (Mr,) ascending: depth order kept
+            x0, x1, y0, y1 = (t.index_select(0, members) for t in (x0, x1, y0, y1))
+            x0, x1 = x0.clamp_min(tx0).sub_(tx0), x1.clamp_max(tx1 - 1).sub_(tx0)
+            y0, y1 = y0.clamp_min(ty0).sub_(ty0), y1.clamp_max(ty1 - 1).sub_(ty0)
         nx = x1 - x0 + 1  # (M,)
         counts = (nx * (y1 - y0 + 1)).long()  # (M,)
         ends = torch.cumsum(counts, 0)  # (M,)
         total = int(ends[-1]) if len(ends) else 0
         if total >= 2 ** 31:
             raise ValueError(f"{total} Gaussian-tile pairs overflow int32; use a larger tile_size or fewer Gaussians")
-        dev = means2d.device
         gauss = torch.repeat_interleave(torch.arange(len(counts), dtype=i32, device=dev), counts)  # (P,)
         # index_select is several times faster than advanced indexing for these long gathers
         local = torch.arange(total, dtype=i32, device=dev).sub_((ends - counts).to(i32).index_select(0, gauss))  # (P,)
         nx_g = nx.index_select(0, gauss)  # (P,)
-        tile = torch.div(local, nx_g, rounding_mode="floor").add_(y0.index_select(0, gauss)).mul_(tiles_x)
+        tile = torch.div(local, nx_g, rounding_mode="floor").add_(y0.index_select(0, gauss)).mul_(rx)
         tile.add_(local.remainder_(nx_g)).add_(x0.index_select(0, gauss))  # (P,) tile id of each pair
         del local, nx_g
-        key = tile.to(torch.int16) if tiles_x * tiles_y < 2 ** 15 else tile  # int16 sorts ~2x faster
-        tile_count = torch.bincount(tile, minlength=tiles_x * tiles_y)  # (T,)
+        key = tile.to(torch.int16) if rx * ry < 2 ** 15 else tile  # int16 sorts ~2x faster
+        tile_count = torch.bincount(tile, minlength=rx * ry)  # (T,)
         del tile
         order = torch.sort(key, stable=True)[1]  # (P,) stable: keeps depth order inside a tile
+        del key
         gauss = gauss.index_select(0, order)  # (P,)
+        del order
+        if members is not None:
+            gauss = members.index_select(0, gauss)  # (P,) back to indices into the M Gaussians
         tile_start = torch.cumsum(tile_count, 0) - tile_count  # (T,)
     return gauss, tile_start, tile_count
 
@@ -168,19 +242,25 @@ def bin_tiles(means2d: torch.Tensor, radii: torch.Tensor, tile_size: int, tiles_
 class _Tiles:
     """Tile geometry and per-tile depth-sorted Gaussian lists for one image."""
 
-    def __init__(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int, tile_size: int):
+    def __init__(self, means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int, tile_size: int,
+                 rect: tuple[int, int, int, int] | None = None):
+        """rect (tx0, ty0, tx1, ty1), ends exclusive: only those tiles of the image (one block of `composite`)."""
         dev, dt = means2d.device, means2d.dtype
         self.size, self.width, self.height = tile_size, width, height
-        self.tiles_x, self.tiles_y = -(-width // tile_size), -(-height // tile_size)
+        full_x, full_y = -(-width // tile_size), -(-height // tile_size)
+        tx0, ty0, tx1, ty1 = rect if rect is not None else (0, 0, full_x, full_y)
+        self.rect = (tx0, ty0, tx1, ty1)
+        self.tiles_x, self.tiles_y = tx1 - tx0, ty1 - ty0
         self.n_tiles, self.n_pix = self.tiles_x * self.tiles_y, tile_size * tile_size
-        gauss, self.start, self.count = bin_tiles(means2d, radii, tile_size, self.tiles_x, self.tiles_y)
+        gauss, self.start, self.count = bin_tiles(means2d, radii, tile_size, full_x, full_y, rect)
         self.pad = len(means2d)  # index of a dummy Gaussian with opacity 0 that fills ragged lists
         self.gauss = torch.cat([gauss, gauss.new_full((1,), self.pad)])  # (P + 1,)
         ar = torch.arange(tile_size, device=dev, dtype=dt) + 0.5  # (ts,) pixel centres inside a tile
         self.pix_x = ar.repeat(tile_size)  # (n_pix,) row-major inside the tile
         self.pix_y = ar.repeat_interleave(tile_size)  # (n_pix,)
         ids = torch.arange(self.n_tiles, device=dev)  # (T,)
-        self.origin = torch.stack([(ids % self.tiles_x) * tile_size, (ids // self.tiles_x) * tile_size], -1).to(dt)
+        self.origin = torch.stack([(ids % self.tiles_x + tx0) * tile_size,
+                                   (ids // self.tiles_x + ty0) * tile_size], -1).to(dt)  # (T, 2) image pixels
         # pixels outside the image (ragged last tiles) start "done" so they never hold a tile open
         self.inside = ((self.origin[:, None, 0] + self.pix_x < width)
                        & (self.origin[:, None, 1] + self.pix_y < height))  # (T, n_pix)
@@ -207,10 +287,11 @@ class _Tiles:
             active = active[keep]
 
     def to_image(self, per_tile: torch.Tensor) -> torch.Tensor:
-        """(T, n_pix, C) -> (H, W, C)."""
+        """(T, n_pix, C) -> (h, w, C): the image (or this block's part of it, cut at the image's edge)."""
         ts, c = self.size, per_tile.shape[-1]
         img = per_tile.reshape(self.tiles_y, self.tiles_x, ts, ts, c).permute(0, 2, 1, 3, 4)
-        return img.reshape(self.tiles_y * ts, self.tiles_x * ts, c)[:self.height, :self.width]
+        tx0, ty0 = self.rect[:2]
+        return img.reshape(self.tiles_y * ts, self.tiles_x * ts, c)[:self.height - ty0 * ts, :self.width - tx0 * ts]
 
 
 def _alpha_block(g: torch.Tensor, origin: torch.Tensor, tiles: "_Tiles", need_live: bool = True,
@@ -297,21 +378,59 @@ class _Composite(torch.autograd.Function):
         return grad_params, grad_feats, None, None
 
 
+class RenderCostError(ValueError):
+    """A frame above its cost limit, counted in Gaussian-tile pairs before any pair is made."""
+
+    def __init__(self, pairs: int, limit: int, tile_size: int, where: str = "the frame") -> None:
+        super().__init__(f"{where} makes {pairs} Gaussian-tile pairs ({tile_size}-pixel tiles), the limit is "
+                         f"{limit}; move the camera back, render smaller, or keep bone scales near 1")
+        self.pairs, self.limit, self.tile_size = pairs, limit, tile_size
+
+
 def composite(proj: dict[str, torch.Tensor], width: int, height: int, background: torch.Tensor,
-              tile_size: int = 8, chunk_elements: int = 1 << 20) -> tuple[torch.Tensor, ...]:
+              tile_size: int = 8, chunk_elements: int = 1 << 20, block_pairs: int = 1 << 22,
+              max_pairs: int | None = None, between_blocks: Callable[[], None] | None = None,
+              ) -> tuple[torch.Tensor, ...]:
     """Alpha-composite projected Gaussians (from `project`) into one image.
 
     background (3,). Returns rgb (H, W, 3), alpha (H, W, 1), depth (H, W, 1) (expected depth).
     chunk_elements bounds the (tiles x pixels x Gaussians) block evaluated at once (~40 bytes each).
+    block_pairs bounds the Gaussian-tile pairs listed at once (~32 bytes each while they are sorted): the
+    pairs are counted per tile first (`tile_pair_counts`), and an image above the budget is composited in
+    rectangles of tiles of at most block_pairs pairs each (`split_tiles`; every pixel sums the same list in
+    the same order, so the image equals the one-block image up to float rounding, as for chunk_elements,
+    ~1e-6). max_pairs: refuse the frame (RenderCostError) above that many pairs.
+    between_blocks is called before each block (e.g. a job's cancel check).
     """
     means2d, conics, opac = proj["means2d"], proj["conics"], proj["opacities"]  # (M, 2), (M, 3), (M,)
-    tiles = _Tiles(means2d.detach(), proj["radii"], width, height, tile_size)
+    if block_pairs < 1:
+        raise ValueError(f"block_pairs must be positive, got {block_pairs}")
+    tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
+    counts = tile_pair_counts(means2d.detach(), proj["radii"], tile_size, tiles_x, tiles_y)  # (ty, tx)
+    pairs = int(counts.sum())
+    if max_pairs is not None and pairs > max_pairs:
+        raise RenderCostError(pairs, max_pairs, tile_size)
+    rects = [None] if pairs <= block_pairs else split_tiles(counts, block_pairs)
+    del counts
     params = torch.cat([means2d, conics, opac[:, None]], -1)  # (M, 6)
     params = torch.cat([params, params.new_zeros(1, 6)], 0)  # (M + 1, 6) last row: padding, opacity 0
     feats = torch.cat([proj["colors"], proj["depths"][:, None]], -1)  # (M, 4) rgb + depth
     feats = torch.cat([feats, feats.new_zeros(1, 4)], 0)  # (M + 1, 4)
-    accum = _Composite.apply(params, feats, tiles, chunk_elements)  # (T, n_pix, 5)
-    img = tiles.to_image(accum)  # (H, W, 5)
+    if rects == [None]:
+        if between_blocks is not None:
+            between_blocks()
+        tiles = _Tiles(means2d.detach(), proj["radii"], width, height, tile_size)
+        img = tiles.to_image(_Composite.apply(params, feats, tiles, chunk_elements))  # (H, W, 5)
+    else:
+        img = params.new_zeros(height, width, 5)  # (H, W, 5)
+        for rect in rects:
+            if between_blocks is not None:
+                between_blocks()
+            tiles = _Tiles(means2d.detach(), proj["radii"], width, height, tile_size, rect)
+            block = tiles.to_image(_Composite.apply(params, feats, tiles, chunk_elements))  # (h, w, 5)
+            x, y = rect[0] * tile_size, rect[1] * tile_size
+            img[y:y + block.shape[0], x:x + block.shape[1]] = block
+            del tiles, block
     alpha = img[..., 4:5]  # (H, W, 1)
     rgb = img[..., :3] + (1.0 - alpha) * background  # (H, W, 3)
     depth = img[..., 3:4] / alpha.clamp_min(1e-10)  # (H, W, 1)

@@ -1,9 +1,9 @@
 """`genlca-backend`: run the GenLCA service, or make its CURVE keys.
 
-    genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 1024] [--queue-size 16]
+    genlca-backend serve [--bind tcp://127.0.0.1:5555] [--keys-dir DIR] [--max-message-mb 64] [--queue-size 16]
                          [--avatar-dir DIR | --no-persist] [--config service.yaml] [--set key=value ...]
     genlca-backend keys --keys-dir DIR [--name server]
-    genlca-backend keys --keys-dir DIR --add-client NAME --public-key Z85    # allow one client key
+    genlca-backend keys --keys-dir DIR --add-client NAME --public-key Z85 [--replace]   # allow one client key
 
 Avatars are kept as files in --avatar-dir (default $GENLCA_AVATAR_DIR, else ~/.cache/genlca/avatars), so
 the avatars of a saved Blender scene still render after the backend restarts; --no-persist keeps them in
@@ -17,7 +17,8 @@ and the flags above override both (each flag is the twin of one field: --bind bi
 `serve` loads the model before it binds: a missing, truncated or foreign checkpoint exits with status 2 and
 a message naming the file and the problem. A non-loopback --bind needs --keys-dir with server keys; clients then need DIR/server.key.
 With DIR/authorized_clients/ (made by `keys --add-client`), only the client public keys listed there get
-in (read when the server starts). SIGTERM/SIGINT: jobs end with `shutting_down`, exit 0 once the worker
+in (read when the server starts; an empty or unreadable NAME.key there, or a folder without keys, stops
+`serve` with status 2 and names the file). SIGTERM/SIGINT: jobs end with `shutting_down`, exit 0 once the worker
 has stopped between frames; a second signal exits at once (status 128 + signal).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ from backend.pipelines.store import PersistentAvatarStore, default_avatar_dir
 from backend.service.config import ServiceConfig
 from backend.service.handlers import AvatarService, default_service
 from backend.service.server import BackendServer
-from bridge.wire.keys import check_z85_key, write_public_certificate
+from bridge.wire.keys import check_z85_key, read_authorized_clients, read_public_certificate, write_public_certificate
 
 # flag -> the ServiceConfig field it sets (a flag left out keeps the config file's value)
 FLAG_FIELDS = {"bind": "bind", "keys_dir": "keys_dir", "max_message_mb": "max_message_mb",
@@ -73,6 +74,13 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
         return 2
+    clients = Path(config.keys_dir) / "authorized_clients" if config.keys_dir else None
+    if clients is not None and clients.is_dir():   # before the model loads: a bad key file fails fast
+        try:
+            read_authorized_clients(clients)
+        except ValueError as exc:
+            print(f"genlca-backend: {exc}", file=sys.stderr)
+            return 2
     avatar_dir = None if not config.persist else (config.avatar_dir or str(default_avatar_dir()))
     try:
         service, source = build_service(avatar_dir, config)
@@ -91,7 +99,8 @@ def serve(args: argparse.Namespace) -> int:
                                heartbeat_s=config.heartbeat_s, client_timeout_s=config.client_timeout_s,
                                send_hwm=config.send_hwm, max_queued_bytes=config.max_queued_bytes,
                                max_client_jobs=config.max_client_jobs, admission=config.check_request,
-                               hello_extra=service.hello_fields)
+                               hello_extra=service.hello_fields, max_unread_reply_bytes=config.max_unread_reply_bytes,
+                               max_inbound_bytes=config.max_inbound_bytes)
     except (PermissionError, FileNotFoundError, ValueError) as exc:
         print(f"genlca-backend: {exc}", file=sys.stderr)
         return 2
@@ -122,7 +131,7 @@ CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def keys(args: argparse.Namespace) -> int:
     folder = Path(args.keys_dir)
     if args.add_client is not None or args.public_key is not None:
-        return add_client(folder, args.add_client, args.public_key)
+        return add_client(folder, args.add_client, args.public_key, args.replace)
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(folder), args.name)
     Path(secret).chmod(0o600)
@@ -130,8 +139,9 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_client(folder: Path, name: str | None, public_key: str | None) -> int:
-    """Write folder/authorized_clients/NAME.key (a zmq public certificate) for one client's Z85 key."""
+def add_client(folder: Path, name: str | None, public_key: str | None, replace: bool = False) -> int:
+    """Write folder/authorized_clients/NAME.key (a zmq public certificate) for one client's Z85 key. An
+    existing NAME with another key is kept unless `replace` (the same key again is a no-op)."""
     if not name or not CLIENT_NAME.fullmatch(name):
         print(f"genlca-backend: --add-client needs a name of letters, digits, '_', '.', '-' (at most 64), "
               f"got {name!r}", file=sys.stderr)
@@ -144,6 +154,19 @@ def add_client(folder: Path, name: str | None, public_key: str | None) -> int:
     clients = folder / "authorized_clients"
     clients.mkdir(parents=True, exist_ok=True)
     path = clients / f"{name}.key"
+    if path.exists() or path.is_symlink():
+        try:
+            current = read_public_certificate(path)
+        except (OSError, ValueError):
+            current = None
+        if current == key:
+            print(f"client {name!r} already may connect with public key {key.decode()} ({path})")
+            return 0
+        if not replace:
+            print(f"genlca-backend: client {name!r} is already listed ({path}) with "
+                  f"{'another key' if current else 'an unreadable file'}; pass --replace to overwrite it, or "
+                  f"choose another name", file=sys.stderr)
+            return 2
     write_public_certificate(path, key, comment=f"GenLCA client {name!r}, allowed by genlca-backend keys")
     assert zmq.auth.load_certificate(str(path))[0] == key
     print(f"client {name!r} may connect with public key {key.decode()} ({path}); restart the server to apply")
@@ -174,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--add-client", metavar="NAME", default=None,
                    help="allow a client: write KEYS_DIR/authorized_clients/NAME.key from --public-key")
     k.add_argument("--public-key", metavar="Z85", default=None, help="the client's 40-character public key")
+    k.add_argument("--replace", action="store_true", help="with --add-client: overwrite an existing NAME's key")
     return p
 
 

@@ -30,7 +30,8 @@ from backend.pipelines.model_bundle import load_bundle
 from backend.pipelines.photo import observe_photo
 from backend.pipelines.store import AvatarStore
 from backend.sampling.solvers import SamplingCancelled
-from backend.service.config import ServiceConfig, check_render_size
+from backend.render import RenderCostError
+from backend.service.config import CHAIN_SCALE_RANGE, ServiceConfig, check_pose_ranges, check_render_size
 from backend.service.queue import HandlerError, JobContext
 from bridge.wire import protocol
 from bridge.wire.codec import bad_array
@@ -194,14 +195,20 @@ class AvatarService:
         record = self._record(request.avatar_id)
         poses, roots, w2c, intr, locations, scales = check_render_request(request, arrays, len(record.joint_names),
                                                                           self.config)
+        if scales is not None:
+            check_chain_scales(scales, np.asarray(record.joint_parents), list(record.joint_names))
         frames = poses.shape[0]
         try:
             for f, rgba8 in enumerate(render_frames(record, poses, roots, w2c, intr, request.width, request.height,
                                                     request.background, self.device, joint_locations=locations,
-                                                    joint_scales=scales, check_cancelled=ctx.check_cancelled)):
+                                                    joint_scales=scales, check_cancelled=ctx.check_cancelled,
+                                                    max_tile_pairs=self.config.max_render_tile_pairs,
+                                                    block_pairs=self.config.render_block_pairs)):
                 ctx.progress("frame", f, frames, arrays={"rgba": rgba8}, frame=f)
         except BadInput as exc:
             raise HandlerError(protocol.E_BAD_ARRAY, str(exc)) from None
+        except RenderCostError as exc:   # the frame's Gaussian-tile pairs, counted before it was rasterised
+            raise HandlerError(protocol.E_TOO_COSTLY, f"render {exc}") from None
         return {"frames": frames, "avatar_id": request.avatar_id}, {}
 
     def export(self, request: Request, arrays: dict[str, np.ndarray], ctx: JobContext):
@@ -303,10 +310,32 @@ def check_render_request(request, arrays: dict[str, np.ndarray], joints: int, co
     if not 1 <= frames <= config.max_frames:
         raise HandlerError(protocol.E_INVALID, f"frame count must be in 1..{config.max_frames}, got {frames}")
     if len(out) == 4:
-        return (*out, None, None)
-    scales = out[5]
-    if (scales <= 0).any():
-        f, j = np.argwhere(scales <= 0)[0]
-        raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}, {j}] is {scales[f, j]}; expected a positive "
-                           f"uniform bone scale (1 keeps the avatar's proportions)")
+        out += [None, None]
+    else:
+        scales = out[5]
+        if (scales <= 0).any():
+            f, j = np.argwhere(scales <= 0)[0]
+            raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}, {j}] is {scales[f, j]}; expected a positive "
+                               f"uniform bone scale (1 keeps the avatar's proportions)")
+    try:
+        check_pose_ranges(dict(zip(("joint_rotations", "root_translations", "world_to_camera", "intrinsics",
+                                    "joint_locations", "joint_scales"), out)), request.width, request.height)
+    except ValueError as exc:
+        raise HandlerError(protocol.E_INVALID, str(exc)) from None
     return tuple(out)
+
+
+def check_chain_scales(scales: np.ndarray, parents: np.ndarray, joint_names: list[str]) -> None:
+    """joint_scales (F, J) compound down the skeleton: each bone's product from the root within
+    CHAIN_SCALE_RANGE. HandlerError(invalid_argument) naming the frame and the bone."""
+    logs = np.log(scales.astype(np.float64))   # (F, J), scales already checked positive and finite
+    chain = np.zeros_like(logs)
+    for j, p in enumerate(parents.tolist()):   # parents come before children (the template's order)
+        chain[:, j] = logs[:, j] + (chain[:, p] if p >= 0 else 0.0)
+    low, high = np.log(CHAIN_SCALE_RANGE[0]), np.log(CHAIN_SCALE_RANGE[1])
+    bad = np.argwhere((chain < low) | (chain > high))
+    if len(bad):
+        f, j = bad[0]
+        raise HandlerError(protocol.E_INVALID, f"joint_scales[{f}]: the scales from the root down to bone "
+                           f"{joint_names[j]!r} multiply to {np.exp(chain[f, j]):.3g}, outside "
+                           f"{CHAIN_SCALE_RANGE[0]:g}..{CHAIN_SCALE_RANGE[1]:g}")

@@ -54,6 +54,8 @@ class Job:
     request: Request
     arrays: dict[str, np.ndarray]
     handler: Handler
+    conn: Any = None                 # the connection that sent it (backend.service.server.Connection); None: inproc
+    user: str = ""                   # under CURVE the sender's public key (the ZAP User-Id), else ""
     frames: list[Any] = dataclasses.field(default_factory=list)   # keeps the received frames alive
     nbytes: int = 0                  # bytes of the request's frames (the server's queued-bytes budget)
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)

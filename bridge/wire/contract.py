@@ -1,8 +1,9 @@
 """The array contract, checked once: a named array's dtype and its shape against a pattern such as "N,3"
 or "F,J,4" (bridge.wire.protocol's AVATAR_ARRAYS and RENDER_ARRAYS), with dimension letters bound across
-arrays. numpy + stdlib only: the server's admission (backend/service/server.py), the backend's render
-check (backend/service/handlers.py), the avatar file reader (bridge/files/avatar.py) and the Blender
-add-on's import all call `check_arrays` here; there is no other copy.
+arrays; `check_range` holds values to a range. numpy + stdlib only: the server's admission
+(backend/service/server.py), the backend's render check (backend/service/handlers.py), the avatar file
+reader (bridge/files/avatar.py) and the Blender add-on's import all call `check_arrays` here; there is no
+other copy.
 
 The error type is the caller's: the wire side passes `bridge.wire.codec.bad_array` (ProtocolError with
 E_BAD_ARRAY), the backend's handlers a HandlerError factory, the add-on a ValueError (the default).
@@ -71,3 +72,17 @@ def check_arrays(arrays: Mapping[str, np.ndarray], spec: Mapping[str, tuple[Any,
         if name in arrays:
             check_array(arrays, name, dtype, pattern, dims, error)
     return dims
+
+
+def check_range(values: np.ndarray, name: str, low: float, high: float, what: str = "value",
+                low_inclusive: bool = True, error: ErrorFactory = ValueError) -> None:
+    """Every element of `values` finite and within [low, high] (low excluded when not low_inclusive);
+    else `error` naming the array, the first bad element's index, its value and the range. NaN and inf fail."""
+    v = np.asarray(values)
+    with np.errstate(invalid="ignore"):
+        above_low = v >= low if low_inclusive else v > low
+        bad = ~(np.isfinite(v) & above_low & (v <= high))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        opening = "[" if low_inclusive else "("
+        raise error(f"{name}{list(index)}: {float(v[index]):.4g} ({what}) is outside {opening}{low:g}, {high:g}]")

@@ -29,7 +29,14 @@ _KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$', re.MULTIL
 
 def check_z85_key(key: str | bytes) -> bytes:
     """A CURVE key as 40 Z85 bytes; ValueError naming what is wrong otherwise."""
-    raw = key.encode("ascii", "replace") if isinstance(key, str) else bytes(key)
+    if isinstance(key, str):
+        if not key.isascii():   # encode("ascii", "replace") would turn each such character into a valid '?'
+            bad = next(c for c in key if not c.isascii())
+            raise ValueError(f"expected a 40-character Z85 CURVE key, got a non-ASCII character {bad!r} "
+                             f"in {key[:60]!r}")
+        raw = key.encode("ascii")
+    else:
+        raw = bytes(key)
     raw = raw.strip()
     if not _Z85.fullmatch(raw):
         raise ValueError(f"expected a 40-character Z85 CURVE key, got {raw[:60]!r} ({len(raw)} characters)")
@@ -54,6 +61,54 @@ def _certificate(public: bytes, secret: bytes | None, comment: str) -> str:
 def write_public_certificate(path: str | os.PathLike, public: str | bytes, comment: str = "") -> None:
     """A zmq public certificate (what ThreadAuthenticator reads from authorized_clients/)."""
     write_atomic(path, _certificate(check_z85_key(public), None, comment or "public key"), durable=True)
+
+
+def read_public_certificate(path: str | os.PathLike) -> bytes:
+    """The public key of a zmq certificate as 40 Z85 bytes; ValueError naming the file and the problem (an
+    empty file, no `public-key = "..."` line, a key that is not 40 Z85 characters)."""
+    try:
+        text = Path(path).read_bytes().decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not an ASCII zmq certificate") from None
+    found = dict(_KEY_LINE.findall(text))
+    if "public" not in found:
+        raise ValueError(f"{path}: no line public-key = \"<40 Z85 characters>\" "
+                         f"({'the file is empty' if not text.strip() else f'{len(text)} bytes of something else'})")
+    try:
+        return check_z85_key(found["public"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def read_authorized_clients(folder: str | os.PathLike) -> dict[str, bytes]:
+    """name -> public key (Z85 bytes) of every `NAME.key` in a server's authorized_clients folder.
+
+    Fails closed and loud: ValueError naming every file that is not a valid public certificate, and when
+    the folder holds no key at all (zmq's own loader skips a bad file, or drops the whole list on an
+    exception, and the server then refuses every client while it says it serves). Files of other
+    suffixes are not read (zmq reads only *.key); `ignored_files` lists them."""
+    folder = Path(folder)
+    keys: dict[str, bytes] = {}
+    problems = []
+    for path in sorted(folder.glob("*.key")):
+        try:
+            keys[path.stem] = read_public_certificate(path)
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError(f"{len(problems)} bad client key file(s) in {folder}: " + "; ".join(problems)
+                         + " (fix or remove each; `genlca-backend keys --add-client NAME --public-key Z85 "
+                         "--replace` rewrites one)")
+    if not keys:
+        raise ValueError(f"{folder} holds no client key (NAME.key): every client would be refused; add one "
+                         f"with `genlca-backend keys --add-client NAME --public-key Z85`, or remove the folder "
+                         f"to accept any client key")
+    return keys
+
+
+def ignored_files(folder: str | os.PathLike) -> list[str]:
+    """Names in an authorized_clients folder that are not read (not NAME.key)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.suffix != ".key")
 
 
 def read_keypair(path: str | os.PathLike) -> tuple[bytes, bytes]:
