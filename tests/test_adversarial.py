@@ -165,7 +165,7 @@ def test_serve_with_keys_admits_only_listed_client_keys(backend_factory, tmp_pat
 
     backend = backend_factory("--no-persist", "--keys-dir", str(keys))
     # a fresh interpreter (nothing imported zmq.auth for it) with the persistent keypair from its folder
-    script = ("import sys; from bridge import protocol; from bridge.wire.client import BridgeClient; "
+    script = ("import sys; from bridge.wire import protocol; from bridge.wire.client import BridgeClient; "
               "from bridge.wire.keys import load_or_create_client_keypair; "
               "pub, sec = load_or_create_client_keypair(sys.argv[2]); "
               "c = BridgeClient(sys.argv[1], server_public_key=sys.argv[3], client_public_key=pub, "
