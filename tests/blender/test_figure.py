@@ -85,5 +85,5 @@ def test_blender_render_matches_backend_frame(scene, addon, backend_address, ren
 
     sheet = fig["sheet"]
     assert sheet.shape == (HEIGHT, 2 * WIDTH + figure.GAP_PX, 3)
-    path = m.bridge.files.png.write_png(tmp_path / "figure.png", sheet)
-    np.testing.assert_array_equal(m.bridge.files.png.read_png(path), sheet)
+    path = m.bridge.png.write_png(tmp_path / "figure.png", sheet)
+    np.testing.assert_array_equal(m.bridge.png.read_png(path), sheet)
