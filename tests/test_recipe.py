@@ -140,11 +140,15 @@ def test_atlas_statistics_leave_no_extreme_values(shards):
 
 def test_ema_warmup_forgets_the_initial_weights():
     model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(-1.0)  # the "random" initial weights
     ema = runtime.EMA(model, 0.999)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model, decay=min(0.999, 1 / 10))  # step 0 of the warm-up: decay 0.1
-    assert float(ema.shadow["weight"].min()) >= 0.9 - 1e-6
+    ema.update(model, decay=min(0.999, 1 / 10))  # step 0 of the warm-up: decay 0.1 keeps 10 % of the start
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.8))
+    ema.update(model)  # the configured decay: 0.999 of the shadow stays
+    assert torch.allclose(ema.shadow["weight"], torch.full((1, 2), 0.8 * 0.999 + 0.001))
 
 
 def test_short_training_run_with_the_recipe_writes_the_sampling_shift(shards, tmp_path):
