@@ -63,8 +63,8 @@ def edit_pairs(count: int, attributes: tuple[str, ...] = ("upper_colour",), seed
         edits = {}
         for key in attributes:
             colour = str(rng.choice(sorted(c for c in vocab.COLOURS if c != attrs[key])))
-            edits[key] = {"colour": colour, "caption": vocab.captions({**attrs, key: colour}, rng, count=1)[0]}
-        people.append({"attributes": attrs, "caption": vocab.captions(attrs, rng, count=1)[0], "edits": edits})
+            edits[key] = {"colour": colour, "caption": vocab.benchmark_caption({**attrs, key: colour}, rng)}
+        people.append({"attributes": attrs, "caption": vocab.benchmark_caption(attrs, rng), "edits": edits})
     return people
 
 

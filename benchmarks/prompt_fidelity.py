@@ -58,7 +58,7 @@ def _person(attrs: dict[str, Any], rng: np.random.Generator, group: str) -> dict
     from training.data import vocabulary as vocab
 
     attrs = {**attrs, "gender": "woman" if rng.random() < 0.5 else "man"}
-    return {"attributes": attrs, "caption": vocab.captions(attrs, rng, count=1)[0], "group": group}
+    return {"attributes": attrs, "caption": vocab.benchmark_caption(attrs, rng), "group": group}
 
 
 def _free_port() -> int:

@@ -246,3 +246,14 @@ def test_tokens_only_people_match_the_rendered_clips_and_resume(tmp_path):
     assert report["generated"] == 1 and report["skipped"] == 2
     got = {d: {cid: tok for s in iter_shards(d) for cid, tok in zip(s.clip_ids, s.tokens)} for d in (a, b)}
     assert sorted(got[a]) == sorted(got[b]) and all(np.array_equal(got[a][k], got[b][k]) for k in got[a])
+
+
+def test_benchmark_prompts_are_the_round_2_prompts():
+    """The through-the-wire benchmarks and the shipped-model tests keep the prompts their numbers were
+    measured on (round 2's canonical caption and its one draw from the stream)."""
+    rng = np.random.default_rng(0)
+    attrs = vocab.sample_attributes(rng)
+    attrs["gender"] = "woman"
+    assert vocab.benchmark_caption(attrs, rng) == ("a woman with a bald head in a black tank top with a print on "
+                                                   "the chest and a purple skirt, wearing grey sandals")
+    assert int(rng.integers(1000)) == 632  # the stream after it is round 2's

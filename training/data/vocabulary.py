@@ -199,6 +199,28 @@ def captions(attrs: dict[str, Any], rng: np.random.Generator, count: int = 4) ->
     return out
 
 
+def benchmark_caption(attrs: dict[str, Any], rng: np.random.Generator) -> str:
+    """The fixed prompt of the through-the-wire benchmarks (benchmarks/prompt_fidelity.py, edit_fidelity.py) and
+    of the shipped-model tests, whose measured numbers hold for exactly these prompts: the round-2 canonical
+    caption (person, hair, outfit, shoes; no skin tone), with the one draw it took from `rng` (so the
+    benchmark's later people are the same too). Training and `genlca-train eval` use `captions`."""
+    g = lambda colour, garment, pattern: (  # noqa: E731  (round 2's wording, "a orange" included)
+        f"a striped {colour} {garment}" if pattern == "stripes" else f"a {colour} checked {garment}"
+        if pattern == "checks" else f"a {colour} {garment} with a print on the chest" if pattern == "chest print"
+        else f"{_article(colour)} {colour} {garment}")
+    person = " ".join([a for a in (attrs.get("stature"), attrs.get("build")) if a] + [attrs["gender"]])
+    if attrs["lower"] == "dress":
+        outfit = g(attrs["upper_colour"], "dress", attrs["upper_pattern"])
+    else:
+        lower = attrs["lower"]
+        outfit = (g(attrs["upper_colour"], attrs["upper"], attrs["upper_pattern"]) + " and "
+                  + (f"{attrs['lower_colour']} {lower}" if lower in ("shorts", "trousers")
+                     else f"{_article(attrs['lower_colour'])} {attrs['lower_colour']} {lower}"))
+    rng.permutation(4)
+    return (f"{_article(person)} {person} with {_hair_phrase(attrs['hair_style'], attrs['hair_colour'])} in "
+            f"{outfit}, wearing {attrs['shoes_colour']} {attrs['shoes']}")
+
+
 def can_caption(attrs: dict[str, Any]) -> bool:
     """Whether `captions` can describe these attributes (a synthetic person's full set)."""
     return all(k in attrs for k in ("gender", "skin_tone", "hair_style", "hair_colour", "upper", "upper_colour",
