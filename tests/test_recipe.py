@@ -35,7 +35,7 @@ def _people(n: int, seed: int = 0) -> list[dict]:
 def test_every_caption_names_every_attribute():
     for i, attrs in enumerate(_people(300)):
         caps = vocab.captions(attrs, vocab.caption_rng(f"p0-{i:06d}"), count=5)
-        assert len(caps) == 5 and caps[0] == vocab.phrasing(vocab.caption_parts(attrs), 0)
+        assert len(caps) == 5 and caps[0] == vocab.canonical_caption(attrs)
         for caption in caps:
             missing = [k for k, named in vocab.caption_coverage(attrs, caption).items() if not named]
             assert not missing, (caption, missing)
@@ -257,3 +257,20 @@ def test_benchmark_prompts_are_the_round_2_prompts():
     assert vocab.benchmark_caption(attrs, rng) == ("a woman with a bald head in a black tank top with a print on "
                                                    "the chest and a purple skirt, wearing grey sandals")
     assert int(rng.integers(1000)) == 632  # the stream after it is round 2's
+
+
+def test_diagnose_cli_end_to_end_on_a_tiny_checkpoint(shards, tmp_path):
+    import json
+
+    from training.cli import main
+
+    td.train(tiny_config(shards, tmp_path / "run", steps=2))
+    rc = main(["diagnose", "--dit", str(tmp_path / "run" / "last.safetensors"), "--shards", str(shards),
+               "--splits", "train", "--people", "3", "--times", "0.5", "0.98", "--threads", "1",
+               "--out", str(tmp_path / "d.json"), "--markdown", str(tmp_path / "d.md")])
+    assert rc == 0
+    res = json.loads((tmp_path / "d.json").read_text())
+    assert res["people"] == 3 and set(res["loss"]) == {"0.5", "0.98"}
+    assert set(res["loss"]["0.98"]) == {"caption", "empty"} and "visible/colour" in res["loss"]["0.98"]["caption"]
+    assert set(res["colour_rmse"]["0.5"]["caption"]) == {"upper_colour", "lower_colour", "shoes_colour", "hair_colour"}
+    assert "| t |" in (tmp_path / "d.md").read_text()

@@ -22,7 +22,6 @@ dit.safetensors or a training checkpoint (its EMA weights when it has them):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from backend.models.dit import TokenMapDiT, dit_from_checkpoint, patch_validity
 from backend.sampling.path import FlowPath
 from training.data import vocabulary
 from training.data.shards import iter_shards
-from training.evaluate import ATTRIBUTE_REGIONS, RegionTexels
+from training.evaluate import ATTRIBUTE_REGIONS, RegionTexels, write_report
 from training.train_diffusion import channel_groups, texels_of_patches
 
 DEFAULT_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.98)
@@ -73,7 +72,7 @@ def load_people(shards: str, splits: list[str], count: int) -> dict[str, Any]:
             if meta.get("split", "train") == "train":
                 train_caps.append(shard.captions[i])
                 train_attrs.append(meta.get("attributes", {}))
-            elif meta.get("split") in splits and len(tokens) < count:
+            if meta.get("split", "train") in splits and len(tokens) < count:
                 tokens.append(torch.from_numpy(shard.tokens[i].astype(np.float32)))
                 vis.append(torch.from_numpy(shard.visibility[i] > 0))
                 caps.append(shard.captions[i][0])
@@ -179,12 +178,7 @@ def run(args: argparse.Namespace) -> int:
     result = diagnose(model, encoder, people, regions, tuple(args.times), args.seed)
     result["caption_coverage"] = caption_coverage(people["train_captions"], people["train_attributes"])
     result["dit"] = str(args.dit)
-    table = markdown(result)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
-    if args.markdown:
-        Path(args.markdown).write_text(table)
+    write_report(result, markdown(result), args.out, args.markdown)
     return 0
 
 

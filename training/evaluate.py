@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from backend.sampling import recipe
+from bridge.files.atomic import write_atomic
 
 REGIONS = ("head", "torso", "arms", "hands", "legs", "feet")
 PROBE_ATTRIBUTES = ("upper", "upper_pattern", "lower", "hair_style", "shoes")
@@ -593,7 +594,7 @@ def load_people(folder: str | Path, splits: list[str], max_people: int,
             seen.add(key)
             per_split[split] += 1
             attrs = meta.get("attributes", {})
-            caption = (vocabulary.phrasing(vocabulary.caption_parts(attrs), 0) if recaption and vocabulary.can_caption(attrs)
+            caption = (vocabulary.canonical_caption(attrs) if recaption and vocabulary.can_caption(attrs)
                        else shard.captions[i][0])
             people.append({"tokens": torch.from_numpy(shard.tokens[i].astype(np.float32)),
                            "caption": caption, "attributes": attrs,
@@ -668,6 +669,15 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
                 rows.append(f"| {name} | " + " | ".join(", ".join(f"{e} x{n}" for e, n in list(
                     r["attribute_errors"].get(a, {}).items())[:4]) or "-" for a in attrs) + " |")
     return "\n".join(rows) + "\n"
+
+
+def write_report(results: dict[str, Any], table: str, out: str | None, markdown: str | None) -> None:
+    """Print the table; write the JSON results and the table where asked (atomically)."""
+    print(table)
+    if out:
+        write_atomic(out, json.dumps(results, indent=1))
+    if markdown:
+        write_atomic(markdown, table)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -768,12 +778,7 @@ def run(args: argparse.Namespace) -> int:
         results[name]["sampling_shift"] = shift
         results[name]["checkpoint"] = str(path)
         print(json.dumps({name: results[name]}), flush=True)
-    table = markdown_table(results)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
-    if args.markdown:
-        Path(args.markdown).write_text(table)
+    write_report(results, markdown_table(results), args.out, args.markdown)
     if args.loss_png:
         plot_loss_curves(args.checkpoints, args.loss_png)
     return 0

@@ -189,11 +189,16 @@ def phrasing(parts: dict[str, str], which: int) -> str:
     return options[which]
 
 
+def canonical_caption(attrs: dict[str, Any]) -> str:
+    """The first caption of `captions`: the first sentence shape in the canonical words (what eval prompts)."""
+    return phrasing(caption_parts(attrs), 0)
+
+
 def captions(attrs: dict[str, Any], rng: np.random.Generator, count: int = 4) -> list[str]:
     """Several phrasings of one person's attributes: the first is the canonical one (canonical words,
     the first sentence shape), the others draw a shape and synonyms from `rng`. Every caption names
     every attribute (`caption_coverage` checks it)."""
-    out = [phrasing(caption_parts(attrs), 0)]
+    out = [canonical_caption(attrs)]
     for which in rng.permutation(CAPTION_PHRASINGS)[:max(0, count - 1)]:
         out.append(phrasing(caption_parts(attrs, rng), int(which)))
     return out
