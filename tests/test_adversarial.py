@@ -159,7 +159,7 @@ def test_serve_with_keys_admits_only_listed_client_keys(backend_factory, tmp_pat
     stranger = load_or_create_client_keypair(tmp_path / "stranger")
     bad = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", "not-a-key")
     assert bad.returncode == 2 and "Z85" in bad.stderr and "Traceback" not in bad.stderr
-    added = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", listed_public.decode())
+    added = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", f"--public-key={listed_public.decode()}")
     assert added.returncode == 0, added.stderr
     assert (keys / "authorized_clients" / "blender.key").is_file()
 

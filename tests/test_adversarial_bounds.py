@@ -391,7 +391,7 @@ def test_under_curve_alice_never_receives_or_cancels_bobs_frames(tmp_path, caplo
     server_public = zmq.auth.load_certificate(str(keys / "server.key"))[0]
     pairs = {name: zmq.curve_keypair() for name in ("alice", "bob")}
     for name, (public, _) in pairs.items():
-        assert cli_main(["keys", "--keys-dir", str(keys), "--add-client", name, "--public-key", public.decode()]) == 0
+        assert cli_main(["keys", "--keys-dir", str(keys), "--add-client", name, f"--public-key={public.decode()}"]) == 0
 
     def curve(name: str) -> dict:
         public, secret = pairs[name]

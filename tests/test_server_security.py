@@ -86,7 +86,7 @@ def test_curve_with_an_authorized_clients_folder(keys_dir, tmp_path):
         BackendServer("tcp://127.0.0.1:*", placeholder_handlers(), keys_dir=tmp_path)
     listed_public, listed_secret = zmq.curve_keypair()
     assert cli_main(["keys", "--keys-dir", str(tmp_path), "--add-client", "listed",
-                     "--public-key", listed_public.decode()]) == 0
+                     f"--public-key={listed_public.decode()}"]) == 0
     server = BackendServer("tcp://127.0.0.1:*", placeholder_handlers(), keys_dir=tmp_path)
     server.serve_in_thread()
     try:

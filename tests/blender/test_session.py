@@ -131,7 +131,7 @@ def test_curve_backend_admits_the_addons_listed_key_only(scene, prefs, tmp_path)
     keys_dir = tmp_path / "keys"
     public = addon_module("keys").client_keypair()[0]
     for args in (["keys", "--keys-dir", str(keys_dir)],
-                 ["keys", "--keys-dir", str(keys_dir), "--add-client", "blender", "--public-key", public]):
+                 ["keys", "--keys-dir", str(keys_dir), "--add-client", "blender", f"--public-key={public}"]):
         done = subprocess.run([python, "-m", "backend.service.cli", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
