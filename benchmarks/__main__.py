@@ -15,7 +15,7 @@ import time
 import traceback
 
 BENCHMARKS = ("bridge", "render", "posing", "blender_import", "ingest", "synth", "tokenizer", "diffusion",
-              "photo_avatar", "edit_fidelity")
+              "photo_avatar", "edit_fidelity", "edit_mask")
 
 
 def run(name: str, options: list[str] | None = None) -> str:

@@ -38,8 +38,11 @@ from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, fetch_and_ren
 from benchmarks.timing import write_json_atomic
 
 EDITABLE = {"upper_colour": "torso", "lower_colour": "legs"}  # attribute -> the body region its garment covers
-KEPT_REGIONS = {"upper_colour": ("legs", "head", "feet"), "lower_colour": ("torso", "head", "feet")}
-LAB_REGIONS = ("torso", "legs", "head", "feet")  # arms and hands left out: sleeves belong to either
+# what must stay: for a top's colour the legs, head, feet and hands (the arms hold the sleeves, so they are
+# the top's); for the bottom's colour everything but the legs, arms and hands included
+KEPT_REGIONS = {"upper_colour": ("legs", "head", "feet", "hands"),
+                "lower_colour": ("torso", "head", "feet", "arms", "hands")}
+LAB_REGIONS = ("torso", "arms", "hands", "legs", "head", "feet")
 
 
 def edit_pairs(count: int, attributes: tuple[str, ...] = ("upper_colour",), seed: int = 0) -> list[dict[str, Any]]:
@@ -114,7 +117,9 @@ def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, ste
             got = read_avatar(client, done.header["avatar_id"], size=size, layouts=layouts)
             edits.append({
                 "attribute": key, "strength": strength,
-                "mode": done.header["meta"]["mode"] + (", same caption" if same_caption else ""),
+                "mode": done.header["meta"]["mode"] + (f" ({done.header['meta']['method']})"
+                                                       if done.header["meta"].get("method") else "")
+                        + (", same caption" if same_caption else ""),
                 "masked_fraction": done.header["meta"].get("masked_fraction"),
                 "colour": edit["colour"], "caption": edit["caption"],
                 "seconds": seconds, "predicted": got["predicted"],
@@ -138,6 +143,9 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "attribute": key, "mode": mode, "strength": strength, "edits": len(edits),
             "hit": float(np.mean([e["hit"] for e in edits])),
             "source_hit": int(sum(e["source_hit"] for e in edits)),
+            # the acceptance count: hits among the edits whose source did not already read as the new colour
+            "fresh_hits": int(sum(e["hit"] and not e["source_hit"] for e in edits)),
+            "fresh_edits": int(sum(not e["source_hit"] for e in edits)),
             "unchanged": {a: float(np.mean([e["unchanged"][a] for e in edits])) for a in ATTRIBUTES if a != key},
             "kept_de00": {reg: float(np.median([e["de00"][reg] for e in edits])) for reg in KEPT_REGIONS[key]},
             "kept_de00_max": float(max(e["de00"][reg] for e in edits for reg in KEPT_REGIONS[key])),
@@ -149,16 +157,16 @@ def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]], model: str) -> str:
-    out = [f"| {model} | mode | strength | edits | new colour read (source had it) | other attributes unchanged "
-           "| kept regions median dE00 (max) | edited region median dE00 | s per edit |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [f"| {model} | mode | strength | edits | new colour read (source had it) | read where the source did not "
+           "| other attributes unchanged | kept regions median dE00 (max) | edited region median dE00 | s per edit |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         unchanged = ", ".join(f"{a.split('_')[0]} {v:.2f}" for a, v in row["unchanged"].items())
         kept = ", ".join(f"{reg} {v:.1f}" for reg, v in row["kept_de00"].items())
         mode = row["mode"] + (f" (masked {row['masked_fraction']:.2f})" if row.get("masked_fraction") is not None
                               else "")
         out.append(f"| {row['attribute']} | {mode} | {row['strength']:g} | {row['edits']} | {row['hit']:.2f} "
-                   f"({row['source_hit']}) | {unchanged} | {kept} ({row['kept_de00_max']:.1f}) | "
+                   f"({row['source_hit']}) | {row['fresh_hits']}/{row['fresh_edits']} | {unchanged} | {kept} ({row['kept_de00_max']:.1f}) | "
                    f"{EDITABLE[row['attribute']]} {row['edited_de00']:.1f} | {row['seconds']:.1f} |")
     return "\n".join(out) + "\n"
 

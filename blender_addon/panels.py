@@ -123,7 +123,7 @@ class GENLCA_PT_edit(_GenLCAPanel, bpy.types.Panel):
         sub = col.row()
         sub.enabled = whole  # a region is regenerated from noise: strength is a text edit's
         sub.prop(props, "strength")
-        label = "Edit" if whole else "Regenerate What Changes" if auto else f"Regenerate {props.region.title()}"
+        label = "Edit" if whole else "Change What the Prompt Changes" if auto else f"Regenerate {props.region.title()}"
         layout.operator("genlca.edit", text=label, icon="GREASEPENCIL" if whole else "FILE_REFRESH")
 
 

@@ -58,8 +58,9 @@ class GenLCASceneProps(bpy.types.PropertyGroup):
     region: bpy.props.EnumProperty(
         name="Region", items=[("whole_body", "Whole Body", "Text edit of the whole avatar at the strength"),
                              (protocol.AUTO_REGION, "Auto (what the prompt changes)",
-                              "Regenerate the texels the edit prompt changes against the avatar's own caption; "
-                              "every other texel stays bit-identical")]
+                              "Change the garment the edit prompt changes against the avatar's own caption (a "
+                              "new colour word recolours it, keeping its folds); every other texel stays "
+                              "bit-identical")]
         + [(r, r.title(), f"Regenerate the {r}; every other region stays bit-identical")
            for r in protocol.BODY_REGIONS],
         # Auto by default: a whole-body noise edit at a strength low enough to keep the person barely changes

@@ -102,7 +102,8 @@ def test_otsu_threshold_splits_a_bimodal_map_between_its_modes_and_edit_mask_tak
     level = otsu_threshold(torch.cat([kept, changed]))
     assert 0.2 <= level <= 0.6  # every level in the empty gap separates the classes perfectly
     src, _ = generate_tokens(bundle, "a woman in a red top", seed=0, settings=SamplerSettings(steps=3))
-    raw, heat = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", dilate=0, threshold="otsu")
+    raw, heat = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", dilate=0, threshold="otsu",
+                          grow=None)
     atlas = bundle.layout.atlas_mask
     assert torch.equal(raw, (heat >= otsu_threshold(heat[atlas])) & atlas)
     with pytest.raises(ValueError, match="threshold"):
@@ -112,21 +113,24 @@ def test_otsu_threshold_splits_a_bimodal_map_between_its_modes_and_edit_mask_tak
 def test_edit_mask_is_inside_the_atlas_deterministic_and_empty_for_the_same_prompt(bundle):
     src, _ = generate_tokens(bundle, "a woman in a red top", seed=0, settings=SamplerSettings(steps=3))
     atlas = bundle.layout.atlas_mask
-    mask, heat = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top")
-    again, heat2 = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top")
+    mask, heat = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", grow=None)
+    again, heat2 = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", grow=None)
     assert mask.shape == atlas.shape and mask.dtype == torch.bool
     assert torch.equal(mask, again) and torch.equal(heat, heat2)
     assert mask.any() and not mask[~atlas].any() and not heat[~atlas].any()
     assert float(heat[atlas].max()) == 1.0 and float(heat[atlas].min()) == 0.0  # min-max over the atlas
     # without dilation the mask is exactly the threshold rule; dilation only adds, and stays in the atlas
-    raw, h = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", dilate=0)
+    raw, h = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", dilate=0, grow=None)
     assert torch.equal(raw, (h >= 0.5) & atlas) and bool((mask | ~raw).all()) and mask.sum() > raw.sum()
     # snapping adds every body region at least half masked, whole, and nothing else
-    snapped, _ = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", snap=0.5)
+    snapped, _ = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top", snap=0.5, grow=None)
     regions = {r: bundle.layout.region_mask(r) for r in REGION_NAMES}
     whole = [r for r, m in regions.items() if (mask & m).sum() >= 0.5 * m.sum()]
     expected = mask | (bundle.layout.region_mask(whole) if whole else torch.zeros_like(mask))
     assert torch.equal(snapped, expected)
+    # the default grows the mask over the garment the words name (a top: torso and arms) and leaves the map
+    grown, h3 = edit_mask(bundle, src, "a woman in a blue top", "a woman in a red top")
+    assert torch.equal(h3, heat) and not grown[~bundle.layout.region_mask(["torso", "arms"])].any()
     # the same prompt on both sides: the two velocities are the same numbers, so the map is 0 everywhere
     same, zero = edit_mask(bundle, src, "a woman in a red top", "a woman in a red top")
     assert not same.any() and not zero.any()

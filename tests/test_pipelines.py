@@ -132,6 +132,7 @@ def test_auto_region_edit_through_the_server_keeps_the_unmasked_gaussians(client
                                        seed=4, steps=4), timeout_s=60.0)
     meta = edited.header["meta"]
     assert meta["mode"] == "auto-region" and meta["region"] == "auto" and meta["edited_from"] == avatar_id
+    assert meta["method"] == "recolour" and meta["sampler"]["garments"] == ["upper"]  # only a colour word changed
     assert meta["sampler"]["reference_prompt"] == "a tall man in a green coat"
     assert 0.0 < meta["masked_fraction"] < 1.0
     out = client.call(protocol.GetAvatar(avatar_id=edited.header["avatar_id"]), timeout_s=30.0).arrays
@@ -139,6 +140,9 @@ def test_auto_region_edit_through_the_server_keeps_the_unmasked_gaussians(client
     # only masked texels may change: at most the masked fraction of the Gaussians, and some do
     assert changed.any() and changed.mean() <= meta["masked_fraction"] + 1e-9
     np.testing.assert_array_equal(out["skin_weights"], source.arrays["skin_weights"])
+    other = client.call(protocol.Edit(avatar_id=avatar_id, prompt="a tall man in a green dress", region="auto",
+                                      seed=4, steps=4), timeout_s=60.0)
+    assert other.header["meta"]["method"] == "inpaint"  # another garment: regenerated, not recoloured
     same = client.call(protocol.Edit(avatar_id=avatar_id, prompt="a tall man in a green coat", region="auto"),
                        timeout_s=60.0)
     assert same.header["meta"]["masked_fraction"] == 0.0

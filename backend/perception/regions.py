@@ -40,6 +40,18 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
+def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
+    """(..., 3) L*, a*, b* -> (..., 3) float sRGB in [0, 1] (the inverse of `srgb_to_lab`; out-of-gamut colours
+    are clipped)."""
+    lab = np.asarray(lab, np.float64)
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
+    eps, kappa = 216 / 24389, 24389 / 27
+    t = np.where(f ** 3 > eps, f ** 3, (116 * f - 16) / kappa)
+    linear = np.clip((t * _WHITE) @ np.linalg.inv(_RGB_TO_XYZ).T, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+
+
 def delta_e76(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     """CIE76: Euclidean distance in Lab. (..., 3), (..., 3) -> (...)."""
     return np.linalg.norm(np.asarray(lab1, np.float64) - np.asarray(lab2, np.float64), axis=-1)

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from backend.avatar.body_parts import REGION_NAMES
+from backend.avatar.garments import SLOT_CORE, SLOT_NEAR_CORE_M, SLOT_REGIONS, changed_slots, colour_changes
+from backend.avatar.gaussians import SH_C0
+from backend.avatar.tokens import COLOUR_CHANNELS
+from backend.perception.regions import delta_e2000, lab_to_srgb, srgb_to_lab
 from backend.sampling.editing import edit_from_strength, inpaint, noise_like
 from backend.sampling.path import FlowPath, time_grid
 from backend.sampling.recipe import decoder_tokens
@@ -92,6 +97,9 @@ MASK_T = 0.5                # the noise level the two velocities are compared at
 MASK_THRESHOLD = 0.5        # a texel is masked where its min-max normalised smoothed difference >= this
 MASK_DILATE = 1             # texels of 3x3 dilation after thresholding
 MASK_SNAP = None            # snap=f: a body region at least f masked is masked whole; off (measured no better)
+MASK_GROW_SHARE = 0.1       # grow: a body region at least this share masked is searched for the garment's colour
+MASK_REACH_HEAT = 0.2      # grow by the words: outside the garment's core region the map must be at least this
+MASK_GROW_TOLERANCE = 12.0  # grow: CIEDE2000 from the masked texels' colour(s) within which a texel joins the mask
 
 
 def _atlas_blur(x: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
@@ -104,7 +112,8 @@ def _atlas_blur(x: torch.Tensor, atlas: torch.Tensor) -> torch.Tensor:
 
 def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seeds: tuple[int, ...] = MASK_SEEDS,
               t: float = MASK_T, threshold: float | str = MASK_THRESHOLD, dilate: int = MASK_DILATE,
-              snap: float | None = MASK_SNAP) -> tuple[torch.Tensor, torch.Tensor]:
+              snap: float | None = MASK_SNAP, grow: float | None = MASK_GROW_TOLERANCE,
+              grow_share: float = MASK_GROW_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (mask (R, R) bool, inside the atlas; difference map (R, R) float in [0, 1], 0 outside the atlas).
 
     The normalised source is noised to t with each of `seeds`; the map is |v(prompt) - v(ref_prompt)| of the
@@ -112,7 +121,11 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
     3x3-smoothed on the atlas and min-max normalised over the atlas. Masked: map >= threshold (a level, or
     "otsu": `otsu_threshold` of the map), dilated by
     `dilate` texels, then (snap) every body region whose texels are at least `snap` masked is added whole.
-    Identical prompts give identical velocities, so an all-zero map and an empty mask."""
+    grow (a CIEDE2000 tolerance, None: off): the thresholded texels mark the garment the prompt changes, and
+    `grow_garment` completes it on the source by colour (the difference map finds where a garment is, the
+    source's colours say how far it reaches: "green shirt" against "red shirt" lights the shoulders most,
+    and the whole red shirt is what must change). Identical prompts give identical velocities, so an
+    all-zero map and an empty mask."""
 
     if threshold != "otsu" and not (isinstance(threshold, (int, float)) and 0.0 < threshold <= 1.0):
         raise ValueError(f"threshold must be in (0, 1] or 'otsu', got {threshold!r}")
@@ -121,6 +134,9 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
                          f"seeds={seeds}")
     if snap is not None and not 0.0 < snap <= 1.0:
         raise ValueError(f"snap must be in (0, 1] or None, got {snap}")
+    if (grow is not None and not grow > 0) or not 0.0 < grow_share <= 1.0:
+        raise ValueError(f"grow must be a CIEDE2000 tolerance > 0 or None and grow_share in (0, 1]; got "
+                         f"grow={grow}, grow_share={grow_share}")
     dit = bundle.dit
     src, atlas = _source(bundle, tokens)
     plain = SamplerSettings(steps=1, guidance=1.0)
@@ -141,7 +157,12 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
         mask = (heat >= level) & atlas
     else:
         heat, mask = torch.zeros_like(diff), torch.zeros_like(atlas)
-    if dilate and bool(mask.any()):
+    slots = changed_slots(prompt, ref_prompt) if grow is not None else ()
+    if slots:  # the words name the garment: look for it where that garment can lie, whatever the map says
+        mask = garment_mask(slots, heat, src, bundle.layout, mask, tolerance=grow)
+    elif grow is not None and bool(mask.any()):
+        mask = grow_garment(mask, heat, src, bundle.layout, tolerance=grow, share=grow_share)
+    if dilate and grow is None and bool(mask.any()):  # a grown mask follows the garment's own edge
         k = 2 * dilate + 1
         mask = (F.max_pool2d(mask.float()[None, None], k, stride=1, padding=dilate)[0, 0] > 0) & atlas
     if snap is not None and bool(mask.any()):
@@ -150,6 +171,113 @@ def edit_mask(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *
             if int(region.sum()) and float((mask & region).sum()) >= snap * float(region.sum()):
                 mask |= region
     return mask.cpu(), heat.cpu()
+
+
+def texel_lab(tokens: torch.Tensor) -> np.ndarray:
+    """(R, R, 3) CIELAB of each texel's colour (the SH-DC channels of a (C, R, R) token map, clamped to sRGB)."""
+    rgb = (0.5 + SH_C0 * tokens[list(COLOUR_CHANNELS)].float()).clamp(0.0, 1.0)
+    return srgb_to_lab(rgb.permute(1, 2, 0).cpu().numpy())
+
+
+def garment_colours(lab: np.ndarray, weight: np.ndarray, tolerance: float, clusters: int = 2,
+                    min_share: float = 0.25, iterations: int = 10) -> np.ndarray:
+    """(K, 3) the colour(s) of a garment from its texels' Lab (N, 3) and weights (N,): a weighted k-means
+    (k = `clusters`, deterministic farthest-point start) in Lab; a cluster holding less than `min_share` of the
+    weight is a stray (skin at the mask's edge) and dropped; clusters closer than `tolerance` merge. Two
+    clusters cover a two-colour pattern (stripes, checks)."""
+    w = np.asarray(weight, np.float64) + 1e-12
+    centres = [lab[int(np.argmax(w))]]  # the most-changed texel's colour, then the farthest from it
+    for _ in range(1, clusters):
+        d = np.min([delta_e2000(lab, c) for c in centres], axis=0)
+        centres.append(lab[int(np.argmax(d))])
+    centres = np.asarray(centres)
+    for _ in range(iterations):
+        nearest = np.argmin(np.stack([delta_e2000(lab, c) for c in centres]), axis=0)
+        centres = np.stack([np.average(lab[nearest == k], axis=0, weights=w[nearest == k])
+                            if (nearest == k).any() else centres[k] for k in range(len(centres))])
+    nearest = np.argmin(np.stack([delta_e2000(lab, c) for c in centres]), axis=0)
+    share = np.array([w[nearest == k].sum() for k in range(len(centres))]) / w.sum()
+    order = np.argsort(-share)
+    kept = [centres[order[0]]]
+    for k in order[1:]:
+        if share[k] >= min_share and all(float(delta_e2000(centres[k], c)) > tolerance for c in kept):
+            kept.append(centres[k])
+    return np.asarray(kept)
+
+
+def grow_garment(mask: torch.Tensor, heat: torch.Tensor, tokens: torch.Tensor, layout, *,
+                 tolerance: float = MASK_GROW_TOLERANCE, share: float = MASK_GROW_SHARE) -> torch.Tensor:
+    """The garment a difference mask points at, completed on the source by colour: (R, R) bool.
+
+    mask (R, R) bool: the texels the prompt changes most; heat (R, R): the difference map (weights);
+    tokens (C, R, R): the source. The garment's colour(s) (`garment_colours` of the masked texels, weighted by
+    heat) are looked for in every body region (REGION_NAMES) of which at least `share` is masked; a texel of
+    such a region joins the mask where its colour is within `tolerance` CIEDE2000 of one of them. Regions the
+    mask does not reach stay as they are, so a red shirt grows over the torso and the sleeves but not into red
+    shoes; the masked texels themselves always stay masked."""
+    m = mask.cpu().numpy()
+    if not m.any():
+        return mask.clone()
+    lab = texel_lab(tokens)
+    centres = garment_colours(lab[m], heat.cpu().numpy()[m], tolerance)
+    out = m.copy()
+    for name in REGION_NAMES:
+        region = layout.region_mask(name).cpu().numpy()
+        if not region.any() or (m & region).sum() < share * region.sum():
+            continue
+        out |= _nearer_garment(lab, region, centres, 1.0 - heat.cpu().numpy(), tolerance)
+    return torch.from_numpy(out).to(mask.device)
+
+
+def garment_mask(slots: tuple[str, ...], heat: torch.Tensor, tokens: torch.Tensor, layout, mask: torch.Tensor, *,
+                 tolerance: float = MASK_GROW_TOLERANCE, floor: float = 0.02,
+                 reach_heat: float = MASK_REACH_HEAT) -> torch.Tensor:
+    """(R, R) bool: the texels of the garments `slots` (backend/avatar/garments.py) on the source `tokens`.
+
+    Per slot, the garment's colour(s) are read in its core region (SLOT_CORE: torso for a top, feet for shoes),
+    each texel weighted by the difference map `heat` (+ `floor`, so a map that missed the garment still reads
+    the region's dominant colour), and every texel of the regions the garment can cover (SLOT_REGIONS) within
+    `tolerance` CIEDE2000 of them is masked (outside the core region only where the map is >= `reach_heat`),
+    together with the map's own `mask` inside the core region."""
+    lab = texel_lab(tokens)
+    h = heat.cpu().numpy()
+    m = mask.cpu().numpy()
+    out = np.zeros_like(m)
+    for slot in slots:
+        core = layout.region_mask(SLOT_CORE[slot]).cpu().numpy()
+        centres = garment_colours(lab[core], h[core] + floor, tolerance)
+        reach = layout.region_mask(list(SLOT_REGIONS[slot])).cpu().numpy()
+        found = _nearer_garment(lab, reach, centres, 1.0 - h, tolerance)
+        # beyond its core region a garment must also be where the map sees a change (a beige hoodie beside a
+        # white skirt's waist band has nearly its colour; the map tells them apart), or, for a garment that
+        # only just leaves its core (a boot's shaft), near its core on the body
+        beyond = h >= reach_heat
+        if SLOT_NEAR_CORE_M.get(slot) and (found & core).any():
+            anchors = layout.anchors.cpu().numpy()
+            near = torch.cdist(torch.from_numpy(anchors[found & ~core]).double(),
+                               torch.from_numpy(anchors[found & core]).double()).amin(1).numpy()
+            close = np.zeros_like(found)
+            close[found & ~core] = near <= SLOT_NEAR_CORE_M[slot]
+            beyond |= close
+        out |= (found & (core | beyond)) | (m & core)
+    return torch.from_numpy(out).to(mask.device)
+
+
+def _nearer_garment(lab: np.ndarray, region: np.ndarray, centres: np.ndarray, rest_weight: np.ndarray,
+                    tolerance: float) -> np.ndarray:
+    """(R, R) bool: texels of `region` within `tolerance` CIEDE2000 of a garment colour (`centres`) AND nearer to
+    it than to the colours of the rest of the region (`garment_colours` weighted by `rest_weight`, the ones
+    not within tolerance of the garment's): brown hair next to brown skin is told apart by which it is nearer."""
+    d_garment = np.min([delta_e2000(lab[region], c) for c in centres], axis=0)
+    rest = [c for c in garment_colours(lab[region], np.clip(rest_weight[region], 0.0, None), tolerance, clusters=3,
+                                       min_share=0.1)
+            if min(float(delta_e2000(c, g)) for g in centres) > tolerance]
+    keep = d_garment <= tolerance
+    if rest:
+        keep &= d_garment < np.min([delta_e2000(lab[region], c) for c in rest], axis=0)
+    out = np.zeros_like(region)
+    out[region] = keep
+    return out
 
 
 def otsu_threshold(values: torch.Tensor, bins: int = 64) -> float:
@@ -168,31 +296,74 @@ def otsu_threshold(values: torch.Tensor, bins: int = 64) -> float:
 
 def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str = "", *, seed: int = 0,
                     settings: SamplerSettings | None = None, threshold: float | str = MASK_THRESHOLD,
-                    snap: float | None = MASK_SNAP, progress: Progress | None = None,
+                    snap: float | None = MASK_SNAP, recolour: bool = True, progress: Progress | None = None,
                     cancel: Cancel | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """tokens (C, R, R) -> (tokens with `edit_mask(prompt vs ref_prompt)` inpainted under `prompt`, info).
+    """tokens (C, R, R) -> (tokens with `edit_mask(prompt vs ref_prompt)` changed under `prompt`, info).
 
-    Every texel outside the mask keeps its source token bit for bit. `inpaint` starts from t = 1 (noise) inside
-    the mask, so there is no strength here. An empty mask returns the source unchanged."""
+    Every texel outside the mask keeps its source token bit for bit. Inside it: when the prompt differs from the
+    reference only in a garment's colour words (`garments.colour_changes`; recolour=True) the garment keeps its
+    shape, pattern and shading and takes the named colour (`recolour_garment`: the same shirt, green), else the
+    mask is inpainted from t = 1 (noise) under the prompt, so there is no strength here. An empty mask returns
+    the source unchanged. info["method"] says which ran."""
     if not prompt.strip():
         raise ValueError("an auto-region edit needs a prompt (the mask is what that prompt changes)")
     settings = (settings or SamplerSettings()).resolved(bundle.config)
     if progress is not None:
         progress("mask", 0, 1)
-    mask, _ = edit_mask(bundle, tokens, prompt, ref_prompt, threshold=threshold, snap=snap)
+    mask, heat = edit_mask(bundle, tokens, prompt, ref_prompt, threshold=threshold, snap=snap)
     if progress is not None:
         progress("mask", 1, 1)
+    slots = changed_slots(prompt, ref_prompt)
     rule = (f"smoothed |v(prompt) - v(reference)| at t={MASK_T} over seeds {list(MASK_SEEDS)}, min-max normalised, "
-            f">= {threshold}, dilated {MASK_DILATE}" + (f", regions >= {snap} masked whole" if snap else ""))
+            f">= {threshold}" + (f", grown over the {'/'.join(slots)} garment by colour (CIEDE2000 <= "
+                                 f"{MASK_GROW_TOLERANCE:g})" if slots else
+                                 f", grown by colour in regions >= {MASK_GROW_SHARE:g} masked") +
+            (f", regions >= {snap} masked whole" if snap else ""))
+    changes = colour_changes(prompt, ref_prompt) if recolour else {}
     info: dict[str, Any] = {"steps": settings.steps, "guidance": settings.guidance, "seed": seed,
                             "reference_prompt": ref_prompt, "masked_texels": int(mask.sum()),
                             "masked_fraction": int(mask.sum()) / int(bundle.layout.atlas_mask.sum()),
-                            "mask_rule": rule, "used": ["text"]}
+                            "mask_rule": rule, "garments": list(slots), "used": ["text"],
+                            "method": "recolour" if changes and bool(mask.any()) else "inpaint"}
     if not bool(mask.any()):
         src, _ = _source(bundle, tokens)
         return src.cpu().clone(), info
+    if changes:
+        src, _ = _source(bundle, tokens)
+        out = src.cpu().clone()
+        for slot, rgb in changes.items():
+            garment = garment_mask((slot,), heat, src, bundle.layout, mask)
+            out = recolour_garment(out, garment & mask.to(garment.device), slot, heat, bundle.layout, rgb)
+        return out, info
     return _inpaint_mask(bundle, tokens, mask, prompt, seed=seed, settings=settings, progress=progress,
                          cancel=cancel), info
+
+
+def recolour_garment(tokens: torch.Tensor, mask: torch.Tensor, slot: str, heat: torch.Tensor, layout,
+                     rgb: tuple[float, float, float], floor: float = 0.02) -> torch.Tensor:
+    """(C, R, R): `tokens` with the garment under `mask` (R, R) in the colour `rgb` (sRGB in [0, 1]).
+
+    The garment's main colour (the largest cluster of `garment_colours` in its core region, weighted by `heat`)
+    is moved to the new colour in CIELAB and every masked texel nearer to it than to a second pattern colour
+    moves by the same offset, so shading and the garment's own variation stay (a red shirt's folds are a green
+    shirt's folds); a second colour (stripes, a print) and every channel but colour stay as they are."""
+    out = tokens.clone()
+    m = mask.cpu().numpy()
+    if not m.any():
+        return out
+    lab = texel_lab(tokens)
+    core = layout.region_mask(SLOT_CORE[slot]).cpu().numpy()
+    centres = garment_colours(lab[core], heat.cpu().numpy()[core] + floor, MASK_GROW_TOLERANCE)
+    d = np.stack([delta_e2000(lab[m], c) for c in centres])
+    main = d.argmin(0) == 0
+    target = srgb_to_lab(np.asarray(rgb, np.float64))
+    new_lab = lab[m][main] + (target - centres[0])
+    new_rgb = lab_to_srgb(new_lab)  # (N, 3)
+    idx = np.argwhere(m)[main]
+    dc = torch.from_numpy((new_rgb - 0.5) / SH_C0).to(out.dtype)
+    for k, ch in enumerate(COLOUR_CHANNELS):
+        out[ch, idx[:, 0], idx[:, 1]] = dc[:, k]
+    return out
 
 
 def _inpaint_mask(bundle, tokens: torch.Tensor, mask: torch.Tensor, prompt: str, *, seed: int,

@@ -180,7 +180,7 @@ class AvatarService:
         meta = {"edited_from": request.avatar_id, "prompt": request.prompt, "region": request.region,
                 "strength": request.strength, "mode": mode, "seed": request.seed, "sampler": info}
         if auto:
-            meta["masked_fraction"] = info["masked_fraction"]
+            meta["masked_fraction"], meta["method"] = info["masked_fraction"], info["method"]
         return self._decode_and_store(tokens, meta, ctx), {}
 
     # ------------------------------------------------------------------ get / render / export

@@ -355,7 +355,7 @@ def test_auto_region_edit_through_the_panel_changes_only_masked_splats(live, sce
     assert not bpy.ops.genlca.edit.poll()  # Auto needs the prompt whose change it masks
     scene.genlca.edit_prompt = "a woman in a blue dress"
     panel = draw_panel("GENLCA_PT_edit")
-    assert ("operator", "Regenerate What Changes", True) in panel.items and not panel.enabled_of("prop", "strength")
+    assert ("operator", "Change What the Prompt Changes", True) in panel.items and not panel.enabled_of("prop", "strength")
     edited, a, changed = _edit_through_panel(session, scene, source_mesh)
     assert scene.genlca.avatars[-1].label.endswith("(auto)")
     meta = json.loads(edited["genlca_meta"])

@@ -21,21 +21,14 @@ from typing import Any
 
 import numpy as np
 
-# sRGB in [0, 1]
-COLOURS: dict[str, tuple[float, float, float]] = {
-    "black": (0.07, 0.07, 0.08), "white": (0.93, 0.93, 0.91), "grey": (0.50, 0.50, 0.52),
-    "red": (0.80, 0.10, 0.12), "blue": (0.14, 0.30, 0.78), "navy": (0.09, 0.13, 0.35),
-    "green": (0.15, 0.58, 0.25), "yellow": (0.95, 0.82, 0.15), "orange": (0.95, 0.50, 0.10),
-    "purple": (0.45, 0.20, 0.62), "pink": (0.95, 0.55, 0.70), "brown": (0.45, 0.28, 0.15),
-    "beige": (0.85, 0.76, 0.60), "teal": (0.10, 0.55, 0.55),
-}
+from backend.avatar.garments import GARMENT_COLOURS, HAIR_COLOURS
+
+# sRGB in [0, 1]; the garment and hair colours live with the edit's lexicon (backend/avatar/garments.py),
+# which reads them back from prompts
+COLOURS = GARMENT_COLOURS
 SKIN_TONES: dict[str, tuple[float, float, float]] = {
     "pale": (0.96, 0.82, 0.72), "light": (0.90, 0.72, 0.58), "medium": (0.80, 0.60, 0.45),
     "tan": (0.68, 0.48, 0.33), "brown": (0.50, 0.33, 0.22), "dark": (0.32, 0.21, 0.14),
-}
-HAIR_COLOURS: dict[str, tuple[float, float, float]] = {
-    "black": (0.05, 0.04, 0.04), "dark brown": (0.20, 0.12, 0.07), "brown": (0.38, 0.23, 0.12),
-    "blonde": (0.88, 0.74, 0.45), "red": (0.62, 0.20, 0.08), "grey": (0.66, 0.66, 0.66),
 }
 HAIR_STYLES = ("bald", "short", "long", "bun")
 UPPER_GARMENTS = ("t-shirt", "long-sleeve shirt", "tank top", "hoodie", "jacket")
