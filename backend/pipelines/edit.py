@@ -259,8 +259,26 @@ def garment_mask(slots: tuple[str, ...], heat: torch.Tensor, tokens: torch.Tenso
             close = np.zeros_like(found)
             close[found & ~core] = near <= SLOT_NEAR_CORE_M[slot]
             beyond |= close
-        out |= (found & (core | beyond)) | (m & core)
+        out |= _fill_specks((found & (core | beyond)) | (m & core), reach, layout.atlas_mask.cpu().numpy())
     return torch.from_numpy(out).to(mask.device)
+
+
+def _fill_specks(mask: np.ndarray, region: np.ndarray, atlas: np.ndarray, share: float = 0.6,
+                 rounds: int = 2) -> np.ndarray:
+    """mask (R, R) with the texels of `region` whose atlas neighbours (3 x 3) are at least `share` masked added,
+    `rounds` times: a generated garment's colour noise leaves specks beyond the colour tolerance, which would
+    keep the old colour inside the new garment."""
+    out = mask.copy()
+    a = torch.from_numpy(atlas.astype(np.float32))[None, None]
+    for _ in range(rounds):
+        m = torch.from_numpy(out.astype(np.float32))[None, None]
+        near = F.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=True)[0, 0].numpy()
+        valid = F.avg_pool2d(a, 3, stride=1, padding=1, count_include_pad=True)[0, 0].numpy()
+        add = region & ~out & (near >= share * np.maximum(valid, 1e-6))
+        if not add.any():
+            break
+        out |= add
+    return out
 
 
 def _nearer_garment(lab: np.ndarray, region: np.ndarray, centres: np.ndarray, rest_weight: np.ndarray,
