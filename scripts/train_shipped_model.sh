@@ -9,7 +9,8 @@
 #   STAGE=eval scripts/train_shipped_model.sh   # only the evaluation of the package in checkpoints/
 # Environment: WORKERS (data generation processes, default 2), INIT (the package stage 3 starts from,
 # default checkpoints/genlca-small), OUT (where the new package goes, default runs/genlca-small-stage4), STOP4
-# (the step stage 4 stops at, default 2000).
+# (the step stage 4 stops at, default 1600: the shipped run stopped there for the evaluation; lr had decayed
+# to 3.8e-5 from 2e-4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -17,7 +18,7 @@ scripts/setup_env.sh main
 WORKERS=${WORKERS:-2}
 INIT=${INIT:-checkpoints/genlca-small}
 OUT=${OUT:-runs/genlca-small-stage4}
-STOP4=${STOP4:-2000}
+STOP4=${STOP4:-1600}
 STAGE=${STAGE:-all}
 mkdir -p runs/eval logs
 
