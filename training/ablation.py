@@ -290,9 +290,10 @@ def summarise(values: dict[str, list[float]]) -> dict[str, Any]:
     for name, num, den in (("colour_noise_ratio", "colour_noise", "colour_noise_gt"),
                            ("floaters_ratio", "floaters", "floaters_gt")):
         if num in values:
-            a, b = np.asarray(values[num]), np.asarray(values[den])
+            a, b = np.asarray(values[num], np.float64), np.asarray(values[den], np.float64)
             ok = ~(np.isnan(a) | np.isnan(b))
-            mean = float(a[ok].mean() / max(b[ok].mean(), 1e-9)) if ok.any() else float("nan")
+            with np.errstate(invalid="ignore"):  # as evaluate.py: nan-means, the floaters' reference floored
+                mean = float(np.nanmean(a) / (max(np.nanmean(b), 1e-9) if name == "floaters_ratio" else np.nanmean(b)))
             out[name] = {"mean": mean, "interval": bootstrap_ratio_interval(values[num], values[den]),
                          "people": int(ok.sum())}
     return out
