@@ -9,6 +9,7 @@
     diffusion, eval  train the token-map DiT (training/train_diffusion.py, torchrun-aware); evaluate it
                      (training/evaluate.py)
     scaling          the data-scaling curve (training/scaling.py)
+    ablation         the visibility ablation: aware / loss_mask / naive x seeds (training/ablation.py)
     package          a model package the backend serves (training/package_model.py)
 
 Each stage's options and code live in its module; the modules are imported when the parser is built.
@@ -99,6 +100,9 @@ def _add_diffusion_commands(sub) -> None:
     from training import scaling  # `genlca-train scaling`: the data-scaling curve (train + eval per size)
 
     scaling.add_subparser(sub)
+    from training import ablation  # `genlca-train ablation`: visibility modes x seeds (train + eval per run)
+
+    ablation.add_subparser(sub)
     from training import package_model
 
     p = sub.add_parser("package", help="make a model package the backend serves from training checkpoints")

@@ -473,9 +473,12 @@ def template_tokens(layout: Any, decoder_config: Any) -> torch.Tensor:
 def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], renderer: Renderer,
                         regions: RegionTexels, silhouettes: dict[str, torch.Tensor], samples: int = 2,
                         steps: int = 25, text_scale: float = 4.0, seed: int = 0,
-                        probe: AttributeProbe | None = None, shift: float = 1.0) -> dict[str, Any]:
+                        probe: AttributeProbe | None = None, shift: float = 1.0,
+                        per_person: bool = False) -> dict[str, Any]:
     """people: dicts with gt tokens (C, R, R), caption, attributes, split. With a probe, every attribute
-    the caption names is scored (module docstring (b')), with pairs, intervals and visual ratios."""
+    the caption names is scored (module docstring (b')), with pairs, intervals and visual ratios.
+    per_person: also return every person's values (key "per_person", lists in the order of `people`), so
+    that runs scored on the same people can be pooled and compared person by person (training/ablation.py)."""
     from backend.models.conditioning import text_condition
 
     holes: dict[str, list[float]] = {v: [] for v in silhouettes}
@@ -485,7 +488,8 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
     errors: dict[str, collections.Counter] = {}  # attribute -> "truth -> predicted" -> count
     div, feats = [], []
     pairs: dict[str, list[bool]] = {}
-    per_person: dict[str, list[float]] = {}
+    by_group: dict[str, list[float]] = {}
+    attr_mean: list[float] = []  # per person, in the order of `people`
     noise, noise_gt, floaters, floaters_gt = [], [], [], []
     atlas = renderer.layout.atlas_mask
     for i, person in enumerate(people):
@@ -502,7 +506,8 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
             hits.setdefault(group, {}).setdefault(key, []).append(ok)
             if not ok:
                 errors.setdefault(key, collections.Counter())[f"{person['attributes'][key]} -> {predicted[key]}"] += 1
-        per_person.setdefault(group, []).append(float(np.mean(list(scored.values()))) if scored else float("nan"))
+        attr_mean.append(float(np.mean(list(scored.values()))) if scored else float("nan"))
+        by_group.setdefault(group, []).append(attr_mean[-1])
         for combo, ok in pair_hits(person["attributes"], predicted).items():
             pairs.setdefault(combo, []).append(ok)
         if probe is not None and "front" in renderer.cameras:
@@ -525,7 +530,7 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
     extra: dict[str, Any] = {}
     if probe is not None:
         pair_all = [ok for v in pairs.values() for ok in v]
-        extra = {"attribute_detail": summarise_hits(hits), "mean_accuracy": mean_accuracy_interval(per_person),
+        extra = {"attribute_detail": summarise_hits(hits), "mean_accuracy": mean_accuracy_interval(by_group),
                  "pair_accuracy": {"all": {"accuracy": float(np.mean(pair_all)) if pair_all else float("nan"),
                                            "interval": wilson_interval(int(sum(pair_all)), len(pair_all)),
                                            "n": len(pair_all)},
@@ -534,6 +539,12 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
                             "colour_noise_ratio": float(np.nanmean(noise) / np.nanmean(noise_gt)),
                             "floaters": float(np.mean(floaters)), "floaters_gt": float(np.mean(floaters_gt)),
                             "floaters_ratio": float(np.mean(floaters) / max(np.mean(floaters_gt), 1e-9))}}
+    if per_person:
+        extra["per_person"] = {"clip_id": [p.get("clip_id") for p in people], "split": [p["split"] for p in people],
+                               "group": [combination_group(p["split"]) for p in people],
+                               "hole_fraction": holes, "psnr_db": psnr, "rmse": rmse, "attribute_mean": attr_mean,
+                               **({"colour_noise": noise, "colour_noise_gt": noise_gt, "floaters": floaters,
+                                   "floaters_gt": floaters_gt} if noise else {})}
     return {**extra, "hole_fraction": {v: float(np.mean(x)) for v, x in holes.items()},
             "psnr_db": {v: float(np.mean(x)) for v, x in psnr.items()},
             "rmse": {v: float(np.mean(x)) for v, x in rmse.items()},
