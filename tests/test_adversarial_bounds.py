@@ -31,7 +31,7 @@ from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
 from bridge.wire.codec import encode, request_header
 from tests.placeholder_pipeline import placeholder_handlers
-from tests.test_adversarial import Backend, free_port
+from tests.backend_process import Backend, backend_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -39,36 +39,13 @@ MSG_MB, INBOUND_MB, UNREAD_MB, BLOCK_PAIRS = 32, 64, 8, 1 << 18
 pytestmark = pytest.mark.timeout(900)   # the module's server loads the model in the first test's set-up
 
 
-class PatientBackend(Backend):
-    """tests.test_adversarial.Backend with a longer start (the model loads in minutes on a loaded 2-core
-    machine), and the process killed when it does not start."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / f"backend-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.service.cli", "serve", "--bind", self.address,
-                                      *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 900
-        try:
-            while "serving" not in self.log():
-                assert self.proc.poll() is None, f"the backend exited with {self.proc.returncode}:\n{self.log()}"
-                assert time.monotonic() < deadline, f"the backend did not start:\n{self.log()}"
-                time.sleep(0.1)
-        except AssertionError:
-            self.close()
-            raise
-
-
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     """One real server for the module, with small budgets so that each case crosses them quickly."""
     tmp = tmp_path_factory.mktemp("bounds")
-    server = PatientBackend(tmp, "--avatar-dir", str(tmp / "avatars"), "--max-message-mb", str(MSG_MB),
+    server = Backend(tmp, "--avatar-dir", str(tmp / "avatars"), "--max-message-mb", str(MSG_MB),
                             "--set", f"max_inbound_mb={INBOUND_MB}", "--set", f"max_unread_reply_mb={UNREAD_MB}",
-                            "--set", f"render_block_pairs={BLOCK_PAIRS}")
+                            "--set", f"render_block_pairs={BLOCK_PAIRS}", start_timeout_s=900)
     server.avatar_dir = tmp / "avatars"
     yield server
     server.close()
@@ -440,25 +417,20 @@ def test_routing_ids_never_reach_the_log(caplog):
 
 
 # ------------------------------------------------------------------------------------------ 5. the small items
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.service.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-
-
 def test_keys_add_client_refuses_a_non_ascii_key_and_a_silent_overwrite(tmp_path):
     keys = tmp_path / "keys"
     public = zmq.curve_keypair()[0].decode()
     other = zmq.curve_keypair()[0].decode()
-    bad = _cli("keys", "--keys-dir", str(keys), "--add-client", "x", "--public-key", "é" * 40)
+    bad = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "x", "--public-key", "é" * 40)
     assert bad.returncode == 2 and "non-ASCII" in bad.stderr and "Traceback" not in bad.stderr
     assert not (keys / "authorized_clients" / "x.key").exists()
-    assert _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public).returncode == 0
-    again = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public)
+    assert backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public).returncode == 0
+    again = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public)
     assert again.returncode == 0 and "already" in again.stdout
-    clash = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other)
+    clash = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other)
     assert clash.returncode == 2 and "--replace" in clash.stderr
     assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "blender.key"))[0].decode() == public
-    assert _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other,
+    assert backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other,
                 "--replace").returncode == 0
     assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "blender.key"))[0].decode() == other
 
@@ -481,7 +453,7 @@ def test_the_serve_command_exits_2_on_a_bad_key_file(tmp_path):
     assert cli_main(["keys", "--keys-dir", str(keys)]) == 0
     (keys / "authorized_clients").mkdir()
     (keys / "authorized_clients" / "empty.key").write_bytes(b"")
-    out = _cli("serve", "--bind", "tcp://127.0.0.1:0", "--no-persist", "--keys-dir", str(keys))
+    out = backend_cli("serve", "--bind", "tcp://127.0.0.1:0", "--no-persist", "--keys-dir", str(keys))
     assert out.returncode == 2 and "empty.key" in out.stderr and "Traceback" not in out.stderr
 
 
