@@ -435,6 +435,27 @@ def test_keys_add_client_refuses_a_non_ascii_key_and_a_silent_overwrite(tmp_path
     assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "blender.key"))[0].decode() == other
 
 
+def _key_starting_with_dash() -> str:
+    while True:   # '-' is one of Z85's 85 digits: about one key in 85 starts with it
+        public = zmq.curve_keypair()[0].decode()
+        if public.startswith("-"):
+            return public
+
+
+def test_a_public_key_that_starts_with_a_dash_is_taken_as_the_flags_value(tmp_path):
+    """`--public-key -abc...`: argparse alone takes the key for an option ("expected one argument"); the
+    command joins the flag and its next token, so the documented form works for every key."""
+    keys = tmp_path / "keys"
+    public = _key_starting_with_dash()
+    assert cli_main(["keys", "--keys-dir", str(keys), "--add-client", "dash", "--public-key", public]) == 0
+    assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "dash.key"))[0].decode() == public
+    out = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "dash2", "--public-key", public)
+    assert out.returncode == 0 and public in out.stdout, out.stderr
+    with pytest.raises(SystemExit) as missing:   # no value at all is still argparse's error, exit 2
+        cli_main(["keys", "--keys-dir", str(keys), "--add-client", "none", "--public-key"])
+    assert missing.value.code == 2
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage\n", b'public-key = "short"\n'])
 def test_a_bad_key_file_in_authorized_clients_stops_the_server_naming_it(tmp_path, content):
     """Fail closed and loud: an operator who wrote a key meant to let someone in; serving while refusing

@@ -209,3 +209,13 @@ def test_no_test_imports_benchmarks_or_another_test_module():
             bad[str(path.relative_to(ROOT))] = hit
     assert bad == {}, f"tests import benchmarks or test modules: {bad}"
 
+
+def test_the_keys_command_does_not_load_torch(tmp_path):
+    """`genlca-backend keys` needs only zmq: backend/service/cli.py imports the serving code (torch, the model)
+    inside `main`, only for `serve`."""
+    code = ("import sys; from backend.service.cli import main; "
+            f"rc = main(['keys', '--keys-dir', {str(tmp_path / 'keys')!r}]); "
+            "print(rc, sorted(m for m in ('torch', 'backend.pipelines', 'backend.service.serving') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "0 []"
