@@ -25,13 +25,14 @@ import pytest
 import zmq
 import zmq.auth
 
+from backend.render.scenes import front_view_arrays
 from backend.service.cli import main as cli_main
 from backend.service.server import BackendServer
 from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
 from bridge.wire.codec import encode, request_header
-from tests.placeholder_pipeline import placeholder_handlers
 from tests.backend_process import Backend, backend_cli
+from tests.placeholder_pipeline import placeholder_handlers
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -86,20 +87,8 @@ class PeakRSS:
 def render_arrays(joints: int, rest: np.ndarray, side: int, frames: int = 1, root_scale: float = 1.0,
                   distance: float = 2.5, fov_deg: float = 40.0, target: np.ndarray | None = None) -> dict:
     """A front camera `distance` from `target` (default: the body's middle), the root bone scaled."""
-    rotations = np.zeros((frames, joints, 4), np.float32)
-    rotations[..., 0] = 1
-    scales = np.ones((frames, joints), np.float32)
-    scales[:, 0] = root_scale
-    centre = np.asarray(target if target is not None else rest[0, :3, 3], np.float64)
-    w2c = np.eye(4)
-    w2c[:3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]     # OpenCV camera on -Y looking at +Y, Z up
-    w2c[:3, 3] = -w2c[:3, :3] @ (centre - np.array([0.0, distance, 0.0]))
-    f = 0.5 * side / np.tan(np.radians(fov_deg) / 2)
-    k = np.array([[f, 0, side / 2], [0, f, side / 2], [0, 0, 1]])
-    return {"joint_rotations": rotations, "root_translations": np.zeros((frames, 3), np.float32),
-            "world_to_camera": np.tile(w2c.astype(np.float32), (frames, 1, 1)),
-            "intrinsics": np.tile(k.astype(np.float32), (frames, 1, 1)),
-            "joint_scales": scales, "joint_locations": np.zeros((frames, joints, 3), np.float32)}
+    centre = target if target is not None else rest[0, :3, 3]
+    return front_view_arrays(joints, side, frames, centre, distance, fov_deg, root_scale)
 
 
 def shrunk_target(rest: np.ndarray, means: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Synthetic scenes for the renderer's benchmarks and tests (as gsplat ships its own test-scene helper): a
 body-sized shell of Gaussians, the camera that frames it, and the same body shrunk into a close-up where every
-Gaussian covers most of the frame (the renderer's worst case for tile pairs).
+Gaussian covers most of the frame (the renderer's worst case for tile pairs); and the arrays of a `render`
+request that shows an avatar at rest from the front (the service's cost and memory tests and benchmark).
 
 Body: Gaussians on (and slightly around) an ellipsoid 1.7 m tall and 0.5 m wide centred at z = 1 m, scales
 1-2 cm, opacities 0.5-0.99, SH degree 3; seeded, so a scene is the same on every machine.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from backend.avatar.gaussians import Gaussians
@@ -45,3 +47,22 @@ def shrunk_close_up(n: int, side: int, seed: int = 0) -> tuple[Gaussians, Camera
     g = g.replace(means=(g.means - centre) * 0.01 + centre)
     cam = Camera(look_at((0.0, -0.03, 1.0), (0.0, 0.0, 1.0)), intrinsics_from_fov(90, side, side), side, side)
     return g, cam
+
+
+def front_view_arrays(joints: int, side: int, frames: int, centre: np.ndarray, distance: float = 2.5,
+                      fov_deg: float = 40.0, root_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """A `render` request's arrays (bridge.wire.protocol.RENDER_ARRAYS and the pose arrays): the rest pose
+    with the root bone scaled by root_scale, seen by a side x side camera `distance` in front of `centre`
+    (on -Y looking at +Y, Z up), for `frames` frames."""
+    rotations = np.zeros((frames, joints, 4), np.float32)
+    rotations[..., 0] = 1
+    scales = np.ones((frames, joints), np.float32)
+    scales[:, 0] = root_scale
+    centre = np.asarray(centre, np.float64)
+    w2c = look_at(centre - np.array([0.0, distance, 0.0]), centre)
+    k = intrinsics_from_fov(fov_deg, side, side)
+    return {"joint_rotations": rotations, "root_translations": np.zeros((frames, 3), np.float32),
+            "world_to_camera": np.tile(w2c.astype(np.float32), (frames, 1, 1)),
+            "intrinsics": np.tile(k.astype(np.float32), (frames, 1, 1)),
+            "joint_scales": scales, "joint_locations": np.zeros((frames, joints, 3), np.float32)}
+
