@@ -20,17 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.avatar.template import load_template
+from backend.avatar.tokens import decode, part_colored_gaussians
+from backend.avatar.uv_layout import load_layout
 from backend.model_options import add_model_options, use_threads
+from backend.perception.media import read_image
+from backend.pipelines.edit import regenerate_auto, regenerate_region
+from backend.pipelines.generate import SamplerSettings, generate_tokens
+from backend.pipelines.model_bundle import load_bundle
+from backend.pipelines.photo import fit_photo, observe_fitted
+from backend.render import RenderOptions, render
+from backend.render.camera import Camera, intrinsics_from_fov, look_at, orbit_cameras
+from bridge.files.png import write_png
 
 
 def turntable_parts(out: Path, resolution: int = 128, per_texel: int = 2, views: int = 8, size: int = 320) -> Path:
-    from backend.avatar.template import load_template
-    from backend.avatar.tokens import part_colored_gaussians
-    from backend.avatar.uv_layout import load_layout
-    from backend.render import RenderOptions, render
-    from backend.render.camera import Camera, intrinsics_from_fov, look_at
-    from bridge.files.png import write_png
-
     layout = load_layout(load_template("anny"), resolution)
     gaussians = part_colored_gaussians(layout, k=per_texel)
     target = np.array([0.0, 0.0, 0.85])
@@ -69,17 +73,12 @@ TILE_W, TILE_H, GAP = 112, 160, 4
 
 
 def _cameras(azimuths: tuple[float, ...]) -> list:
-    from backend.render.camera import orbit_cameras
-
     return [orbit_cameras(1, 3.2, height=1.1, target=(0.0, 0.0, 0.88), fov=36.0, width=TILE_W, height_px=TILE_H,
                           start_deg=a)[0] for a in azimuths]
 
 
 def _tiles(bundle, tokens: torch.Tensor, azimuths: tuple[float, ...]) -> list[np.ndarray]:
     """Token map (C, R, R) -> decoded avatar rendered on white from each azimuth: (TILE_H, TILE_W, 3) uint8."""
-    from backend.avatar.tokens import decode
-    from backend.render import RenderOptions, render
-
     with torch.no_grad():
         gaussians = decode(tokens, bundle.layout, bundle.decoder)
         rgb = render(gaussians, _cameras(azimuths), options=RenderOptions(background=(1.0, 1.0, 1.0))).rgb
@@ -111,11 +110,6 @@ def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
 def model_figures(model: str, out_dir: Path, steps: int = 25, guidance: float = 4.0,
                   photo: Path = DEFAULT_PHOTO) -> list[Path]:
     """The three pictures of a model package (module docstring), each written atomically; returns their paths."""
-    from backend.pipelines.edit import regenerate_auto, regenerate_region
-    from backend.pipelines.generate import SamplerSettings, generate_tokens
-    from backend.pipelines.model_bundle import load_bundle
-    from bridge.files.png import write_png
-
     bundle = load_bundle(model)
     settings = SamplerSettings(steps=steps, guidance=guidance)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,11 +140,6 @@ def model_figures(model: str, out_dir: Path, steps: int = 25, guidance: float = 
 
 def photo_figure(bundle, photo: Path, out: Path, settings) -> Path:
     """The photo, the reference crop the model saw (nearest-neighbour enlarged), and the avatar made from it."""
-    from backend.perception.media import read_image
-    from backend.pipelines.generate import generate_tokens
-    from backend.pipelines.photo import fit_photo, observe_fitted
-    from bridge.files.png import write_png
-
     image = read_image(photo)
     observation = observe_fitted(bundle, fit_photo(image, photo.name))
     tokens, info = generate_tokens(bundle, "", seed=0, settings=settings, photo=observation)

@@ -53,29 +53,34 @@ def payload(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ receivers (child processes)
-def _raw_receiver(address: str, count: int) -> None:
+def _receive(address: str, count: int, received_bytes) -> None:
+    """A DEALER that answers each of `count` messages with received_bytes(frames), the bytes it got."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.connect(address)
     for _ in range(count):
         frames = sock.recv_multipart(copy=False)
-        sock.send(str(sum(len(f.buffer) for f in frames)).encode())
+        sock.send(str(received_bytes(frames)).encode())
         del frames
     sock.close(1000)
     ctx.term()
 
 
+def _raw_bytes(frames: list) -> int:
+    return sum(len(f.buffer) for f in frames)
+
+
+def _unpickled_bytes(frames: list) -> int:
+    arrays = pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
+    return sum(a.nbytes for a in arrays.values())
+
+
+def _raw_receiver(address: str, count: int) -> None:
+    _receive(address, count, _raw_bytes)
+
+
 def _pickle_receiver(address: str, count: int) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.connect(address)
-    for _ in range(count):
-        frames = sock.recv_multipart(copy=False)
-        arrays = pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
-        sock.send(str(sum(a.nbytes for a in arrays.values())).encode())
-        del frames, arrays
-    sock.close(1000)
-    ctx.term()
+    _receive(address, count, _unpickled_bytes)
 
 
 def _bridge_server(address: str, ready) -> None:

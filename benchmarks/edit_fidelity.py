@@ -2,14 +2,14 @@
 [--pairs 6] [--steps 25] [--attributes upper_colour lower_colour] [--invert | --region auto|REGION] [--json PATH]`.
 
 The acceptance check "text edit changes the named attribute and keeps the rest": a backend server runs in this
-process on 127.0.0.1 (benchmarks/prompt_fidelity.py `backend_client`: a real ZeroMQ socket, the handlers of
+process on 127.0.0.1 (training/fidelity.py `backend_client`: a real ZeroMQ socket, the handlers of
 `genlca-backend serve`, the model package --model). For each of --pairs people drawn from the synthetic
 vocabulary (fixed seed; no dresses, whose top and bottom are one garment) the client sends `generate` with the
 person's caption, then, per edited attribute and strength, `edit` with the same caption but ONE garment colour
 changed to another named colour. Source and every edit are fetched (`get_avatar`), rendered front and back
 (`render`) and read like prompt_fidelity: the garment, shoe and hair colours off the frames
 (training/evaluate.py `classify_rendered_attributes`), and each body region's colour as the median CIELAB of
-its texels' opacity-weighted Gaussian colours (benchmarks/photo_avatar.py `avatar_region_lab`).
+its texels' opacity-weighted Gaussian colours (training/fidelity.py `avatar_region_lab`).
 
 Per (attribute, mode, strength) the table gives: the fraction of edits where the new colour is read on its region
 ("hit"; in brackets how many sources already read it), the fraction where each other attribute reads as on
@@ -27,108 +27,14 @@ from __future__ import annotations
 
 import argparse
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from backend.model_options import add_model_options, use_threads
-from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, fetch_and_render
 from benchmarks.timing import write_json_atomic
-
-EDITABLE = {"upper_colour": "torso", "lower_colour": "legs"}  # attribute -> the body region its garment covers
-# what must stay: for a top's colour the legs, head, feet and hands (the arms hold the sleeves, so they are
-# the top's); for the bottom's colour everything but the legs, arms and hands included
-KEPT_REGIONS = {"upper_colour": ("legs", "head", "feet", "hands"),
-                "lower_colour": ("torso", "head", "feet", "arms", "hands")}
-LAB_REGIONS = ("torso", "arms", "hands", "legs", "head", "feet")
-
-
-def edit_pairs(count: int, attributes: tuple[str, ...] = ("upper_colour",), seed: int = 0) -> list[dict[str, Any]]:
-    """count people, each {"attributes", "caption", "edits": {attribute: {"colour", "caption"}}}: the source
-    caption and, per attribute, another named colour and the caption that differs from the source's in that
-    colour only. Deterministic for (count, attributes, seed)."""
-    from training.data import vocabulary as vocab
-
-    unknown = [a for a in attributes if a not in EDITABLE]
-    if unknown or not attributes:
-        raise ValueError(f"editable attributes are {list(EDITABLE)}, got {list(attributes)}")
-    if count < 1:
-        raise ValueError(f"expected at least one pair, got {count}")
-    rng = np.random.default_rng(seed)
-    people = []
-    while len(people) < count:
-        attrs = vocab.sample_attributes(rng)
-        if attrs["lower"] == "dress":
-            continue
-        attrs["gender"] = "woman" if rng.random() < 0.5 else "man"
-        edits = {}
-        for key in attributes:
-            colour = str(rng.choice(sorted(c for c in vocab.COLOURS if c != attrs[key])))
-            edits[key] = {"colour": colour, "caption": vocab.benchmark_caption({**attrs, key: colour}, rng)}
-        people.append({"attributes": attrs, "caption": vocab.benchmark_caption(attrs, rng), "edits": edits})
-    return people
-
-
-def read_avatar(client: Any, avatar_id: str, *, size: int, layouts: dict) -> dict[str, Any]:
-    """get_avatar -> render front and back -> {"predicted": attribute readings, "lab": {region: Lab (3,)},
-    "meta": the avatar's meta}."""
-    import torch
-
-    from benchmarks.photo_avatar import avatar_region_lab
-    from training.evaluate import classify_rendered_attributes
-
-    got, layout, regions, views = fetch_and_render(client, avatar_id, size, layouts)
-    meta = got.header["meta"]
-    gaussians = types.SimpleNamespace(sh=torch.tensor(got.arrays["sh"]),  # copies: wire arrays are read-only
-                                      opacity_logits=torch.tensor(got.arrays["opacity_logits"]))
-    per_texel, rest = divmod(len(got.arrays["sh"]), layout.num_valid)
-    if rest:
-        raise RuntimeError(f"{len(got.arrays['sh'])} Gaussians are not a whole number per texel of the "
-                           f"{layout.num_valid} valid texels")
-    return {"predicted": classify_rendered_attributes(views, layout, regions),
-            "lab": avatar_region_lab(gaussians, layout, per_texel, LAB_REGIONS), "meta": meta}
-
-
-def run_pair(client: Any, person: dict[str, Any], strengths: list[float], *, steps: int, guidance: float,
-             seed: int, size: int, layouts: dict, invert: bool = False, region: str = "",
-             same_caption: bool = False) -> dict[str, Any]:
-    """generate the source, then one edit per (attribute, strength), all read off the wire. same_caption: each
-    edit sends the source's own caption (a control: whatever moves then is the edit's drift, not the prompt's
-    change), and "hit" means the attribute still reads as captioned."""
-    from backend.perception.regions import delta_e2000
-    from bridge.wire import protocol
-
-    made = client.call(protocol.Generate(prompt=person["caption"], seed=seed, steps=steps, guidance=guidance),
-                       timeout_s=1800.0)
-    source = read_avatar(client, made.header["avatar_id"], size=size, layouts=layouts)
-    edits = []
-    for key, edit in person["edits"].items():
-        if same_caption:
-            edit = {"colour": person["attributes"][key], "caption": person["caption"]}
-        for strength in strengths:
-            t0 = time.perf_counter()
-            done = client.call(protocol.Edit(avatar_id=made.header["avatar_id"], prompt=edit["caption"],
-                                             strength=strength, seed=seed, steps=steps, guidance=guidance,
-                                             invert=invert, region=region),
-                               timeout_s=1800.0)
-            seconds = time.perf_counter() - t0
-            got = read_avatar(client, done.header["avatar_id"], size=size, layouts=layouts)
-            edits.append({
-                "attribute": key, "strength": strength,
-                "mode": done.header["meta"]["mode"] + (f" ({done.header['meta']['method']})"
-                                                       if done.header["meta"].get("method") else "")
-                        + (", same caption" if same_caption else ""),
-                "masked_fraction": done.header["meta"].get("masked_fraction"),
-                "colour": edit["colour"], "caption": edit["caption"],
-                "seconds": seconds, "predicted": got["predicted"],
-                "hit": got["predicted"][key] == edit["colour"],
-                "source_hit": source["predicted"][key] == edit["colour"],
-                "unchanged": {a: got["predicted"][a] == source["predicted"][a] for a in ATTRIBUTES if a != key},
-                "de00": {r: float(delta_e2000(source["lab"][r], got["lab"][r])) for r in LAB_REGIONS}})
-    return {"caption": person["caption"], "truth": {a: person["attributes"][a] for a in ATTRIBUTES},
-            "source": source["predicted"], "model": source["meta"]["model"], "edits": edits}
+from training.fidelity import ATTRIBUTES, EDITABLE, KEPT_REGIONS, backend_client, edit_pairs, run_pair
 
 
 def summary(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

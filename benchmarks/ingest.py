@@ -49,7 +49,7 @@ def _measure(template, record) -> list[float]:
 
 
 def fit_accuracy(template, clips: int, synth_people: int) -> None:
-    from training.data.fit_eval import ground_truth_clip, score_fit, truth_from_record
+    from training.data.fit_eval import ground_truth_clip, score_fit
     from backend.perception.fitting import BodyFitter
 
     fitter = BodyFitter(template)
@@ -70,22 +70,29 @@ def fit_accuracy(template, clips: int, synth_people: int) -> None:
         except ImportError as exc:
             print(f"| synthetic people | skipped ({exc}) | | | | | |")
             return
-        from training.data.records import iter_record_paths, load_record
+        for record, truth in synthetic_truths(synthetic, template, synth_people):
+            t0 = time.perf_counter()
+            fit = fitter.fit(truth.keypoints, (truth.width, truth.height), masks=truth.masks,
+                             intrinsics=truth.intrinsics)
+            s = score_fit(template, truth, fit)
+            rows.append(s)
+            print(f"| synthetic people | {record.clip_id} ({record.meta.get('camera', {}).get('view', '')}) | {record.num_frames} | "
+                  f"{s['mpjpe_cm']} | {s['absolute_joint_error_cm']} | {s['reprojection_px']} | "
+                  f"{time.perf_counter() - t0:.1f} |")
 
-        with tempfile.TemporaryDirectory() as tmp:
-            synthetic.generate(synthetic.SynthConfig(seed=0, frames=8, width=256, height=256), synth_people, tmp,
-                               workers=1, progress=False)
-            for path in iter_record_paths(tmp):
-                record = load_record(path)
-                truth = truth_from_record(template, record)
-                t0 = time.perf_counter()
-                fit = fitter.fit(truth.keypoints, (truth.width, truth.height), masks=truth.masks,
-                                 intrinsics=truth.intrinsics)
-                s = score_fit(template, truth, fit)
-                rows.append(s)
-                print(f"| synthetic people | {record.clip_id} ({record.meta.get('camera', {}).get('view', '')}) | {record.num_frames} | "
-                      f"{s['mpjpe_cm']} | {s['absolute_joint_error_cm']} | {s['reprojection_px']} | "
-                      f"{time.perf_counter() - t0:.1f} |")
+
+def synthetic_truths(synthetic, template, people: int):
+    """(clip record, its fitting truth) for `people` synthetic people (seed 0, 8 frames of 256 x 256), made in
+    a temporary folder that is removed when the loop ends. synthetic: the training.data.synthetic module."""
+    from training.data.fit_eval import truth_from_record
+    from training.data.records import iter_record_paths, load_record
+
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic.generate(synthetic.SynthConfig(seed=0, frames=8, width=256, height=256), people, tmp,
+                           workers=1, progress=False)
+        for path in iter_record_paths(tmp):
+            record = load_record(path)
+            yield record, truth_from_record(template, record)
 
 
 def focal_study(template, synth_people: int) -> None:
@@ -95,30 +102,24 @@ def focal_study(template, synth_people: int) -> None:
 
     from backend.perception.fitting import BodyFitter, FitConfig
     from training.data import synthetic
-    from training.data.fit_eval import score_fit, truth_from_record
-    from training.data.records import iter_record_paths, load_record
+    from training.data.fit_eval import score_fit
 
     ways = {"true intrinsics": FitConfig(), "55 deg guess, fixed": FitConfig(),
             "55 deg guess, focal fitted": dataclasses.replace(FitConfig(), fit_focal=True)}
     fitters = {name: BodyFitter(template, cfg) for name, cfg in ways.items()}
     print("\n| clip | true fov deg | way | MPJPE cm | abs. joint error cm | reprojection px | focal error % |")
     print("|---|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        synthetic.generate(synthetic.SynthConfig(seed=0, frames=8, width=256, height=256), synth_people, tmp,
-                           workers=1, progress=False)
-        for path in iter_record_paths(tmp):
-            record = load_record(path)
-            truth = truth_from_record(template, record)
-            true_f = float(truth.intrinsics[0, 0])
-            fov = 2 * np.degrees(np.arctan(truth.width / 2 / true_f))
-            for name, fitter in fitters.items():
-                given = truth.intrinsics if name == "true intrinsics" else None
-                fit = fitter.fit(truth.keypoints, (truth.width, truth.height), masks=truth.masks, intrinsics=given)
-                sc = score_fit(template, truth, fit)
-                err = 100 * (float(fit.intrinsics[0, 0]) / true_f - 1)
-                print(f"| {record.clip_id} ({record.meta.get('camera', {}).get('view', '')}) | {fov:.1f} | {name} | "
-                      f"{sc['mpjpe_cm']} | {sc['absolute_joint_error_cm']} | {sc['reprojection_px']} | {err:+.1f} |",
-                      flush=True)
+    for record, truth in synthetic_truths(synthetic, template, synth_people):
+        true_f = float(truth.intrinsics[0, 0])
+        fov = 2 * np.degrees(np.arctan(truth.width / 2 / true_f))
+        for name, fitter in fitters.items():
+            given = truth.intrinsics if name == "true intrinsics" else None
+            fit = fitter.fit(truth.keypoints, (truth.width, truth.height), masks=truth.masks, intrinsics=given)
+            sc = score_fit(template, truth, fit)
+            err = 100 * (float(fit.intrinsics[0, 0]) / true_f - 1)
+            print(f"| {record.clip_id} ({record.meta.get('camera', {}).get('view', '')}) | {fov:.1f} | {name} | "
+                  f"{sc['mpjpe_cm']} | {sc['absolute_joint_error_cm']} | {sc['reprojection_px']} | {err:+.1f} |",
+                  flush=True)
 
 
 def identity_scores(record, video) -> tuple[int, float, float]:

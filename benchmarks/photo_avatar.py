@@ -45,9 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.timing import write_json_atomic
+from training.fidelity import PHOTO_REGIONS as REGIONS, copy_fill_lab, region_masks, split_lab, texel_lab
 
 ROOT = Path(__file__).resolve().parents[1]
-REGIONS = ("torso", "legs")
 
 
 def test_images(data: Path, frames: int, photos: int | None) -> list[tuple[str, np.ndarray]]:
@@ -61,69 +61,6 @@ def test_images(data: Path, frames: int, photos: int | None) -> list[tuple[str, 
             images, indices, _ = read_video(data / video, max_frames=frames)
             out += [(f"{video}#{i}", image) for i, image in zip(indices, images)]
     return out
-
-
-def texel_lab(gaussians, gaussians_per_texel: int) -> np.ndarray:
-    """Decoded Gaussians (texel-major, K per valid texel) -> (M, 3) Lab of each valid texel's colour (the
-    opacity-weighted mean SH-DC colour of its K Gaussians)."""
-    import torch
-
-    from backend.avatar.gaussians import SH_C0
-    from backend.perception.regions import srgb_to_lab
-
-    k = gaussians_per_texel
-    rgb = (gaussians.sh[:, 0, :] * SH_C0 + 0.5).clamp(0, 1).reshape(-1, k, 3)  # (M, K, 3)
-    alpha = torch.sigmoid(gaussians.opacity_logits).reshape(-1, k, 1)  # (M, K, 1)
-    texel_rgb = ((rgb * alpha).sum(1) / alpha.sum(1).clamp_min(1e-6)).double().numpy()  # (M, 3)
-    return srgb_to_lab(texel_rgb)
-
-
-def region_masks(layout, regions: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
-    """{region: (M,) bool over the valid texels} for body regions of backend/avatar/body_parts.py."""
-    valid = layout.valid_indices.numpy()
-    return {r: layout.region_mask(r).reshape(-1).numpy()[valid] for r in regions}
-
-
-def avatar_region_lab(gaussians, layout, gaussians_per_texel: int,
-                      regions: tuple[str, ...] = REGIONS) -> dict[str, np.ndarray]:
-    """Decoded Gaussians -> {region: median Lab of its texels' colours}."""
-    lab = texel_lab(gaussians, gaussians_per_texel)
-    return {r: np.median(lab[m], axis=0) for r, m in region_masks(layout, regions).items()}
-
-
-def split_lab(lab: np.ndarray, masks: dict[str, np.ndarray], seen: np.ndarray | None) -> dict[str, np.ndarray]:
-    """(M, 3) texel Lab -> {region: median}, {region/seen: ...}, {region/unseen: ...} (seen: (M,) bool, the
-    texels the photo shows; a part with no texel is left out)."""
-    out = {}
-    for region, m in masks.items():
-        out[region] = np.median(lab[m], axis=0)
-        if seen is None:
-            continue
-        for part, sel in (("seen", m & seen), ("unseen", m & ~seen)):
-            if sel.any():
-                out[f"{region}/{part}"] = np.median(lab[sel], axis=0)
-    return out
-
-
-def copy_fill_lab(bundle, photo, masks: dict[str, np.ndarray], seen: np.ndarray) -> dict[str, np.ndarray]:
-    """The baselines without a generative model: every texel the photo shows keeps the colour the tokenizer
-    read there; every other texel gets the median colour of the seen texels, of the whole body ("copy +
-    fill") or of its own region where that region has seen texels ("copy + region fill")."""
-    import torch
-
-    from backend.avatar.tokens import decode
-
-    with torch.no_grad():
-        gaussians = decode(photo.tokens.float(), bundle.layout, bundle.decoder)
-    lab = texel_lab(gaussians, bundle.decoder.config.gaussians_per_texel)
-    body = lab.copy()
-    if seen.any():
-        body[~seen] = np.median(lab[seen], axis=0)
-    region = body.copy()
-    for m in masks.values():
-        if (m & seen).any():
-            region[m & ~seen] = np.median(lab[m & seen], axis=0)
-    return {"copy + fill": split_lab(body, masks, seen), "copy + region fill": split_lab(region, masks, seen)}
 
 
 def ways(bundle) -> dict[str, object]:

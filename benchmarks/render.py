@@ -9,13 +9,12 @@ renderer, so the speed-up it shows is over our own straightforward code, not ove
     python -m benchmarks.render --case torch:50000:fwd   # one case, prints one JSON line
 
 Scene: an avatar-like body (Gaussians on an ellipsoid 1.7 m tall, 0.5 m wide) 2.5 m from the camera,
-filling a 512x512 frame, scales 1-2 cm, opacities 0.5-0.99, SH degree 3.
+filling a 512x512 frame, scales 1-2 cm, opacities 0.5-0.99, SH degree 3 (backend/render/scenes.py).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -25,29 +24,7 @@ import time
 import torch
 
 from backend.avatar.gaussians import Gaussians
-
-
-def body_scene(n: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Gaussians:
-    """n Gaussians scattered on (and slightly around) a body-sized ellipsoid centred at z = 1 m."""
-    g = torch.Generator().manual_seed(seed)
-    d = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    d = d / d.norm(dim=-1, keepdim=True)  # (n, 3) unit directions
-    radii = torch.tensor([0.25, 0.15, 0.85], dtype=torch.float64)  # (3,) semi-axes
-    shell = 1.0 + 0.02 * torch.randn(n, 1, generator=g, dtype=torch.float64)  # (n, 1)
-    means = d * radii * shell + torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)  # (n, 3)
-    quats = torch.randn(n, 4, generator=g, dtype=torch.float64)  # (n, 4)
-    log_scales = torch.log(0.01 + 0.01 * torch.rand(n, 3, generator=g, dtype=torch.float64))  # (n, 3)
-    opacity_logits = torch.logit(0.5 + 0.49 * torch.rand(n, generator=g, dtype=torch.float64))  # (n,)
-    sh = 0.3 * torch.randn(n, 16, 3, generator=g, dtype=torch.float64)  # (n, 16, 3)
-    sh[:, 1:] *= 0.1
-    return Gaussians(means.to(dtype), quats.to(dtype), log_scales.to(dtype), opacity_logits.to(dtype), sh.to(dtype))
-
-
-def body_camera(width: int = 512, height: int = 512):
-    from backend.render.camera import Camera, intrinsics_from_fov, look_at
-
-    fov = math.degrees(2 * math.atan(0.95 / 2.5))  # the 1.7 m body fills the frame at 2.5 m
-    return Camera(look_at((0.0, -2.5, 1.0), (0.0, 0.0, 1.0)), intrinsics_from_fov(fov, width, height), width, height)
+from backend.render.scenes import body_camera, body_scene
 
 
 def reference_loop_render(g: Gaussians, cam, tile: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from backend.render.scenes import front_view_arrays
 from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
 from bridge.wire.codec import encode, request_header
@@ -117,27 +118,10 @@ def _avatar(server: Server):
         np.array(got.arrays["means"])
 
 
-def _render_arrays(joints: int, side: int, frames: int, centre: np.ndarray, distance: float, fov_deg: float,
-                   root_scale: float) -> dict:
-    rotations = np.zeros((frames, joints, 4), np.float32)
-    rotations[..., 0] = 1
-    scales = np.ones((frames, joints), np.float32)
-    scales[:, 0] = root_scale
-    w2c = np.eye(4)
-    w2c[:3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]
-    w2c[:3, 3] = -w2c[:3, :3] @ (centre - np.array([0.0, distance, 0.0]))
-    f = 0.5 * side / np.tan(np.radians(fov_deg) / 2)
-    k = np.array([[f, 0, side / 2], [0, f, side / 2], [0, 0, 1]])
-    return {"joint_rotations": rotations, "root_translations": np.zeros((frames, 3), np.float32),
-            "world_to_camera": np.tile(w2c.astype(np.float32), (frames, 1, 1)),
-            "intrinsics": np.tile(k.astype(np.float32), (frames, 1, 1)),
-            "joint_scales": scales, "joint_locations": np.zeros((frames, joints, 3), np.float32)}
-
-
 def case_render(server: Server, cap: int, seconds: float) -> dict:
     avatar_id, joints, rest, means = _avatar(server)
     root = rest[0, :3, 3]
-    arrays = _render_arrays(joints, 2048, 1, root + 0.01 * (means.mean(0) - root), 0.03, 90.0, 0.01)
+    arrays = front_view_arrays(joints, 2048, 1, root + 0.01 * (means.mean(0) - root), 0.03, 90.0, 0.01)
     watch = Watch(server, cap)
     start = time.monotonic()
     with BridgeClient(server.address, timeout_s=600) as client:
@@ -153,7 +137,7 @@ def case_render(server: Server, cap: int, seconds: float) -> dict:
 
 def case_nonreader(server: Server, cap: int, seconds: float) -> dict:
     avatar_id, joints, rest, _ = _avatar(server)
-    arrays = _render_arrays(joints, 512, 1000, rest[0, :3, 3], 2.5, 40.0, 1.0)
+    arrays = front_view_arrays(joints, 512, 1000, rest[0, :3, 3], 2.5, 40.0, 1.0)
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

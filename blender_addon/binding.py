@@ -4,11 +4,12 @@ shape), and read an armature's pose as the wire's joint rotations.
 Binding stores, on the avatar armature object (`Object.genlca`), the source armature, how the map was
 found (`rig`), an editable bone map (source bone -> avatar joint; `map_armature`: the armature it names)
 and `fit_proportions`; on the object itself the source's floor height (FLOOR_KEY). `propose_map` asks
-`bridge.rigmaps.propose_map` (tables, names, shape); `bind` checks a given map and refuses it with the
-names it gets wrong. The avatar follows its source through `apply_binding`, called from a frame-change
-handler: `bridge.retarget.solve` turns the source's evaluated world matrices into world matrices of the
-avatar's joints (aimed by positions; with fitting also placed and uniformly scaled), `pose_basis` into
-pose channels (location, quaternion, scale), written in bulk. The avatar's rest data are never touched:
+`bridge.rig.rigmaps.propose_map` (tables, names, shape); `bind` checks a given map and refuses it with the
+names it gets wrong. The avatar follows its source through `apply_binding`, run once per frame when the
+motion is baked (below) or from a frame-change handler when bound live: `bridge.rig.retarget.solve` turns
+the source's evaluated world matrices into world matrices of the avatar's joints (aimed by positions; with
+fitting also placed and uniformly scaled), `pose_basis` into pose channels (location, quaternion, scale),
+written in bulk. The avatar's rest data are never touched:
 `unbind` resets the channels and the avatar is exactly at rest.
 
 The bound motion is baked (the default for the standard rig, `bake_motion`): at bind, the solver runs once
@@ -85,7 +86,7 @@ FITTED_TOLERANCE = 1e-5  # a pose-bone location (metres) or scale this far from 
 
 def pose_arrays(avatar: bpy.types.Object, posed: np.ndarray) -> dict[str, np.ndarray]:
     """Pose matrices (F, J, 4, 4) in armature space -> a render request's pose arrays (float32):
-    joint_rotations and root_translations (bridge.protocol.RENDER_ARRAYS) and, when a bone has a location
+    joint_rotations and root_translations (bridge.wire.protocol.RENDER_ARRAYS) and, when a bone has a location
     or a scale (a skeleton fitted to another armature's proportions), joint_locations and joint_scales
     (RENDER_POSE_ARRAYS: Blender's pose channels, `retarget.pose_basis`; the root's location is left to
     root_translations), so the backend renders the proportions the viewport shows."""
@@ -105,7 +106,7 @@ def pose_arrays(avatar: bpy.types.Object, posed: np.ndarray) -> dict[str, np.nda
 def read_pose_frames(avatar: bpy.types.Object, frame_start: int, frame_end: int,
                      scene: bpy.types.Scene | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The avatar armature's pose over frames [frame_start, frame_end]: joint_rotations (F, J, 4) wxyz and
-    root_translations (F, 3), in template order, per bridge.protocol.RENDER_ARRAYS. Changes the scene's
+    root_translations (F, 3), in template order, per bridge.wire.protocol.RENDER_ARRAYS. Changes the scene's
     current frame and restores it."""
     scene = scene or bpy.context.scene
     posed = []
@@ -211,7 +212,7 @@ def source_skeleton(source: bpy.types.Object) -> tuple[list[str], list[int], np.
 
 def propose_map(avatar: bpy.types.Object, source: bpy.types.Object) -> tuple[str, dict[str, str]]:
     """How the map was found ("cmu", "mixamo", .., "names" or "topology") and the proposed source bone ->
-    avatar joint map (`bridge.rigmaps.propose_map`)."""
+    avatar joint map (`bridge.rig.rigmaps.propose_map`)."""
     names, parents, rest, lengths = source_skeleton(source)
     tails = rest[:, :3, 3] + rest[:, :3, 1] * lengths[:, None]
     return rigmaps.propose_map(names, parents, rest[:, :3, 3], template_joints=joint_names(avatar), tails=tails)

@@ -1,4 +1,5 @@
-"""Export an avatar through the backend (`export` op: PLY or .safetensors) and write the file atomically.
+"""Export an avatar through the backend (`export` op: PLY, .safetensors or GLB with the scene's motion) and
+write the file atomically.
 
 Every file the add-on writes (exports here, rendered frames in render.py) goes through `write_atomic`.
 """
@@ -21,8 +22,8 @@ MAX_NAME = 128
 def safe_filename(name: str, fallback: str, fmt: str) -> str:
     """The name to save an exported avatar under, from the name the backend suggests (not trusted): its last
     path component only, letters, digits and ._- only, no leading dot, and always ending in the extension
-    of `fmt` (".ply" or ".safetensors"; another avatar suffix is replaced, any other suffix stays part of the
-    name: "x.sh" -> "x.sh.ply")."""
+    of `fmt` (".ply", ".safetensors" or ".glb"; another avatar suffix is replaced, any other suffix stays part
+    of the name: "x.sh" -> "x.sh.ply")."""
     if fmt not in AVATAR_EXTENSIONS:
         raise ValueError(f"format must be one of {sorted(AVATAR_EXTENSIONS)}, got {fmt!r}")
     ext = AVATAR_EXTENSIONS[fmt]
@@ -40,7 +41,7 @@ def safe_filename(name: str, fallback: str, fmt: str) -> str:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | np.ndarray) -> Path:
-    """`data` (bytes or an array's raw bytes) to `path` through bridge.files.write_atomic: an exclusively
+    """`data` (bytes or an array's raw bytes) to `path` through bridge.files.atomic.write_atomic: an exclusively
     created temporary file renamed into place (no planted symlink is followed)."""
     if isinstance(data, np.ndarray):
         data = data.tobytes()

@@ -290,24 +290,23 @@ def run(args: argparse.Namespace, stages: Stages) -> dict:
             summary["render"] = {"frames": [first, last], "camera": anim_cam.name}
             print(f"  {len(frames)} frames ({first}-{last}) in {out / 'frames'}", flush=True)
 
-        with stages.stage("export ply"):
+        def export(fmt: str) -> Path:
+            """The prompted avatar exported through the add-on's Export operator as `fmt` into `out`."""
             select(prompted_id)
-            props.export_format = "ply"
+            props.export_format = fmt
             prefs.output_dir = str(out)
             run_op(bpy.ops.genlca.export)
-            pump(lambda: list(out.glob("*.ply")), "export")
-            (ply,) = out.glob("*.ply")
-            summary["ply"] = str(ply)
+            pump(lambda: list(out.glob(f"*.{fmt}")), f"export {fmt}")
+            (path,) = out.glob(f"*.{fmt}")
+            summary[fmt] = str(path)
+            return path
+
+        with stages.stage("export ply"):
+            ply = export("ply")
             print(f"  {ply} ({ply.stat().st_size / 1e6:.1f} MB)", flush=True)
 
         with stages.stage("export glb"):
-            select(prompted_id)
-            props.export_format = "glb"
-            prefs.output_dir = str(out)
-            run_op(bpy.ops.genlca.export)
-            pump(lambda: list(out.glob("*.glb")), "export glb")
-            (glb,) = out.glob("*.glb")
-            summary["glb"] = str(glb)
+            glb = export("glb")
             print(f"  {glb} ({glb.stat().st_size / 1e6:.1f} MB; frames {scene.frame_start}-{scene.frame_end} "
                   f"as its animation)", flush=True)
 

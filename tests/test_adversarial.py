@@ -23,54 +23,10 @@ import zmq
 from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
 from bridge.wire.keys import load_or_create_client_keypair
+from tests.backend_process import Backend, backend_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Backend:
-    """`python -m backend.service.cli serve ...` in a subprocess; its log goes to a file (a pipe nobody reads
-    would block a chatty server)."""
-
-    def __init__(self, tmp_path: Path, *args: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / f"backend-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.service.cli", "serve", "--bind", self.address, *args],
-                                     cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while "serving" not in self.log():
-            assert self.proc.poll() is None, f"the backend exited with {self.proc.returncode}:\n{self.log()}"
-            assert time.monotonic() < deadline, f"the backend did not start:\n{self.log()}"
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def rss(self, field: str = "VmRSS") -> int:
-        """Resident memory now (VmRSS) or at its peak so far (VmHWM), bytes."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(f"no {field}")
-
-    def ping(self, **keys) -> protocol.Request:
-        with BridgeClient(self.address, timeout_s=20, **keys) as client:
-            return client.call(protocol.Ping(), timeout_s=20)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-        self._log.close()
 
 
 @pytest.fixture
@@ -147,19 +103,14 @@ def test_client_chosen_routing_ids_cannot_abort_the_server(backend_factory):
 
 
 # ------------------------------------------------------------------------------------------ remote mode
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.service.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
-
-
 def test_serve_with_keys_admits_only_listed_client_keys(backend_factory, tmp_path):
     keys = tmp_path / "keys"
-    assert _cli("keys", "--keys-dir", str(keys)).returncode == 0
+    assert backend_cli("keys", "--keys-dir", str(keys)).returncode == 0
     listed_public, listed_secret = load_or_create_client_keypair(tmp_path / "listed")
     stranger = load_or_create_client_keypair(tmp_path / "stranger")
-    bad = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", "not-a-key")
+    bad = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", "not-a-key")
     assert bad.returncode == 2 and "Z85" in bad.stderr and "Traceback" not in bad.stderr
-    added = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", f"--public-key={listed_public.decode()}")
+    added = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", f"--public-key={listed_public.decode()}")
     assert added.returncode == 0, added.stderr
     assert (keys / "authorized_clients" / "blender.key").is_file()
 

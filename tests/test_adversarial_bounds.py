@@ -25,13 +25,14 @@ import pytest
 import zmq
 import zmq.auth
 
+from backend.render.scenes import front_view_arrays
 from backend.service.cli import main as cli_main
 from backend.service.server import BackendServer
 from bridge.wire import protocol
 from bridge.wire.client import BridgeClient, BridgeError
 from bridge.wire.codec import encode, request_header
+from tests.backend_process import Backend, backend_cli
 from tests.placeholder_pipeline import placeholder_handlers
-from tests.test_adversarial import Backend, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -39,36 +40,13 @@ MSG_MB, INBOUND_MB, UNREAD_MB, BLOCK_PAIRS = 32, 64, 8, 1 << 18
 pytestmark = pytest.mark.timeout(900)   # the module's server loads the model in the first test's set-up
 
 
-class PatientBackend(Backend):
-    """tests.test_adversarial.Backend with a longer start (the model loads in minutes on a loaded 2-core
-    machine), and the process killed when it does not start."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / f"backend-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.service.cli", "serve", "--bind", self.address,
-                                      *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 900
-        try:
-            while "serving" not in self.log():
-                assert self.proc.poll() is None, f"the backend exited with {self.proc.returncode}:\n{self.log()}"
-                assert time.monotonic() < deadline, f"the backend did not start:\n{self.log()}"
-                time.sleep(0.1)
-        except AssertionError:
-            self.close()
-            raise
-
-
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     """One real server for the module, with small budgets so that each case crosses them quickly."""
     tmp = tmp_path_factory.mktemp("bounds")
-    server = PatientBackend(tmp, "--avatar-dir", str(tmp / "avatars"), "--max-message-mb", str(MSG_MB),
+    server = Backend(tmp, "--avatar-dir", str(tmp / "avatars"), "--max-message-mb", str(MSG_MB),
                             "--set", f"max_inbound_mb={INBOUND_MB}", "--set", f"max_unread_reply_mb={UNREAD_MB}",
-                            "--set", f"render_block_pairs={BLOCK_PAIRS}")
+                            "--set", f"render_block_pairs={BLOCK_PAIRS}", start_timeout_s=900)
     server.avatar_dir = tmp / "avatars"
     yield server
     server.close()
@@ -109,20 +87,8 @@ class PeakRSS:
 def render_arrays(joints: int, rest: np.ndarray, side: int, frames: int = 1, root_scale: float = 1.0,
                   distance: float = 2.5, fov_deg: float = 40.0, target: np.ndarray | None = None) -> dict:
     """A front camera `distance` from `target` (default: the body's middle), the root bone scaled."""
-    rotations = np.zeros((frames, joints, 4), np.float32)
-    rotations[..., 0] = 1
-    scales = np.ones((frames, joints), np.float32)
-    scales[:, 0] = root_scale
-    centre = np.asarray(target if target is not None else rest[0, :3, 3], np.float64)
-    w2c = np.eye(4)
-    w2c[:3, :3] = [[1, 0, 0], [0, 0, -1], [0, 1, 0]]     # OpenCV camera on -Y looking at +Y, Z up
-    w2c[:3, 3] = -w2c[:3, :3] @ (centre - np.array([0.0, distance, 0.0]))
-    f = 0.5 * side / np.tan(np.radians(fov_deg) / 2)
-    k = np.array([[f, 0, side / 2], [0, f, side / 2], [0, 0, 1]])
-    return {"joint_rotations": rotations, "root_translations": np.zeros((frames, 3), np.float32),
-            "world_to_camera": np.tile(w2c.astype(np.float32), (frames, 1, 1)),
-            "intrinsics": np.tile(k.astype(np.float32), (frames, 1, 1)),
-            "joint_scales": scales, "joint_locations": np.zeros((frames, joints, 3), np.float32)}
+    centre = target if target is not None else rest[0, :3, 3]
+    return front_view_arrays(joints, side, frames, centre, distance, fov_deg, root_scale)
 
 
 def shrunk_target(rest: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -440,27 +406,43 @@ def test_routing_ids_never_reach_the_log(caplog):
 
 
 # ------------------------------------------------------------------------------------------ 5. the small items
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.service.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
-
-
 def test_keys_add_client_refuses_a_non_ascii_key_and_a_silent_overwrite(tmp_path):
     keys = tmp_path / "keys"
     public = zmq.curve_keypair()[0].decode()
     other = zmq.curve_keypair()[0].decode()
-    bad = _cli("keys", "--keys-dir", str(keys), "--add-client", "x", "--public-key", "é" * 40)
+    bad = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "x", "--public-key", "é" * 40)
     assert bad.returncode == 2 and "non-ASCII" in bad.stderr and "Traceback" not in bad.stderr
     assert not (keys / "authorized_clients" / "x.key").exists()
-    assert _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public).returncode == 0
-    again = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public)
+    assert backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public).returncode == 0
+    again = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", public)
     assert again.returncode == 0 and "already" in again.stdout
-    clash = _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other)
+    clash = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other)
     assert clash.returncode == 2 and "--replace" in clash.stderr
     assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "blender.key"))[0].decode() == public
-    assert _cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other,
+    assert backend_cli("keys", "--keys-dir", str(keys), "--add-client", "blender", "--public-key", other,
                 "--replace").returncode == 0
     assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "blender.key"))[0].decode() == other
+
+
+def _key_starting_with_dash() -> str:
+    while True:   # '-' is one of Z85's 85 digits: about one key in 85 starts with it
+        public = zmq.curve_keypair()[0].decode()
+        if public.startswith("-"):
+            return public
+
+
+def test_a_public_key_that_starts_with_a_dash_is_taken_as_the_flags_value(tmp_path):
+    """`--public-key -abc...`: argparse alone takes the key for an option ("expected one argument"); the
+    command joins the flag and its next token, so the documented form works for every key."""
+    keys = tmp_path / "keys"
+    public = _key_starting_with_dash()
+    assert cli_main(["keys", "--keys-dir", str(keys), "--add-client", "dash", "--public-key", public]) == 0
+    assert zmq.auth.load_certificate(str(keys / "authorized_clients" / "dash.key"))[0].decode() == public
+    out = backend_cli("keys", "--keys-dir", str(keys), "--add-client", "dash2", "--public-key", public)
+    assert out.returncode == 0 and public in out.stdout, out.stderr
+    with pytest.raises(SystemExit) as missing:   # no value at all is still argparse's error, exit 2
+        cli_main(["keys", "--keys-dir", str(keys), "--add-client", "none", "--public-key"])
+    assert missing.value.code == 2
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\n", b'public-key = "short"\n'])
@@ -481,7 +463,7 @@ def test_the_serve_command_exits_2_on_a_bad_key_file(tmp_path):
     assert cli_main(["keys", "--keys-dir", str(keys)]) == 0
     (keys / "authorized_clients").mkdir()
     (keys / "authorized_clients" / "empty.key").write_bytes(b"")
-    out = _cli("serve", "--bind", "tcp://127.0.0.1:0", "--no-persist", "--keys-dir", str(keys))
+    out = backend_cli("serve", "--bind", "tcp://127.0.0.1:0", "--no-persist", "--keys-dir", str(keys))
     assert out.returncode == 2 and "empty.key" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -74,7 +74,7 @@ def test_classifier_reads_ground_truth_region_colours():
 
 
 def test_eval_cli_end_to_end_on_a_tiny_checkpoint(tmp_path):
-    from tests.test_train_diffusion import make_shards, tiny_config
+    from tests.diffusion_shards import make_shards, tiny_config
     from training import train_diffusion as td
     from training.cli import main
 

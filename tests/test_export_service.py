@@ -1,6 +1,7 @@
-"""The backend's `export` op with format "glb": a generated avatar through a real server on loopback
-(the tiny random model of tests/test_pipelines.py), read back as glTF: its skeleton is the avatar's,
-the motion sent with the request becomes its animation, and bad motions get structured errors."""
+"""The backend's `export` op with format "glb": a generated avatar through a real server on loopback (the
+`client` and `avatar` fixtures of tests/conftest.py: the session's tiny random model), read back as glTF: its
+skeleton is the avatar's, the motion sent with the request becomes its animation, and bad motions get
+structured errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,10 +9,16 @@ import pytest
 
 from backend.export import avatar_mesh, gltf
 from bridge.wire import protocol
-from tests.test_pipelines import _error, avatar, client  # noqa: F401  (module-scoped fixtures: a server)
+from bridge.wire.client import BridgeError
 
 
-def test_export_glb_with_motion(client, avatar):  # noqa: F811
+def _error(client, request, arrays=None) -> BridgeError:
+    with pytest.raises(BridgeError) as info:
+        client.call(request, arrays, timeout_s=30.0)
+    return info.value
+
+
+def test_export_glb_with_motion(client, avatar):
     avatar_id, got = avatar
     j = len(got.header["joint_names"])
     rng = np.random.default_rng(0)
@@ -46,7 +53,7 @@ def test_export_glb_with_motion(client, avatar):  # noqa: F811
     ({"joint_rotations": np.ones((1, 104, 4), np.float32), "root_translations": np.zeros((1, 3), np.float32)},
      "ply", "takes no arrays"),
 ])
-def test_bad_export_motions_are_refused_by_name(client, avatar, arrays, fmt, message):  # noqa: F811
+def test_bad_export_motions_are_refused_by_name(client, avatar, arrays, fmt, message):
     avatar_id, _ = avatar
     err = _error(client, protocol.Export(avatar_id=avatar_id, format=fmt), arrays)
     assert message in str(err)

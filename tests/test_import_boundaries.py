@@ -14,11 +14,16 @@ Two checks, because they catch different things:
   gsplat; backend and training never import bpy; backend never imports training. The add-on's modules need
   bpy, so they are checked this way here (the add-on suite imports them all inside real Blender:
   tests/blender/test_install.py).
+
+Tests themselves import neither benchmarks/ nor another test module (statically, also in the scripts they
+hand to subprocesses): shared fixtures live in tests/conftest.py and in fixture modules (tests/*.py not named
+test_*), measurement code in the library.
 """
 from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +191,31 @@ def test_static_check_refuses_backend_importing_training(tmp_path):
     probe = tmp_path / "backend" / "probe.py"
     probe.write_text("def observe():\n    from training.data.ingest import ingest_photo\n    return ingest_photo\n")
     assert imported_names(probe, tmp_path) & set(FORBIDDEN["backend"]) == {"training"}
+
+
+SCRIPT_IMPORT = re.compile(r"^\s*(?:from|import)\s+((?:tests|benchmarks)\b[\w.]*)", re.MULTILINE)
+
+
+def test_no_test_imports_benchmarks_or_another_test_module():
+    """A test module imported by another runs its set-up twice and can be collected under two names; a test
+    that imports benchmarks/ tests code the library does not ship. Lines of subprocess scripts count too."""
+    files = [p for p in sorted((ROOT / "tests").rglob("*.py")) if "__pycache__" not in p.parts]
+    bad = {}
+    for path in files:
+        names = dotted_imports(path) | set(SCRIPT_IMPORT.findall(path.read_text()))
+        hit = sorted(n for n in names if n.split(".")[0] == "benchmarks"
+                     or (n.split(".")[0] == "tests" and any(part.startswith("test_") for part in n.split(".")[1:])))
+        if hit:
+            bad[str(path.relative_to(ROOT))] = hit
+    assert bad == {}, f"tests import benchmarks or test modules: {bad}"
+
+
+def test_the_keys_command_does_not_load_torch(tmp_path):
+    """`genlca-backend keys` needs only zmq: backend/service/cli.py imports the serving code (torch, the model)
+    inside `main`, only for `serve`."""
+    code = ("import sys; from backend.service.cli import main; "
+            f"rc = main(['keys', '--keys-dir', {str(tmp_path / 'keys')!r}]); "
+            "print(rc, sorted(m for m in ('torch', 'backend.pipelines', 'backend.service.serving') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "0 []"

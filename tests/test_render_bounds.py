@@ -13,21 +13,11 @@ import torch
 
 from backend.avatar.gaussians import Gaussians
 from backend.render import RenderCostError, RenderOptions, frame_cost, render
-from backend.render.camera import Camera, intrinsics_from_fov, look_at
+from backend.render.camera import Camera
 from backend.render.cpu_rasterizer import bin_tiles, project, split_tiles, tile_pair_counts
-from benchmarks.render import body_camera, body_scene
+from backend.render.scenes import body_camera, body_scene, shrunk_close_up
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def shrunk_close_up(n: int, side: int, seed: int = 0) -> tuple[Gaussians, Camera]:
-    """The issue's frame: a body shrunk 100x (its Gaussians keep their 1-2 cm size) seen from 3 cm at fov 90,
-    so every Gaussian covers most of the image."""
-    g = body_scene(n, seed)
-    centre = torch.tensor([0.0, 0.0, 1.0])
-    g = g.replace(means=(g.means - centre) * 0.01 + centre)
-    cam = Camera(look_at((0.0, -0.03, 1.0), (0.0, 0.0, 1.0)), intrinsics_from_fov(90, side, side), side, side)
-    return g, cam
 
 
 def _project(g: Gaussians, cam: Camera) -> dict[str, torch.Tensor]:
@@ -112,7 +102,7 @@ def test_a_frame_above_the_pair_limit_is_refused_before_any_pair_is_listed():
 
 _MEASURE = """
 import json, resource, sys, torch
-from tests.test_render_bounds import shrunk_close_up
+from backend.render.scenes import shrunk_close_up
 from backend.render import RenderOptions, render
 small, small_cam = shrunk_close_up(200, 48)
 with torch.no_grad():   # warm-up (allocator, kernels) in blocks too

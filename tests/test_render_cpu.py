@@ -12,6 +12,7 @@ from backend.render import RenderOptions, render
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 from backend.render.cpu_rasterizer import project
 from backend.render.reference import composite_reference
+from backend.render.scenes import body_camera, body_scene
 
 from .render_margins import assert_well_conditioned
 
@@ -137,8 +138,6 @@ def test_tile_size_does_not_change_the_image():
 def test_body_scene_renders_and_gradients_flow():
     # how fast is the benchmark's business (benchmarks/render.py, docs/BENCHMARKS.md), not a test's: a
     # wall-clock limit here would fail on a slower or busier machine without anything being wrong
-    from benchmarks.render import body_camera, body_scene
-
     scene, cam = body_scene(50_000), body_camera()
     with torch.no_grad():
         out = render(scene, cam)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.geometry.rotations import axis_angle_to_quat, matrix_to_quat, quat_multiply, quat_to_matrix
+from bridge.geometry.rotations import (axis_angle_to_quat, matrix_to_quat, quat_multiply, quat_to_matrix,
+                                      rotation_between)
 
 
 def _quats(n: int, seed: int = 0) -> np.ndarray:
@@ -48,3 +49,20 @@ def test_torch_in_torch_out_with_the_numpy_values_and_gradients(dtype):
 
 def test_axis_angle():
     np.testing.assert_allclose(quat_to_matrix(axis_angle_to_quat([0, 0, 2], 90)) @ [1, 0, 0], [0, 1, 0], atol=1e-12)
+
+
+def test_rotation_between_takes_a_onto_b_by_the_smallest_turn():
+    """Random pairs, parallel and opposite ones: a proper rotation taking a's direction onto b's, turning
+    about a x b (so by the angle between them; opposite: 180 degrees). Tolerance 1e-12 (float64 round-off)."""
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=3) * 3, rng.normal(size=3)) for _ in range(50)]
+    pairs += [(np.array([0.0, 2.0, 0.0]), np.array([0.0, -1.0, 0.0])), (np.array([1.0, 0, 0]), np.array([5.0, 0, 0]))]
+    for a, b in pairs:
+        r = rotation_between(a, b)
+        ua, ub = a / np.linalg.norm(a), b / np.linalg.norm(b)
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+        assert abs(np.linalg.det(r) - 1.0) < 1e-12
+        np.testing.assert_allclose(r @ ua, ub, atol=1e-12)
+        angle = np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))
+        assert abs(angle - np.arccos(np.clip(ua @ ub, -1, 1))) < 1e-6
+

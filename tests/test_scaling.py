@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.diffusion_shards import make_shards, tiny_config
 from training import scaling
 from training import train_diffusion as td
 
@@ -17,8 +17,6 @@ EVAL = dict(eval_splits=["train"], max_people=2, eval_steps=2, samples=1, image_
 @pytest.fixture(scope="module")
 def curve(tmp_path_factory):
     """Sizes 4 and 8, 3 steps at batch 4; size 8 was killed after step 2 before the curve was asked for."""
-    from tests.test_train_diffusion import make_shards, tiny_config
-
     tmp = tmp_path_factory.mktemp("scaling")
     shards = make_shards(tmp / "shards", n=12)
     base = tiny_config(shards, tmp / "unused", steps=3, global_batch=4)

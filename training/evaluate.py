@@ -50,8 +50,21 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from backend.avatar.body_parts import PART_IDS
+from backend.avatar.gaussians import SH_C0
+from backend.avatar.template import load_template
+from backend.avatar.tokens import TokenDecoder, TokenDecoderConfig, decode, encode_explicit
+from backend.avatar.uv_layout import load_layout
+from backend.models.checkpoint import load_checkpoint
+from backend.models.conditioning import load_text_encoder, text_condition
+from backend.models.dit import dit_from_checkpoint
+from backend.render import RenderOptions, render
+from backend.render.camera import Camera, intrinsics_from_fov, look_at
 from backend.sampling import recipe
 from bridge.files.atomic import write_atomic
+from training.data import vocabulary
+from training.data.shards import iter_shards
+from training.data.vocabulary import heldout_combinations_in
 
 REGIONS = ("head", "torso", "arms", "hands", "legs", "feet")
 PROBE_ATTRIBUTES = ("upper", "upper_pattern", "lower", "hair_style", "shoes")
@@ -111,8 +124,6 @@ def diversity(colours: torch.Tensor) -> float:
 # ------------------------------------------------------------------------------ token-map readers
 def texel_rgb(tokens: torch.Tensor) -> torch.Tensor:
     """Explicit layout: (C, R, R) -> (3, R, R) colour in [0, 1] (channels 0..2 = SH DC)."""
-    from backend.avatar.gaussians import SH_C0
-
     return (tokens[:3] * SH_C0 + 0.5).clamp(0, 1)
 
 
@@ -124,8 +135,6 @@ class RegionTexels:
 
     @classmethod
     def from_layout(cls, layout: Any) -> "RegionTexels":
-        from backend.avatar.body_parts import PART_IDS
-
         masks = {r: layout.region_mask(r) for r in REGIONS}
         parts = layout.part_ids
         z = layout.anchors[..., 2]
@@ -148,11 +157,9 @@ ATTRIBUTE_REGIONS = {"upper_colour": "torso", "lower_colour": "thighs", "shoes_c
 
 def attribute_palettes() -> dict[str, dict[str, tuple[float, float, float]]]:
     """The named colours each attribute can take (training/data/vocabulary.py)."""
-    from training.data import vocabulary as vocab
-
-    shoes = {k: vocab.COLOURS[k] for k in ("black", "white", "brown", "grey", "blue", "red")}
-    return {"upper_colour": dict(vocab.COLOURS), "lower_colour": dict(vocab.COLOURS), "shoes_colour": shoes,
-            "hair_colour": dict(vocab.HAIR_COLOURS)}
+    shoes = {k: vocabulary.COLOURS[k] for k in ("black", "white", "brown", "grey", "blue", "red")}
+    return {"upper_colour": dict(vocabulary.COLOURS), "lower_colour": dict(vocabulary.COLOURS),
+            "shoes_colour": shoes, "hair_colour": dict(vocabulary.HAIR_COLOURS)}
 
 
 def classify_attributes(tokens: torch.Tensor, regions: RegionTexels) -> dict[str, str]:
@@ -176,8 +183,6 @@ class RenderedView:
 
 def attribute_cameras(size: int = 128) -> dict[str, Any]:
     """Front and back views of a standing template (raised a little, so the crown shows), square images."""
-    from backend.render.camera import Camera, intrinsics_from_fov, look_at
-
     k = intrinsics_from_fov(40.0, size, size)
     return {view: Camera(look_at((0.0, y, 1.5), (0.0, 0.0, 0.85)), k, size, size, 0.01, 100.0)
             for view, y in (("front", -3.0), ("back", 3.0))}
@@ -365,8 +370,6 @@ def bootstrap_mean_interval(per_person: list[float], draws: int = 2000, seed: in
 
 def pair_hits(person_attributes: dict[str, Any], predicted: dict[str, str]) -> dict[str, bool]:
     """For each held-out combination the person shows ("key=value+key=value"): both attributes read right."""
-    from training.data.vocabulary import heldout_combinations_in
-
     out = {}
     for combo in heldout_combinations_in(person_attributes):
         keys = [part.split("=", 1)[0] for part in combo.split("+")]
@@ -435,8 +438,6 @@ def sample_tokens(model: Any, condition: dict[str, torch.Tensor], steps: int = 2
 
 def eval_cameras(size: int = 128) -> dict[str, Any]:
     """Views of regions that clips rarely show: the back, and the back of the legs (closer, lower)."""
-    from backend.render.camera import Camera, intrinsics_from_fov, look_at
-
     k = intrinsics_from_fov(40.0, size, size)
     return {"back": Camera(look_at((0.0, 3.2, 0.95), (0.0, 0.0, 0.9)), k, size, size, 0.01, 100.0),
             "legs_back": Camera(look_at((0.0, 1.8, 0.45), (0.0, 0.0, 0.45)), k, size, size, 0.01, 100.0),
@@ -445,17 +446,12 @@ def eval_cameras(size: int = 128) -> dict[str, Any]:
 
 class Renderer:
     def __init__(self, layout: Any, decoder_config: Any, size: int = 128) -> None:
-        from backend.avatar.tokens import TokenDecoder
-
         self.layout, self.decoder = layout, TokenDecoder(decoder_config).eval()
         self.cameras = eval_cameras(size)
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, R, R) -> rgb (H, W, 3) on black, alpha (H, W)."""
-        from backend.avatar.tokens import decode
-        from backend.render import RenderOptions, render
-
         g = decode(tokens.float(), self.layout, self.decoder)
         out = render(g, self.cameras[view], options=RenderOptions(background=(0.0, 0.0, 0.0), backend="torch"))
         return out.rgb[0], out.alpha[0, ..., 0]
@@ -463,8 +459,6 @@ class Renderer:
 
 def template_tokens(layout: Any, decoder_config: Any) -> torch.Tensor:
     """The bare template body, opaque, grey: its render gives the silhouette that hole fraction uses."""
-    from backend.avatar.tokens import encode_explicit
-
     r = layout.resolution
     return encode_explicit(layout, decoder_config, torch.full((3, r, r), 0.5), opacity=torch.full((r, r), 0.995))
 
@@ -479,8 +473,6 @@ def evaluate_checkpoint(model: Any, encoder: Any, people: list[dict[str, Any]], 
     the caption names is scored (module docstring (b')), with pairs, intervals and visual ratios.
     per_person: also return every person's values (key "per_person", lists in the order of `people`), so
     that runs scored on the same people can be pooled and compared person by person (training/ablation.py)."""
-    from backend.models.conditioning import text_condition
-
     holes: dict[str, list[float]] = {v: [] for v in silhouettes}
     psnr: dict[str, list[float]] = {v: [] for v in silhouettes}
     rmse: dict[str, list[float]] = {v: [] for v in silhouettes}
@@ -590,9 +582,6 @@ def load_people(folder: str | Path, splits: list[str], max_people: int,
     """One entry per person (first clip of each `meta['person']`, else per clip), ground-truth tokens.
     recaption: the prompt is the canonical caption of the person's attributes (vocabulary.captions' first,
     which names every attribute), not the first stored caption."""
-    from training.data import vocabulary
-    from training.data.shards import iter_shards
-
     people, seen, source = [], set(), {}
     per_split = {s: 0 for s in splits}
     for shard in iter_shards(folder):
@@ -614,8 +603,6 @@ def load_people(folder: str | Path, splits: list[str], max_people: int,
 
 
 def decoder_config_from(source: dict[str, Any], channels: int) -> Any:
-    from backend.avatar.tokens import TokenDecoderConfig
-
     raw = source.get("decoder_config") or source.get("decoder")
     given = dict(raw) if isinstance(raw, dict) else {}
     given.setdefault("token_channels", channels)
@@ -750,12 +737,6 @@ def plot_loss_curves(checkpoints: list[str], out: str | Path, smooth: int = 20) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from backend.avatar.template import load_template
-    from backend.avatar.uv_layout import load_layout
-    from backend.models.checkpoint import load_checkpoint
-    from backend.models.conditioning import load_text_encoder
-    from backend.models.dit import dit_from_checkpoint
-
     if args.threads:
         torch.set_num_threads(args.threads)
     people, source = load_people(args.shards, args.splits, args.max_people, recaption=not args.stored_captions)

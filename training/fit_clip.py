@@ -20,9 +20,10 @@ import torch
 
 from backend.avatar.gaussians import SH_C0
 from backend.avatar.skinning import Skeleton
-from backend.models.tokenizer import Tokenizer
+from backend.avatar.template import save_safetensors_atomic
+from backend.models.tokenizer import Tokenizer, tokenizer_models
 from training.data.records import ClipRecord, load_record
-from training.train_tokenizer import clip_views, photometric_losses, render_tokens
+from training.train_tokenizer import Views, clip_views, photometric_losses, render_tokens
 from backend.models.tokenizer import load_tokenizer
 
 
@@ -74,17 +75,12 @@ def fit_clip(model: Tokenizer, skeleton: Skeleton, record: ClipRecord, indices, 
 
 
 def _subset(views, pick):
-    from training.train_tokenizer import Views
-
     return Views(rgb=views.rgb[pick], mask=views.mask[pick], cameras=[views.cameras[i] for i in pick],
                  joint_rotations=views.joint_rotations[pick], root_translation=views.root_translation[pick],
                  valid=None if views.valid is None else views.valid[pick])
 
 
 def main(args: argparse.Namespace) -> int:
-    from backend.avatar.template import save_safetensors_atomic
-    from backend.models.tokenizer import tokenizer_models
-
     model = load_tokenizer(args.checkpoint) if args.checkpoint else Tokenizer.build(tokenizer_models[args.preset]())
     record = load_record(args.record)
     frames = args.frames if args.frames else list(range(record.num_frames))

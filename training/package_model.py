@@ -24,6 +24,9 @@ from pathlib import Path
 
 import torch
 
+from backend.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from backend.pipelines.model_bundle import ModelError, PHOTO_CHANNELS, load_bundle
+
 HALF_MIN_ELEMENTS = 4096  # --dtype float16: only matrices this big are halved (vectors and geometry stay float32)
 
 
@@ -45,8 +48,6 @@ def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, n
     EMA weights when the checkpoint has them) or "live" (the optimised weights: better for a short run,
     where an EMA of decay d still holds d**steps of the initial weights). `extra_config` is merged into
     the stored config (the tokenizer's `photo_channels`)."""
-    from backend.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-
     if weights_from not in ("ema", "live"):
         raise ValueError(f"weights must be 'ema' or 'live', got {weights_from!r}")
     ckpt = load_checkpoint(src, kind, training_state=False)
@@ -61,9 +62,6 @@ def package_checkpoint(src: str | Path, dst: str | Path, kind: str, name: str, n
 
 
 def main(args: argparse.Namespace) -> int:
-    from backend.models.checkpoint import CheckpointError
-    from backend.pipelines.model_bundle import ModelError, load_bundle
-
     out = Path(args.out)
     name = args.name or out.name
     if args.photo_channels and not args.tokenizer:
@@ -97,8 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the EMA weights (default) or the live ones (short runs: see package_checkpoint)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                         help="float16: weight matrices stored in half precision (half the size)")
-    from backend.pipelines.model_bundle import PHOTO_CHANNELS
-
     parser.add_argument("--photo-channels", choices=PHOTO_CHANNELS, default=None,
                         help="token channels a photo pins on the texels it shows: colour (default; the DiT "
                              "samples their geometry) or all (needs --tokenizer)")

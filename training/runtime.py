@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from backend.models.checkpoint import Checkpoint, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
 
 # ------------------------------------------------------------------------------------------- distributed
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +253,6 @@ def save_training_state(path: str | os.PathLike, *, kind: str, config: dict[str,
                         extra: dict[str, torch.Tensor] | None = None, train: dict[str, Any] | None = None,
                         name: str = "", note: str = "") -> str:
     """Atomic checkpoint of everything `load_training_state` needs to continue exactly; returns sha256."""
-    from backend.models.checkpoint import Checkpoint, capture_rng, save_checkpoint
-
     rng_tensors, rng_states = capture_rng()
     state = {"step": step, **rng_states, **(train or {})}
     ckpt = Checkpoint(kind=kind, config=config, model=model.state_dict(), ema=ema.state_dict() if ema else None,
@@ -264,8 +264,6 @@ def save_training_state(path: str | os.PathLike, *, kind: str, config: dict[str,
 def load_training_state(path: str | os.PathLike, *, kind: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                         ema: EMA | None = None, restore_rng_state: bool = True) -> tuple[int, Any]:
     """Load model/EMA/optimizer/RNG from `path`; returns (step, the Checkpoint for its config and extras)."""
-    from backend.models.checkpoint import load_checkpoint, restore_rng
-
     ckpt = load_checkpoint(path, kind)
     model.load_state_dict(ckpt.model)
     if ema is not None and ckpt.ema is not None:

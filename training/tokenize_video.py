@@ -32,10 +32,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backend.avatar.skinning import pose
+from backend.avatar.template import load_template
+from backend.avatar.tokens import decode
+from backend.models.tokenizer import load_tokenizer
+from backend.perception.fitting import render_silhouette
+from backend.render import RenderOptions, render
 from backend.render.camera import Camera
 from bridge.files.atomic import write_atomic
-from training.data.records import ClipRecord, iter_record_paths, load_record
-from backend.models.tokenizer import load_tokenizer
+from training.data.ingest import IngestConfig, ingest_file
+from training.data.records import ClipRecord, SUFFIX, iter_record_paths, load_record, save_record
+from training.fit_clip import fit_clip, mean_colour_tokens
+from training.train_tokenizer import clip_inputs, clip_views
 
 METHODS = ("mean", "fit", "tokenizer")
 
@@ -135,10 +143,6 @@ def orbit_camera(camera: Camera, centre: np.ndarray, degrees: float) -> Camera:
 def render_frames(tokens: torch.Tensor, model, views, novel_degrees: float | None = None):
     """tokens (C, R, R) -> rgb (V, h, w, 3) premultiplied, alpha (V, h, w), posed by each view's body pose,
     seen by its camera, or by that camera orbited `novel_degrees` about the posed body's centre."""
-    from backend.avatar.skinning import pose
-    from backend.avatar.tokens import decode
-    from backend.render import RenderOptions, render
-
     g = decode(tokens.float(), model.layout, model.decoder)
     rgbs, alphas = [], []
     for v, cam in enumerate(views.cameras):
@@ -170,9 +174,6 @@ def person_psnr(rgb: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 def method_tokens(method: str, model, record: ClipRecord, idx_in: list[int], cfg: VideoTokenizeConfig) -> torch.Tensor:
     """One method's token map (C, R, R) from the input frames of a cropped record."""
-    from training.fit_clip import fit_clip, mean_colour_tokens
-    from training.train_tokenizer import clip_inputs
-
     if method == "mean":
         return mean_colour_tokens(model, record, idx_in)
     if method == "fit":
@@ -189,8 +190,6 @@ def score_clip(model, record: ClipRecord, cfg: VideoTokenizeConfig, methods=METH
     """All methods on one (uncropped) clip record -> rows (one per method and frame set) and the token
     maps by method. Rows: clip_id, method, frames ("input" / "heldout"), iou, psnr_person (means) and the
     per-frame lists, seconds and cpu_seconds (to make the tokens)."""
-    from training.train_tokenizer import clip_views
-
     crop = person_crop(record, cfg.crop_size, cfg.crop_fill) if cfg.crop else record
     idx_in, idx_out = split_frames(crop.num_frames, cfg.input_frames)
     template_iou = record.meta.get("fit", {}).get("silhouette_iou")
@@ -228,7 +227,6 @@ def save_figure(model, record: ClipRecord, maps: dict[str, torch.Tensor], cfg: V
 
     from PIL import Image, ImageDraw, ImageFont
 
-    from training.train_tokenizer import clip_views
 
     crop = person_crop(record, cfg.crop_size, cfg.crop_fill)
     idx_in, idx_out = split_frames(crop.num_frames, cfg.input_frames)
@@ -269,9 +267,6 @@ def save_figure(model, record: ClipRecord, maps: dict[str, torch.Tensor], cfg: V
 
 def _template_overlay(crop: ClipRecord, frames: list[int]) -> torch.Tensor:
     """(V, s, s, 3): the fitted template's mesh silhouette (ingest's own) tinted over the cropped frames."""
-    from backend.avatar.template import load_template
-    from backend.perception.fitting import render_silhouette
-
     template = load_template(crop.meta.get("template", "anny"))
     out = []
     for f in frames:
@@ -287,16 +282,12 @@ def _template_overlay(crop: ClipRecord, frames: list[int]) -> torch.Tensor:
 def load_clips(source: str | Path, records_out: str | Path | None = None, max_frames: int = 32) -> list[ClipRecord]:
     """A video or photo file (ingested now; records saved to `records_out` when given), one clip record,
     or a folder of clip records."""
-    from training.data.records import SUFFIX, save_record
-
     source = Path(source)
     if source.is_dir():
         records = [load_record(p) for p in iter_record_paths(source)]
     elif source.name.endswith(SUFFIX):
         records = [load_record(source)]
     elif source.is_file():
-        from training.data.ingest import IngestConfig, ingest_file
-
         records = ingest_file(source, IngestConfig(max_frames=max_frames))
         for r in records if records_out else []:
             save_record(r, records_out)

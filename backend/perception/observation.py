@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backend.avatar.template import load_template
+from backend.perception.detector import PersonDetector
 from backend.perception.fitting import FIT_JOINTS, BodyFitter, FitConfig, render_silhouette, silhouette_iou
 
 
@@ -36,9 +38,6 @@ class Perception:
     """Detector, template and fitter, built once (`perception()` caches one per configuration)."""
 
     def __init__(self, template: str = "anny", fit: FitConfig | None = None, max_people: int = 3):
-        from backend.avatar.template import load_template
-        from backend.perception.detector import PersonDetector
-
         self.template = load_template(template)
         self.fitter = BodyFitter(self.template, fit or FitConfig())
         self.detector = PersonDetector(max_people=max_people)

@@ -20,29 +20,25 @@ With DIR/authorized_clients/ (made by `keys --add-client`), only the client publ
 in (read when the server starts; an empty or unreadable NAME.key there, or a folder without keys, stops
 `serve` with status 2 and names the file). SIGTERM/SIGINT: jobs end with `shutting_down`, exit 0 once the worker
 has stopped between frames; a second signal exits at once (status 128 + signal).
+
+`keys` loads no torch (backend/service/serving.py, the serving code, is imported only to serve), and
+`--public-key KEY` takes the next word as the key even when a Z85 key starts with '-'.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
-import os
 import re
-import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
 
 from backend.config import ConfigError, apply_overrides, load_config
-from backend.pipelines.model_bundle import ModelError
-from backend.pipelines.store import PersistentAvatarStore, default_avatar_dir
 from backend.service.config import ServiceConfig
-from backend.service.handlers import AvatarService, default_service
-from backend.service.server import BackendServer
-from bridge.wire.keys import check_z85_key, read_authorized_clients, read_public_certificate, write_public_certificate
+from bridge.wire.keys import check_z85_key, read_public_certificate, write_public_certificate
 
 # flag -> the ServiceConfig field it sets (a flag left out keeps the config file's value)
 FLAG_FIELDS = {"bind": "bind", "keys_dir": "keys_dir", "max_message_mb": "max_message_mb",
@@ -57,72 +53,6 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
     if args.no_persist:
         flags["persist"] = False
     return dataclasses.replace(config, **flags) if flags else config
-
-
-def build_service(avatar_dir: str | None = None, config: ServiceConfig | None = None) -> tuple[AvatarService, str]:
-    """(AvatarService, description of where avatars are kept). With avatar_dir, avatars are also kept as
-    files there (PersistentAvatarStore)."""
-    if avatar_dir is None:
-        return default_service(config=config), "avatars in memory only"
-    store = PersistentAvatarStore(avatar_dir)
-    return default_service(store=store, config=config), f"avatars kept in {store.folder}"
-
-
-def serve(args: argparse.Namespace) -> int:
-    try:
-        config = service_config(args)
-    except (ConfigError, ValueError) as exc:
-        print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
-        return 2
-    clients = Path(config.keys_dir) / "authorized_clients" if config.keys_dir else None
-    if clients is not None and clients.is_dir():   # before the model loads: a bad key file fails fast
-        try:
-            read_authorized_clients(clients)
-        except ValueError as exc:
-            print(f"genlca-backend: {exc}", file=sys.stderr)
-            return 2
-    avatar_dir = None if not config.persist else (config.avatar_dir or str(default_avatar_dir()))
-    try:
-        service, source = build_service(avatar_dir, config)
-    except OSError as exc:
-        print(f"genlca-backend: cannot use the avatar folder {avatar_dir}: {exc}", file=sys.stderr)
-        return 2
-    try:
-        model = service.bundle().describe()  # load now: a bad checkpoint is refused before serving
-    except ModelError as exc:
-        print(f"genlca-backend: cannot load the model: {exc}", file=sys.stderr)
-        return 2
-    source = f"model {model['name']} (sha256 {model['sha256']}, R={model['resolution']}), {source}"
-    try:
-        server = BackendServer(config.bind, service.handlers(), keys_dir=config.keys_dir or None,
-                               queue_size=config.queue_size, max_message_bytes=config.max_message_bytes,
-                               heartbeat_s=config.heartbeat_s, client_timeout_s=config.client_timeout_s,
-                               send_hwm=config.send_hwm, max_queued_bytes=config.max_queued_bytes,
-                               max_client_jobs=config.max_client_jobs, admission=config.check_request,
-                               hello_extra=service.hello_fields, max_unread_reply_bytes=config.max_unread_reply_bytes,
-                               max_inbound_bytes=config.max_inbound_bytes)
-    except (PermissionError, FileNotFoundError, ValueError) as exc:
-        print(f"genlca-backend: {exc}", file=sys.stderr)
-        return 2
-    except zmq.ZMQError as exc:
-        print(f"genlca-backend: cannot bind {config.bind}: {exc}", file=sys.stderr)
-        return 2
-    stopping = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if stopping:      # a second signal: do not wait for the running frame
-            os.write(2, f"genlca-backend: signal {signum} again; exiting now\n".encode())
-            os._exit(128 + signum)
-        stopping.append(signum)
-        logging.getLogger("genlca.backend").info("signal %d: stopping (jobs end with shutting_down; send it "
-                                                 "again to exit at once)", signum)
-        server.stop(join=False)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(f"genlca-backend: serving {source} on {server.address}", flush=True)
-    server.serve_forever()
-    return 0
 
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -201,11 +131,38 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def key_values_attached(argv: list[str]) -> list[str]:
+    """argv with every `--public-key VALUE` after the `keys` command written as `--public-key=VALUE`.
+
+    A Z85 key may start with '-' (about one key in 85), and argparse takes such a token for an option and
+    stops with "expected one argument"; joined to its flag, the value is always the key."""
+    out = list(argv)
+    start = out.index("keys") + 1 if "keys" in out else len(out)
+    i = start
+    while i < len(out):
+        if out[i] == "--public-key" and i + 1 < len(out):
+            out[i:i + 2] = [f"--public-key={out[i + 1]}"]
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = key_values_attached(sys.argv[1:] if argv is None else list(argv))
     args = parser().parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return serve(args) if args.command == "serve" else keys(args)
+    if args.command == "keys":
+        return keys(args)
+    try:
+        config = service_config(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"genlca-backend: bad service config: {exc}", file=sys.stderr)
+        return 2
+    # The one import below the top of a module in the service, on purpose: serving needs torch and the model
+    # code (seconds to import), `keys` only zmq, so `genlca-backend keys` runs without loading torch.
+    from backend.service.serving import serve
+
+    return serve(config)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from bridge.wire.contract import check_range
 from bridge.wire.protocol import Request
 
 
+def _mib_to_bytes(mib: float) -> int:
+    return int(mib * (1 << 20))
+
+
 @dataclasses.dataclass
 class ServiceConfig:
     """What the backend serves and the bounds it keeps (docs/ARCHITECTURE.md, "Where each setting lives")."""
@@ -65,21 +69,11 @@ class ServiceConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
-    @property
-    def max_message_bytes(self) -> int:
-        return int(self.max_message_mb * (1 << 20))
-
-    @property
-    def max_unread_reply_bytes(self) -> int:
-        return int(self.max_unread_reply_mb * (1 << 20))
-
-    @property
-    def max_inbound_bytes(self) -> int:
-        return int(self.max_inbound_mb * (1 << 20))
-
-    @property
-    def max_queued_bytes(self) -> int:
-        return int(self.max_queued_mb * (1 << 20))
+    # the MiB settings in bytes, as the server takes them (properties, not fields: no config file sets them)
+    max_message_bytes = property(lambda self: _mib_to_bytes(self.max_message_mb))
+    max_unread_reply_bytes = property(lambda self: _mib_to_bytes(self.max_unread_reply_mb))
+    max_inbound_bytes = property(lambda self: _mib_to_bytes(self.max_inbound_mb))
+    max_queued_bytes = property(lambda self: _mib_to_bytes(self.max_queued_mb))
 
     def check_request(self, request: Request, arrays: dict[str, np.ndarray]) -> None:
         """Per-job cost limits, checked by the server before a job is queued (BackendServer admission).

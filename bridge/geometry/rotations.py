@@ -10,6 +10,7 @@ own module supplies stack/where, and torch is in sys.modules whenever a tensor e
     q = matrix_to_quat(R)           # (..., 4), w >= 0 (Shepperd: the best-conditioned of four formulas)
     q = quat_multiply(a, b)         # the Hamilton product a * b: rotate by b, then by a
     q = axis_angle_to_quat(axis, degrees)
+    R = rotation_between(a, b)      # (3, 3) numpy: the smallest rotation taking direction a onto b
 """
 from __future__ import annotations
 
@@ -90,3 +91,21 @@ def axis_angle_to_quat(axis: Any, degrees: float) -> np.ndarray:
     axis = axis / np.linalg.norm(axis)
     half = math.radians(degrees) / 2
     return np.array([math.cos(half), *(math.sin(half) * axis)])
+
+
+def rotation_between(a: Any, b: Any) -> np.ndarray:
+    """(3, 3) float64: the smallest rotation taking direction a (3,) onto direction b (3,), any non-zero
+    lengths; opposite directions turn 180 degrees about an axis perpendicular to a. Numpy only (the rig
+    maps' rest alignment and the binding's retargeting)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    c = float(a @ b)
+    if c < -1.0 + 1e-9:
+        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis = axis / np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-12)
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    v = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])  # a x b
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)

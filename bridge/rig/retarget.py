@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bridge.geometry.rotations import matrix_to_quat
+from bridge.geometry.rotations import matrix_to_quat, rotation_between
 
 DEGENERATE = 0.01  # a source bone shorter than this fraction of the source's height has no direction
 # A bone's uniform scale stays within this factor of the body's (source height / template height): the
@@ -42,18 +42,6 @@ MAX_STRETCH = 1.25
 def _unit(v: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return v / np.maximum(n, 1e-12)
-
-
-def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation (3, 3) taking direction a (3,) onto direction b (3,)."""
-    a, b = _unit(np.asarray(a, np.float64)), _unit(np.asarray(b, np.float64))
-    c = float(a @ b)
-    if c < -1.0 + 1e-9:
-        axis = _unit(np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0]))
-        return 2.0 * np.outer(axis, axis) - np.eye(3)
-    v = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])  # a x b
-    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)
 
 
 def best_rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from bridge.geometry.rotations import matrix_to_quat, quat_to_matrix
+from bridge.geometry.rotations import matrix_to_quat, quat_to_matrix, rotation_between
 
 RIGS = ("genlca", "mixamo", "rigify", "rigify_org", "cmu")
 
@@ -167,19 +167,6 @@ def _check_rotations(name: str, a: np.ndarray, count: int | None = None) -> np.n
     return a
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation (3, 3) taking direction a (3,) onto direction b (3,)."""
-    a = a / np.linalg.norm(a)
-    b = b / np.linalg.norm(b)
-    v, c = np.cross(a, b), float(np.dot(a, b))
-    if c < -1.0 + 1e-9:  # opposite: turn 180 degrees about any axis perpendicular to a
-        axis = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
-        axis /= np.linalg.norm(axis)
-        return 2.0 * np.outer(axis, axis) - np.eye(3)
-    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-    return np.eye(3) + vx + vx @ vx / (1.0 + c)
-
-
 def retarget_pose(source_rest_world: np.ndarray, source_pose_world: np.ndarray, template_rest_world: np.ndarray,
                   mapping: Mapping[int, int] | Mapping[str, str], template_parents: Sequence[int],
                   source_names: Sequence[str] | None = None, template_names: Sequence[str] | None = None,
@@ -226,7 +213,7 @@ def retarget_pose(source_rest_world: np.ndarray, source_pose_world: np.ndarray, 
         parent_world = np.eye(3) if p < 0 else world[p]
         if j in index_map:
             si = index_map[j]
-            align = _rotation_between(tpl_rest[j][:, 1], src_rest[si][:, 1]) if align_rest else np.eye(3)
+            align = rotation_between(tpl_rest[j][:, 1], src_rest[si][:, 1]) if align_rest else np.eye(3)
             world[j] = delta[si] @ align @ tpl_rest[j]
             local[j] = rest_local.T @ parent_world.T @ world[j]
         else:

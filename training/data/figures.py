@@ -16,6 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.avatar.gaussians import SH_C0
+from bridge.files.png import write_png
+from training.data import synthetic
+
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "images"
 
 
@@ -35,9 +39,6 @@ def _text_block(lines: list[str], width: int, height: int, colour=(20, 20, 20),
 
 
 def synth_sheet(out: Path, seed: int = 7, people: int = 24, cols: int = 4) -> Path:
-    from bridge.files.png import write_png
-    from training.data import synthetic
-
     torch.set_num_threads(2)
     ctx = synthetic.Context(synthetic.SynthConfig(seed=seed))
     cells = []
@@ -68,8 +69,6 @@ def synth_sheet(out: Path, seed: int = 7, people: int = 24, cols: int = 4) -> Pa
 
 
 def _atlas_rgb(tokens: np.ndarray, atlas: np.ndarray) -> np.ndarray:
-    from backend.avatar.gaussians import SH_C0
-
     rgb = np.clip(tokens[:3].transpose(1, 2, 0) * SH_C0 + 0.5, 0, 1)
     return np.where(atlas[..., None], rgb, 1.0)
 
@@ -83,9 +82,6 @@ def _visibility_rgb(vis: np.ndarray, atlas: np.ndarray) -> np.ndarray:
 
 
 def vis_atlas(out: Path, seed: int = 7) -> Path:
-    from bridge.files.png import write_png
-    from training.data import synthetic
-
     torch.set_num_threads(2)
     ctx = synthetic.Context(synthetic.SynthConfig(seed=seed))
     atlas = ctx.layout.atlas_mask.numpy()

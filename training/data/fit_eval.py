@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from backend.avatar.skinning import Skeleton, skinning_matrices
-from backend.perception.fitting import FIT_JOINTS, BodyFitter, FitResult, render_silhouette
+from backend.perception.fitting import BodyFitter, FIT_JOINTS, FitResult, landmark_anchors, render_silhouette
+from backend.render.camera import intrinsics_from_fov, look_at
 
 # joints scored by MPJPE: what the fit moves and what hangs off it
 SCORED_JOINTS = ("spine02", "neck01", "head", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
@@ -41,8 +42,6 @@ class GroundTruthClip:
 def ground_truth_clip(template, n_frames: int = 4, seed: int = 0, width: int = 384, height: int = 512,
                       yaw_deg: float = 25.0) -> GroundTruthClip:
     """A known pose sequence: random bends within everyday ranges, varying smoothly over the frames."""
-    from backend.render.camera import intrinsics_from_fov, look_at
-
     rng = np.random.default_rng(seed)
     fitter = BodyFitter(template)
     k = len(FIT_JOINTS)
@@ -87,12 +86,9 @@ def camera_joints(skeleton: Skeleton, joint_rotations, root_translation, viewmat
 def truth_from_record(template, record) -> GroundTruthClip:
     """A synthetic clip record (exact pose, cameras, masks) as fitting truth: its 33 landmarks projected with
     its own cameras (confidence 0 outside the frame or behind the camera; no self-occlusion test)."""
-    from backend.avatar.skinning import skinning_matrices as _skin
-    from backend.perception.fitting import landmark_anchors
-
     bones, points, _ = landmark_anchors(template)
-    a = _skin(Skeleton.from_template(template), torch.from_numpy(record.joint_rotations),
-              torch.from_numpy(record.root_translation)).numpy().astype(np.float64)[:, bones]
+    a = skinning_matrices(Skeleton.from_template(template), torch.from_numpy(record.joint_rotations),
+                          torch.from_numpy(record.root_translation)).numpy().astype(np.float64)[:, bones]
     world = np.einsum("fnij,nj->fni", a[..., :3, :3], points) + a[..., :3, 3]
     vm, k = record.viewmats.astype(np.float64), record.intrinsics.astype(np.float64)
     pc = np.einsum("fij,fnj->fni", vm[:, :3, :3], world) + vm[:, None, :3, 3]

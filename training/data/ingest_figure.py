@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.perception.fitting import render_silhouette
+from backend.avatar.skinning import Skeleton, skinning_matrices
+from backend.perception.fitting import landmark_anchors, render_silhouette
 from training.data.records import ClipRecord
 
 _BONES = ((11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
@@ -17,8 +18,6 @@ def fitted_landmarks(template, record: ClipRecord) -> np.ndarray:
     """(F, 33, 2) pixels: where the record's pose puts the fitter's landmark anchors."""
     import torch
 
-    from backend.avatar.skinning import Skeleton, skinning_matrices
-    from backend.perception.fitting import landmark_anchors
 
     bones, points, _ = landmark_anchors(template)
     a = skinning_matrices(Skeleton.from_template(template), torch.from_numpy(record.joint_rotations),

