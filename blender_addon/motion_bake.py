@@ -118,9 +118,11 @@ class MotionBake:
             if self.avatar.animation_data is not None:
                 self.avatar.animation_data.action = previous
             raise
-        if previous is not None and previous != self.action and previous.get(binding.MOTION_KEY) \
-                and previous.users == 0:
-            bpy.data.actions.remove(previous)
+        if previous is not None and previous != self.action and previous.get(binding.MOTION_KEY):
+            if self.action is None:  # a still pose replaces the earlier baked motion
+                self.avatar.animation_data.action = None
+            if previous.users == 0:
+                bpy.data.actions.remove(previous)
         self.avatar[binding.BAKED_KEY] = [int(self.frames[0]), int(self.frames[-1])]
         self.state = "done"
         return self.action

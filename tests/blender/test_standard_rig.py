@@ -176,6 +176,7 @@ def test_timer_bake_is_all_or_nothing(scene, cmu_bvh, monkeypatch):
 
     # a failure part-way (the map loses its bones): reported, and the avatar keeps its motion
     second = armature.animation_data.action
+    bone_map = binding.bone_map(armature)
     errors: list = []
     bake = motion_bake.start_bake(armature, 100, 130, scene, on_error=errors.append)
     assert bake.tick() == 0.0
@@ -183,6 +184,12 @@ def test_timer_bake_is_all_or_nothing(scene, cmu_bvh, monkeypatch):
     assert bake.tick() is None
     assert bake.state == "failed" and errors and "no bone of its map" in errors[0]
     assert armature.animation_data.action == second and len(bpy.data.actions) == 2 and not mesh.hide_viewport
+
+    # one frame moves no channel: a still pose, and the earlier baked motion goes
+    binding.set_bone_map(armature, bone_map)
+    assert binding.bake_motion(armature, 110, 110, scene) is None
+    assert armature.animation_data.action is None and len(bpy.data.actions) == 1
+    assert list(armature[binding.BAKED_KEY]) == [110, 110]
 
 
 FRESH_BLENDER = textwrap.dedent("""
