@@ -109,8 +109,8 @@ def compare(glb: bytes, splats: tuple[np.ndarray, np.ndarray], cams) -> dict:
     return {"iou": ious, "delta_e00": delta, "pixels": {n: int(c) for n, c in zip(REGIONS, counts)}}
 
 
-def generated_avatars(model: str, steps: int, guidance: float, seed: int = 0):
-    """(kind, prompt, AvatarRecord) of each of PROMPTS, generated and decoded in this process."""
+def generated_avatars(model: str, steps: int, guidance: float, seed: int = 0, kinds=tuple(PROMPTS)):
+    """(kind, prompt, AvatarRecord) of each of PROMPTS in `kinds`, generated and decoded in this process."""
     from backend.pipelines.avatars import decode_avatar
     from backend.pipelines.generate import SamplerSettings, generate_tokens
     from backend.pipelines.model_bundle import load_bundle
@@ -118,7 +118,8 @@ def generated_avatars(model: str, steps: int, guidance: float, seed: int = 0):
 
     bundle = load_bundle(model)
     settings = SamplerSettings(steps=steps, guidance=guidance)
-    for kind, prompt in PROMPTS.items():
+    for kind in kinds:
+        prompt = PROMPTS[kind]
         tokens, info = generate_tokens(bundle, prompt, seed=seed, settings=settings)
         record = decode_avatar(bundle, tokens, {"prompt": prompt, "seed": seed}, torch.device("cpu"))
         yield kind, prompt, record

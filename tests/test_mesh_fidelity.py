@@ -163,3 +163,20 @@ def test_synthetic_avatar_mesh_renders_like_its_splats():
     # measured 0.925 / 0.898: the front, side and back views lose the gap between the legs under the skirt and the hem
     assert iou.mean() >= 0.9 and iou.min() >= 0.87
     assert max(result["delta_e00"].values()) <= 10.0 and result["pixels"]["legs"] > 500
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_shipped_model_avatars_meet_the_acceptance():
+    """The shipped model's trousers and long-hair avatars (benchmarks/mesh_fidelity.py's prompts, seed 0,
+    25 steps): the GLB's renders within IoU 0.9 and 10 ΔE00 of the splats' (measured 0.942 and 0.940; the
+    dress, 0.777, does not meet it: docs/BENCHMARKS.md, "Mesh against splats")."""
+    from backend.pipelines.avatars import glb_of_record
+    from benchmarks.mesh_fidelity import cameras, compare, generated_avatars, splat_frames
+
+    cams = cameras(8, 384, 512)
+    for kind, _prompt, record in generated_avatars("genlca-small", 25, 4.0, seed=0, kinds=("trousers", "long_hair")):
+        result = compare(glb_of_record(record), splat_frames(record.gaussians, cams), cams)
+        iou = np.array(result["iou"])
+        print(f"{kind}: IoU mean {iou.mean():.3f} min {iou.min():.3f}; ΔE00 {result['delta_e00']}")
+        assert iou.mean() >= 0.9 and max(result["delta_e00"].values()) <= 10.0
