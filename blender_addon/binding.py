@@ -427,6 +427,7 @@ def bind(avatar: bpy.types.Object, source: bpy.types.Object,
     if fit_proportions is not None and hasattr(props, "fit_proportions"):
         props.fit_proportions = fit_proportions
     avatar[FLOOR_KEY] = estimate_floor(source)
+    _cancel_bake(avatar)
     props.source_armature = source
     props.rig = rig or "custom"
     set_bone_map(avatar, bone_map)
@@ -446,6 +447,7 @@ def bind(avatar: bpy.types.Object, source: bpy.types.Object,
 def unbind(avatar: bpy.types.Object) -> None:
     """Stop driving the avatar; its pose returns exactly to its own rest pose (the map stays, to bind
     again)."""
+    _cancel_bake(avatar)
     props = avatar.genlca
     props.source_armature = None
     _plans.pop(avatar.session_uid, None)
@@ -552,7 +554,6 @@ def apply_binding(avatar: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> N
 BAKED_KEY = "genlca_baked"  # on a bound avatar: [first, last] frame of its baked motion (absent: live)
 MOTION_KEY = "genlca_motion"  # on an action: the avatar binding baked it (unbind and a new bake remove it)
 CONSTANT_TOLERANCE = 1e-6  # a channel that varies less than this over the frames gets no F-curve
-_LINEAR = 1  # Keyframe.interpolation's enum value of 'LINEAR' (CONSTANT 0, LINEAR 1, BEZIER 2)
 
 
 def is_live(avatar: bpy.types.Object) -> bool:
@@ -564,6 +565,12 @@ def _new_fcurve(action: bpy.types.Action, obj: bpy.types.Object, data_path: str,
     if hasattr(action, "fcurve_ensure_for_datablock"):  # Blender 4.4+: layered actions (a slot per user)
         return action.fcurve_ensure_for_datablock(obj, data_path, index=index, group_name=group)
     return action.fcurves.new(data_path, index=index, action_group=group)
+
+
+def _cancel_bake(avatar: bpy.types.Object) -> None:
+    from . import motion_bake
+
+    motion_bake.cancel_bake(avatar)
 
 
 def _remove_motion(avatar: bpy.types.Object) -> None:
@@ -581,70 +588,11 @@ def bake_motion(avatar: bpy.types.Object, frame_start: int, frame_end: int,
     """Bake the bound motion over [frame_start, frame_end] into an action on the avatar armature (its
     pose channels, one key per frame, linear), which replaces an earlier baked one: Blender then plays the
     avatar without the add-on, in any process, in every exporter. Channels that do not move get their
-    value and no F-curve. Returns the action (None when no channel moves: the pose is set). The splat
-    meshes are left out of the depsgraph while the frames are stepped; the scene's frame is restored."""
-    global _reading_pose
-    scene = scene or bpy.context.scene
-    if avatar.genlca.source_armature is None:
-        raise ValueError(f"avatar {avatar.name!r} is not bound: bind it before baking its motion")
-    if frame_end < frame_start:
-        raise ValueError(f"expected frame_start <= frame_end, got {frame_start}..{frame_end}")
-    _remove_motion(avatar)
-    names = joint_names(avatar)
-    frames = range(int(frame_start), int(frame_end) + 1)
-    count = len(names)
-    location = np.zeros((len(frames), count, 3))
-    rotation = np.zeros((len(frames), count, 4))
-    scale = np.ones((len(frames), count))
-    current = scene.frame_current
-    hidden = [o for o in scene.objects if o.type == "MESH" and "genlca_avatar_id" in o and not o.hide_viewport]
-    for o in hidden:
-        o.hide_viewport = True
-    _reading_pose += 1
-    try:
-        for i, frame in enumerate(frames):
-            scene.frame_set(frame)
-            channels = solved_channels(avatar, bpy.context.evaluated_depsgraph_get())
-            if channels is None:
-                raise ValueError(f"avatar {avatar.name!r} has no bone of its map on its source armature")
-            location[i], rotation[i], scale[i] = channels
-    finally:
-        _reading_pose -= 1
-        for o in hidden:
-            o.hide_viewport = False
-    # one hemisphere from frame to frame: linear keys between q and -q would pass through zero
-    flip = np.einsum("fjc,fjc->fj", rotation[1:], rotation[:-1]) < 0.0
-    sign = np.concatenate([np.ones((1, count)), np.where(np.cumsum(flip, axis=0) % 2 == 1, -1.0, 1.0)])
-    rotation *= sign[..., None]
-    channels = {"location": location, "rotation_quaternion": rotation,
-                "scale": np.repeat(scale[..., None], 3, axis=-1)}
-    bones = avatar.pose.bones
-    for pb in bones:
-        pb.rotation_mode = "QUATERNION"
-    action = None
-    keyed = np.array(frames, np.float64)
-    for j, name in enumerate(names):
-        pb = bones[name]
-        for path, values in channels.items():
-            series = values[:, j, :]  # (F, C)
-            setattr(pb, path, series[0].tolist())
-            for c in range(series.shape[1]):
-                if np.ptp(series[:, c]) <= CONSTANT_TOLERANCE:
-                    continue
-                if action is None:
-                    action = bpy.data.actions.new(f"{avatar.name} motion")
-                    action[MOTION_KEY] = True
-                    ad = avatar.animation_data or avatar.animation_data_create()
-                    ad.action = action
-                curve = _new_fcurve(action, avatar, f'pose.bones["{name}"].{path}', c, name)
-                points = curve.keyframe_points
-                points.add(len(frames))
-                points.foreach_set("co", np.column_stack([keyed, series[:, c]]).astype(np.float32).ravel())
-                points.foreach_set("interpolation", np.full(len(frames), _LINEAR, np.int32))
-                curve.update()
-    avatar[BAKED_KEY] = [int(frame_start), int(frame_end)]
-    scene.frame_set(current)
-    return action
+    value and no F-curve. Returns the action (None when no channel moves: the pose is set). At once, in this
+    call; `motion_bake.start_bake` does the same over timer ticks (the operators, with a UI)."""
+    from . import motion_bake
+
+    return motion_bake.MotionBake(avatar, frame_start, frame_end, scene).run()
 
 
 def bake_range(source: bpy.types.Object, scene: bpy.types.Scene) -> tuple[int, int]:
@@ -732,6 +680,9 @@ def register() -> None:
 
 
 def unregister() -> None:
+    from . import motion_bake
+
+    motion_bake.cancel_all()
     for name, handler in _HANDLERS:
         handlers = getattr(bpy.app.handlers, name)
         if handler in handlers:

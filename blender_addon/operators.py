@@ -5,7 +5,7 @@ from pathlib import Path
 import bpy
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import binding, file_io, preferences, properties, session, skin_groups, workflows
+from . import binding, file_io, motion_bake, preferences, properties, session, skin_groups, workflows
 
 
 def _session(op: bpy.types.Operator) -> session.Session | None:
@@ -231,11 +231,17 @@ class GENLCA_OT_bind_armature(bpy.types.Operator):
             notes.append(f"scene frames {frames[0]}-{frames[1]} from the action")
         ap = avatar.genlca
         edited = ap.map_armature == source and len(ap.bone_map) > 0
+        scene = context.scene
+        frames = (scene.frame_start, scene.frame_end)
+        timer_bake = self.bake_motion and not bpy.app.background  # background mode runs no timers
         try:
-            scene = context.scene
+            # with a UI: bound live now, the bake follows over timer ticks (the avatar plays live meanwhile)
             mapping = binding.bind(avatar, source, bone_map=binding.bone_map(avatar) if edited else None,
                                    rig=ap.rig if edited else None,
-                                   bake=(scene.frame_start, scene.frame_end) if self.bake_motion else False)
+                                   bake=frames if self.bake_motion and not timer_bake else False)
+            if timer_bake:
+                _start_bake(avatar, frames, scene)
+                notes.append(f"baking frames {frames[0]}-{frames[1]}")
         except (ValueError, KeyError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -251,7 +257,7 @@ class GENLCA_OT_bake_motion(bpy.types.Operator):
 
     bl_idname = "genlca.bake_motion"
     bl_label = "Bake Motion"
-    bl_options = {"REGISTER", "UNDO"}
+    bl_options = {"REGISTER"}  # with a UI the action is written by a later timer tick, outside this undo step
 
     @classmethod
     def poll(cls, context):
@@ -265,12 +271,51 @@ class GENLCA_OT_bake_motion(bpy.types.Operator):
         avatar = properties.active_avatar(context.scene.genlca).armature
         scene = context.scene
         try:
+            if not bpy.app.background:
+                _start_bake(avatar, (scene.frame_start, scene.frame_end), scene)
+                self.report({"INFO"}, f"Baking frames {scene.frame_start}-{scene.frame_end} of {avatar.name}")
+                return {"FINISHED"}
             action = binding.bake_motion(avatar, scene.frame_start, scene.frame_end, scene)
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         self.report({"INFO"}, f"Baked frames {scene.frame_start}-{scene.frame_end} of {avatar.name}"
                               + (f" into {action.name}" if action is not None else " (a still pose)"))
+        return {"FINISHED"}
+
+
+def _start_bake(avatar: bpy.types.Object, frames: tuple[int, int], scene: bpy.types.Scene) -> None:
+    """A timer bake (motion_bake) whose end is told in the panel's message line."""
+    props, name = scene.genlca, avatar.name
+
+    def done(action) -> None:
+        props.message, props.message_is_error = f"Baked frames {frames[0]}-{frames[1]} of {name}", False
+
+    def failed(message: str) -> None:
+        props.message, props.message_is_error = f"Baking {name} failed: {message}", True
+
+    motion_bake.start_bake(avatar, frames[0], frames[1], scene, on_done=done, on_error=failed)
+
+
+class GENLCA_OT_cancel_bake(bpy.types.Operator):
+    """Stop baking the avatar's motion; it keeps the motion it had before"""
+
+    bl_idname = "genlca.cancel_bake"
+    bl_label = "Cancel Bake"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        item = properties.active_avatar(context.scene.genlca)
+        if item is None or motion_bake.running_bake(item.armature) is None:
+            cls.poll_message_set("No motion bake is running for the active avatar")
+            return False
+        return True
+
+    def execute(self, context):
+        avatar = properties.active_avatar(context.scene.genlca).armature
+        motion_bake.cancel_bake(avatar)
+        self.report({"INFO"}, f"Cancelled the motion bake of {avatar.name}")
         return {"FINISHED"}
 
 
@@ -585,7 +630,8 @@ def _export_menu(self, context):
 
 
 classes = (GENLCA_OT_connect, GENLCA_OT_generate, GENLCA_OT_edit, GENLCA_OT_regenerate_region, GENLCA_OT_cancel,
-           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_bake_motion, GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
+           GENLCA_OT_import_avatar, GENLCA_OT_bind_armature, GENLCA_OT_bake_motion, GENLCA_OT_cancel_bake,
+           GENLCA_OT_import_bvh, GENLCA_OT_bake_vertex_groups,
            GENLCA_OT_propose_bone_map, GENLCA_OT_bone_map_edit,
            GENLCA_OT_unbind_armature, GENLCA_OT_render,
            GENLCA_OT_export, GENLCA_OT_export_mesh, GENLCA_OT_notify, GENLCA_OT_import_file, GENLCA_OT_export_file)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import binding, properties, session, workflows
+from . import binding, motion_bake, properties, session, workflows
 
 
 class GENLCA_UL_avatars(bpy.types.UIList):
@@ -147,7 +147,13 @@ class GENLCA_PT_animate(_GenLCAPanel, bpy.types.Panel):
                 baked = avatar.get(binding.BAKED_KEY)
                 layout.label(text=f"Motion baked, frames {baked[0]}-{baked[1]}" if baked is not None
                              else "Live: animates only with the add-on", icon="ACTION" if baked else "ERROR")
-                layout.operator("genlca.bake_motion", icon="ACTION")
+                bake = motion_bake.running_bake(avatar)
+                if bake is not None:
+                    row = layout.row(align=True)
+                    row.progress(factor=bake.progress, text=f"Baking motion: {bake.solved}/{len(bake.frames)} frames")
+                    row.operator("genlca.cancel_bake", text="", icon="CANCEL")
+                else:
+                    layout.operator("genlca.bake_motion", icon="ACTION")
             elif ap.map_armature is not None:
                 layout.label(text=f"Bone map for {ap.map_armature.name} ({ap.rig})")
             layout.operator("genlca.propose_bone_map", icon="VIEWZOOM")

@@ -6,13 +6,15 @@ Gaussians and the skeleton) and makes a `gltf.SkinnedMesh`:
 
 - geometry: the template's triangles, split where UVs are split; moved onto the avatar's skeleton (each
   vertex by the template skin, A_j = avatar rest_j · template rest_j⁻¹, when the two differ); then pushed
-  out along its normal to the outermost opaque Gaussian near it (skirts, long hair, coats: the geometry
-  beyond the body is carried as a displacement, not dropped; smoothed over the mesh's edges; at most
-  MAX_DISPLACEMENT);
-- colour: each template vertex gets the opacity-weighted mean colour (SH DC, sRGB) of the Gaussians
-  nearest to it, spread to vertices without any over the mesh's edges; the UV triangles are rasterised
-  into a texture_size² image with those colours interpolated, dilated past the charts' borders (no seams
-  under mipmaps), stored as PNG;
+  out along its normal to the farthest point of the splats' outer surface there (`shell`: the union of the
+  Gaussians' ellipsoids at the alpha level a render's silhouette shows; skirts, long hair, coats: the
+  geometry beyond the body is carried as a displacement, not dropped; smoothed over the mesh's edges; at
+  most MAX_DISPLACEMENT);
+- colour: each vertex gets the Gaussians' colours (SH DC, sRGB) weighted by their density at its pushed-out
+  position (the outermost Gaussians, the ones a camera sees; `shell.Shell.colours`), else the
+  opacity-weighted mean of the Gaussians nearest to it, spread to vertices without any over the mesh's
+  edges; the UV triangles are rasterised into a texture_size² image with those colours interpolated,
+  dilated past the charts' borders (no seams under mipmaps), stored as PNG;
 - skin: the template's top-4 weights, renormalised; joints renamed to the Mixamo / Unity-humanoid
   convention where the template has a counterpart (`bridge.rig.rigmaps.MIXAMO`: Hips, Spine, LeftArm, ..),
   the others keep their template names;
@@ -25,15 +27,16 @@ from __future__ import annotations
 import numpy as np
 
 from backend.export.gltf import Animation, SkinnedMesh, decompose, local_matrices, png_bytes
+from backend.export.shell import Shell
 from bridge.rig import rigmaps
 
 Z_UP_TO_Y_UP = np.array([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1.0]])
 SH_C0 = 0.28209479177387814
 MAX_DISPLACEMENT = 0.5  # metres a vertex may move out to reach the avatar's Gaussians
-OPAQUE = 0.5  # Gaussians at least this opaque define the surface the mesh is pushed out to
 INFLUENCES = 4  # JOINTS_0 / WEIGHTS_0
 REGION_REACH = 0.03  # metres: a Gaussian further than this from its region's vertices looks at all of them
-NORMAL_CONE = 0.5  # a Gaussian pushes a vertex out only within 60 degrees of its normal (cos)
+SHELL_SMOOTH = 3  # Laplacian steps over the offsets
+SHELL_KEEP = 0.5  # ... never below this fraction of its own extent
 _NEAREST_CHUNK = 4096
 
 
@@ -166,20 +169,12 @@ def fit_to_skeleton(template, rest_matrices: np.ndarray) -> np.ndarray:
     return np.einsum("vab,vb->va", blended, v)[:, :3]
 
 
-def displacement(vertices: np.ndarray, normals: np.ndarray, edges: np.ndarray, means: np.ndarray,
-                 opacity: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """(V,) how far each vertex moves out along its normal: the largest offset of the opaque Gaussians
-    nearest to it that lie within NORMAL_CONE of the normal (0 when none), smoothed over the edges, at most
-    MAX_DISPLACEMENT. (The cone keeps a hand hanging beside a skirt from being pushed sideways into it.)"""
-    opaque = np.flatnonzero(opacity >= OPAQUE)
-    d = means[opaque] - vertices[nearest[opaque]]
-    offset = np.einsum("ij,ij->i", d, normals[nearest[opaque]])
-    inside = offset >= NORMAL_CONE * np.linalg.norm(d, axis=1)
-    out = np.zeros(len(vertices))
-    np.maximum.at(out, nearest[opaque[inside]], offset[inside])
-    # keep the shell where the Gaussians are: smoothing must not pull it back inside them
-    smoothed = _smooth(out, edges, 3)
-    return np.clip(np.maximum(smoothed, 0.5 * out), 0.0, MAX_DISPLACEMENT)
+def shell_offset(extent: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(V,) how far each vertex moves out along its normal, from the splats' extent along it (V,)
+    (`shell.Shell.extent`): smoothed over the edges (SHELL_SMOOTH steps), never below SHELL_KEEP of its own
+    extent (smoothing must not pull the shell back inside the Gaussians), at most MAX_DISPLACEMENT."""
+    smoothed = _smooth(extent, edges, SHELL_SMOOTH)
+    return np.clip(np.maximum(smoothed, SHELL_KEEP * extent), 0.0, MAX_DISPLACEMENT)
 
 
 def bake_texture(uvs: np.ndarray, colours: np.ndarray, faces: np.ndarray, size: int,
@@ -273,9 +268,11 @@ def animation_from_poses(pose_matrices: np.ndarray, parents: np.ndarray, fps: fl
 
 def avatar_mesh(template, arrays: dict[str, np.ndarray], joint_names: list[str], name: str = "GenLCA avatar",
                 texture_size: int = 1024, pose_matrices: np.ndarray | None = None, fps: float = 24.0,
-                standard_names: bool = True, displace: bool = True) -> SkinnedMesh:
+                standard_names: bool = True, displace: bool = True, shell_colours: bool = True) -> SkinnedMesh:
     """The avatar as a `gltf.SkinnedMesh` (module docstring). template: a BodyTemplate with the avatar's
-    joints; arrays: AVATAR_ARRAYS (numpy); pose_matrices: optional (F, J, 4, 4) armature-space motion."""
+    joints; arrays: AVATAR_ARRAYS (numpy); pose_matrices: optional (F, J, 4, 4) armature-space motion;
+    displace: push the mesh out to the splats' shell (False: the template's body); shell_colours: colours
+    seen at the shell (False: the nearest Gaussians' mean, as before the shell existed)."""
     if list(joint_names) != list(template.joint_names):
         raise ValueError(f"the avatar's {len(joint_names)} joints are not template {template.name!r}'s "
                          f"{len(template.joint_names)} (first difference: "
@@ -293,8 +290,12 @@ def avatar_mesh(template, arrays: dict[str, np.ndarray], joint_names: list[str],
     skin = np.asarray(arrays["skin_indices"], np.int64)[np.arange(len(means)),
                                                       np.argmax(arrays["skin_weights"], axis=1)]
     nearest = nearest_vertices_by_joint(means, skin, vertices, np.asarray(template.skin_weights))
+    if displace or shell_colours:
+        shell = Shell(vertices, normals, nearest, means, arrays["rotations"], arrays["log_scales"], opacity)
+    offset = np.zeros(len(vertices))
     if displace:
-        vertices = vertices + normals * displacement(vertices, normals, edges, means, opacity, nearest)[:, None]
+        offset = shell_offset(shell.extent(), edges)
+        vertices = vertices + normals * offset[:, None]
         normals = vertex_normals(vertices, faces)
     weight = np.where(opacity > 0.05, opacity, 0.0)
     colour_sum = np.zeros((len(vertices), 3))
@@ -303,6 +304,9 @@ def avatar_mesh(template, arrays: dict[str, np.ndarray], joint_names: list[str],
     weight_sum = np.bincount(nearest, weights=weight, minlength=len(vertices))
     known = weight_sum > 0
     colours = np.where(known[:, None], colour_sum / np.maximum(weight_sum, 1e-12)[:, None], 0.0)
+    if shell_colours:
+        seen, where = shell.colours(rgb, offset)
+        colours[where], known = seen[where], known | where
     colours = _spread(colours, known, edges)
     # split the vertices where the UVs are split (glTF has one UV per vertex)
     corner_vertex = faces.ravel()

@@ -116,6 +116,7 @@ def glb_of_record(record, motion: dict[str, np.ndarray] | None = None, fps: floa
     """The .glb bytes of a stored avatar (backend/export/avatar_mesh.py)."""
     g = record.gaussians
     arrays = {"means": g.means.float().cpu().numpy(), "sh": g.sh.float().cpu().numpy(),
+              "rotations": g.rotations.float().cpu().numpy(), "log_scales": g.log_scales.float().cpu().numpy(),
               "opacity_logits": g.opacity_logits.float().cpu().numpy(),
               "skin_indices": g.skin_indices.cpu().numpy(), "skin_weights": g.skin_weights.float().cpu().numpy(),
               "joint_parents": np.asarray(record.joint_parents), "rest_matrices": np.asarray(record.rest_matrices)}

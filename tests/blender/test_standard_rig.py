@@ -126,6 +126,72 @@ def test_bind_bakes_an_action_that_replays_the_solver(scene, cmu_bvh):
     np.testing.assert_allclose(evaluated_centres(mesh), anny_avatar()[1]["means"], atol=1e-5)
 
 
+def posed_channels(scene, armature, frames) -> np.ndarray:
+    """(F, J, 7) location and rotation_quaternion of the avatar's pose bones as its action plays them."""
+    names = addon_module("binding").joint_names(armature)
+    out = []
+    for frame in frames:
+        scene.frame_set(frame)
+        out.append([[*armature.pose.bones[n].location, *armature.pose.bones[n].rotation_quaternion] for n in names])
+    return np.array(out)
+
+
+def test_timer_bake_is_all_or_nothing(scene, cmu_bvh, monkeypatch):
+    """Bake Motion over bpy.app.timers ticks (the operators with a UI): a tick solves frames within its
+    budget and writes nothing; cancelled or failed part-way, the avatar keeps the action it had; finished,
+    the same keys as the bake at once. Blender runs no timers in background mode (bpy as a module), so the
+    test calls the registered callback, `bake.tick`, as Blender's timer loop would."""
+    binding, motion_bake = addon_module("binding"), addon_module("motion_bake")
+    monkeypatch.setattr(motion_bake, "BAKE_TICK_S", 0.0)  # one frame per tick: counts, not the clock
+    source, armature, mesh = bound_anny(scene, cmu_bvh, (100, 130))  # background mode: baked at once
+    first = armature.animation_data.action
+    first_name = first.name
+    want = posed_channels(scene, armature, (100, 113, 130))
+    scene.frame_set(105)
+
+    bake = motion_bake.start_bake(armature, 100, 130, scene)
+    assert bpy.app.timers.is_registered(bake._callback) and motion_bake.running_bake(armature) is bake
+    assert bake.tick() == 0.0 and bake.tick() == 0.0
+    assert bake.solved == 2 and bake.progress == pytest.approx(2 / 31)
+    assert scene.frame_current == 105 and mesh.hide_viewport  # the user's frame; splats out of the depsgraph
+    assert armature.animation_data.action == first and len(bpy.data.actions) == 2
+    bake.cancel()
+    assert bake.state == "cancelled" and not bpy.app.timers.is_registered(bake._callback)
+    assert motion_bake.running_bake(armature) is None and not mesh.hide_viewport
+    assert armature.animation_data.action == first and list(armature[binding.BAKED_KEY]) == [100, 130]
+    assert bake.tick() is None  # a tick Blender had queued before the cancel does nothing
+
+    # to the end: progress rises a frame per tick, the last tick writes the action in one go
+    done: list = []
+    bake = motion_bake.start_bake(armature, 100, 130, scene, on_done=done.append)
+    progress = []
+    while bake.tick() is not None:
+        progress.append(bake.progress)
+        assert armature.animation_data.action == first
+    assert np.all(np.diff(progress) > 0) and len(progress) == 30
+    assert bake.state == "done" and done == [bake.action] and armature.animation_data.action == bake.action
+    assert first_name not in bpy.data.actions and len(bpy.data.actions) == 2  # the source's and the new one
+    assert not bpy.app.timers.is_registered(bake._callback) and not mesh.hide_viewport
+    np.testing.assert_allclose(posed_channels(scene, armature, (100, 113, 130)), want, atol=1e-6)
+
+    # a failure part-way (the map loses its bones): reported, and the avatar keeps its motion
+    second = armature.animation_data.action
+    bone_map = binding.bone_map(armature)
+    errors: list = []
+    bake = motion_bake.start_bake(armature, 100, 130, scene, on_error=errors.append)
+    assert bake.tick() == 0.0
+    armature.genlca.bone_map.clear()
+    assert bake.tick() is None
+    assert bake.state == "failed" and errors and "no bone of its map" in errors[0]
+    assert armature.animation_data.action == second and len(bpy.data.actions) == 2 and not mesh.hide_viewport
+
+    # one frame moves no channel: a still pose, and the earlier baked motion goes
+    binding.set_bone_map(armature, bone_map)
+    assert binding.bake_motion(armature, 110, 110, scene) is None
+    assert armature.animation_data.action is None and len(bpy.data.actions) == 1
+    assert list(armature[binding.BAKED_KEY]) == [110, 110]
+
+
 FRESH_BLENDER = textwrap.dedent("""
     import sys
     import bpy
