@@ -148,7 +148,7 @@ def test_synthetic_avatar_mesh_renders_like_its_splats():
     import torch
 
     from backend.avatar.gaussians import Gaussians
-    from benchmarks.mesh_fidelity import cameras, compare, splat_frames
+    from training.fidelity import cameras, compare, splat_frames
     from tests.export_avatars import template_avatar
 
     template = load_template("anny")
@@ -172,7 +172,7 @@ def test_shipped_model_avatars_meet_the_acceptance():
     25 steps): the GLB's renders within IoU 0.9 and 10 ΔE00 of the splats' (measured 0.942 and 0.940; the
     dress, 0.777, does not meet it: docs/BENCHMARKS.md, "Mesh against splats")."""
     from backend.pipelines.avatars import glb_of_record
-    from benchmarks.mesh_fidelity import cameras, compare, generated_avatars, splat_frames
+    from training.fidelity import cameras, compare, generated_avatars, splat_frames
 
     cams = cameras(8, 384, 512)
     for kind, _prompt, record in generated_avatars("genlca-small", 25, 4.0, seed=0, kinds=("trousers", "long_hair")):

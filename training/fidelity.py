@@ -285,3 +285,100 @@ def copy_fill_lab(bundle, photo, masks: dict[str, np.ndarray], seen: np.ndarray)
         if (m & seen).any():
             region[m & ~seen] = np.median(lab[m & seen], axis=0)
     return {"copy + fill": split_lab(body, masks, seen), "copy + region fill": split_lab(region, masks, seen)}
+
+
+# ------------------------------------------------------------------ the exported mesh against the splats
+# (benchmarks/mesh_fidelity.py and tests/test_mesh_fidelity.py: the GLB's textured mesh rendered from the
+# same cameras as the avatar's Gaussians)
+MESH_PROMPTS = {  # kind -> prompt; captions of the vocabulary (training/data/vocabulary.py), docs/images' rows 3, 1, 4
+    "trousers": "a man with short black hair in a green hoodie and grey trousers, wearing black boots",
+    "dress": "a woman with long blonde hair in a red dress, wearing white sneakers",
+    "long_hair": "a woman with long black hair in a yellow jacket and navy trousers, wearing white sneakers",
+}
+MESH_REGIONS = {  # template joint name prefixes -> region
+    "head": ("head", "neck", "eye"),
+    "upper body": ("spine", "clavicle", "shoulder", "upperarm", "lowerarm"),
+    "hands": ("wrist", "finger", "metacarpal"),
+    "legs": ("root", "pelvis", "upperleg", "lowerleg"),
+    "feet": ("foot", "toe"),
+}
+IOU_TARGET, DELTA_E_TARGET = 0.9, 10.0
+
+
+def joint_regions(joint_names: list[str]) -> np.ndarray:
+    """(J,) region index (into MESH_REGIONS) of each template joint."""
+    out = np.full(len(joint_names), -1)
+    for r, prefixes in enumerate(MESH_REGIONS.values()):
+        for j, name in enumerate(joint_names):
+            if name.startswith(prefixes):
+                out[j] = r
+    if (out < 0).any():
+        raise ValueError(f"joints in no region: {[n for n, r in zip(joint_names, out) if r < 0]}")
+    return out
+
+
+def cameras(views: int, width: int, height: int) -> list:
+    from backend.render.camera import orbit_cameras
+
+    return orbit_cameras(views, 3.2, height=1.1, target=(0.0, 0.0, 0.85), fov=30.0, width=width, height_px=height)
+
+
+def splat_frames(gaussians, cams) -> tuple[np.ndarray, np.ndarray]:
+    """(B, H, W, 3) colour (rgb / alpha where alpha > 0) and (B, H, W) alpha of the rest-pose Gaussians."""
+    import torch
+
+    from backend.render import RenderOptions, render
+
+    with torch.no_grad():
+        out = render(gaussians, cams, options=RenderOptions(background=(0.0, 0.0, 0.0)))
+    alpha = out.alpha[..., 0].numpy().astype(np.float64)
+    rgb = out.rgb.numpy().astype(np.float64) / np.maximum(alpha, 1e-6)[..., None]
+    return np.clip(rgb, 0.0, 1.0), alpha
+
+
+def compare(glb: bytes, splats: tuple[np.ndarray, np.ndarray], cams) -> dict:
+    """IoU per view and ΔE00 per region of the GLB's mesh against the splat frames (`splat_frames`) of the
+    same `cams`."""
+    from backend.export import fidelity, mesh_render
+
+    mesh = mesh_render.read_textured_mesh(glb)
+    doc, _ = mesh_render.gltf.read_glb(glb)
+    names = doc["asset"].get("extras", {}).get("genlca_joint_names") or mesh.joint_names
+    vertex_region = joint_regions(names)[mesh.joints[np.arange(len(mesh.joints)), np.argmax(mesh.weights, 1)]]
+    face_region = vertex_region[mesh.faces[:, 0]]
+    splat_rgb, alpha = splats
+    ious, sums = [], np.zeros((len(MESH_REGIONS), 2, 3))
+    counts = np.zeros(len(MESH_REGIONS))
+    for b, cam in enumerate(cams):
+        frame = mesh_render.rasterize(mesh, cam)
+        splat = alpha[b] >= 0.5
+        ious.append(float((splat & frame.covered).sum() / max(1, (splat | frame.covered).sum())))
+        both = splat & frame.covered
+        region = np.where(frame.covered, face_region[np.maximum(frame.face, 0)], -1)
+        for r in range(len(MESH_REGIONS)):
+            sel = both & (region == r)
+            counts[r] += sel.sum()
+            sums[r, 0] += splat_rgb[b][sel].sum(0)
+            sums[r, 1] += frame.rgb[sel].sum(0)
+    delta = {}
+    for r, name in enumerate(MESH_REGIONS):
+        if counts[r] > 0:
+            splat_mean, mesh_mean = sums[r, 0] / counts[r], sums[r, 1] / counts[r]
+            delta[name] = float(fidelity.delta_e00(fidelity.srgb_to_lab(splat_mean), fidelity.srgb_to_lab(mesh_mean)))
+    return {"iou": ious, "delta_e00": delta, "pixels": {n: int(c) for n, c in zip(MESH_REGIONS, counts)}}
+
+
+def generated_avatars(model: str, steps: int, guidance: float, seed: int = 0, kinds=tuple(MESH_PROMPTS)):
+    """(kind, prompt, AvatarRecord) of each of MESH_PROMPTS in `kinds`, generated and decoded in this process."""
+    from backend.pipelines.avatars import decode_avatar
+    from backend.pipelines.generate import SamplerSettings, generate_tokens
+    from backend.pipelines.model_bundle import load_bundle
+    import torch
+
+    bundle = load_bundle(model)
+    settings = SamplerSettings(steps=steps, guidance=guidance)
+    for kind in kinds:
+        prompt = MESH_PROMPTS[kind]
+        tokens, info = generate_tokens(bundle, prompt, seed=seed, settings=settings)
+        record = decode_avatar(bundle, tokens, {"prompt": prompt, "seed": seed}, torch.device("cpu"))
+        yield kind, prompt, record
