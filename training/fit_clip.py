@@ -41,12 +41,16 @@ def mean_colour_tokens(model: Tokenizer, record: ClipRecord, indices) -> torch.T
 
 def fit_clip(model: Tokenizer, skeleton: Skeleton, record: ClipRecord, indices, steps: int = 200, lr: float = 0.05,
              render_size: int = 96, views_per_step: int = 2, weights=(1.0, 0.2, 1.0), seed: int = 0,
-             init: torch.Tensor | None = None, progress: bool = False) -> tuple[torch.Tensor, list[float]]:
+             init: torch.Tensor | None = None, progress: bool = False,
+             geometry_l2: float = 0.0) -> tuple[torch.Tensor, list[float]]:
     """Optimise a token map (C, R, R) to the record's frames `indices`; returns it and the loss history.
-    The model's decoder is used frozen (a fresh one, or a trained tokenizer's)."""
+    The model's decoder is used frozen (a fresh one, or a trained tokenizer's). geometry_l2: weight of a
+    pull of every channel but colour (0..2) back to its start (the surface-hugging Gaussians), so that
+    the few input views cannot grow geometry that only they explain."""
     idx = list(int(i) for i in indices)
     gen = torch.Generator().manual_seed(seed)
-    tokens = (init.clone() if init is not None else mean_colour_tokens(model, record, idx)).requires_grad_(True)
+    start = init.clone() if init is not None else mean_colour_tokens(model, record, idx)
+    tokens = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([tokens], lr=lr)
     model.decoder.requires_grad_(False)
     all_views = clip_views(record, idx, render_size)
@@ -61,6 +65,8 @@ def fit_clip(model: Tokenizer, skeleton: Skeleton, record: ClipRecord, indices, 
         rgb, alpha = render_tokens(tokens, model, skeleton, views)
         losses = photometric_losses(rgb, alpha, views)
         loss = weights[0] * losses["l1"] + weights[1] * losses["ssim"] + weights[2] * losses["mask"]
+        if geometry_l2:
+            loss = loss + geometry_l2 * ((tokens[3:] - start[3:]) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

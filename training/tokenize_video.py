@@ -58,6 +58,7 @@ class VideoTokenizeConfig:
     crop_size: int = 128       # side of the square person crop (the tiny tokenizer's image_size)
     crop_fill: float = 0.8     # the person's longer bbox side as a fraction of the crop side
     fit_steps: int = 100       # per-clip optimisation steps (0: no `fit` row)
+    fit_geometry_l2: float = 0.0  # the per-clip fit's pull of non-colour channels to their start (fit_clip)
     novel_degrees: float = 90.0  # the figure's novel view: camera orbited about the person's vertical axis
     crop: bool = True          # False: the full frames, as `backend.perception.observation.tokenize_views` feeds them
     seed: int = 0
@@ -178,7 +179,7 @@ def method_tokens(method: str, model, record: ClipRecord, idx_in: list[int], cfg
         return mean_colour_tokens(model, record, idx_in)
     if method == "fit":
         tokens, _ = fit_clip(model, model.visibility.skeleton, record, idx_in, steps=cfg.fit_steps,
-                             render_size=cfg.crop_size, seed=cfg.seed)
+                             render_size=cfg.crop_size, seed=cfg.seed, geometry_l2=cfg.fit_geometry_l2)
         return tokens
     if method == "tokenizer":
         with torch.no_grad():
@@ -330,6 +331,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = VideoTokenizeConfig(input_frames=args.input_frames, crop_size=args.crop_size, fit_steps=args.fit_steps,
+                              fit_geometry_l2=args.fit_geometry_l2,
                               novel_degrees=args.novel_degrees, crop=not args.full_frame)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,6 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-frames", type=int, default=d.input_frames, help="input frames per clip")
     parser.add_argument("--crop-size", type=int, default=d.crop_size, help="side of the person crop in pixels")
     parser.add_argument("--fit-steps", type=int, default=d.fit_steps, help="per-clip fit steps (0: no fit)")
+    parser.add_argument("--fit-geometry-l2", type=float, default=d.fit_geometry_l2,
+                        help="per-clip fit: weight of the pull of non-colour channels to their start")
     parser.add_argument("--novel-degrees", type=float, default=d.novel_degrees, help="the figure's novel view")
     parser.add_argument("--full-frame", action="store_true", help="no person crop: the tokenizer sees whole frames")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

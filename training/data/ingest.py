@@ -89,7 +89,8 @@ def _record(models: Perception, config: IngestConfig, clip_id: str, frames: list
     return ClipRecord(clip_id=clip_id, frames=person.frames, masks=person.masks,
                       viewmats=np.repeat(person.viewmat[None], n, 0),
                       intrinsics=np.repeat(person.intrinsics[None], n, 0), joint_rotations=person.joint_rotations,
-                      root_translation=person.root_translation, keypoints=person.keypoints, shape=MEAN_SHAPE,
+                      root_translation=person.root_translation, keypoints=person.keypoints,
+                      shape=MEAN_SHAPE if person.shape is None else person.shape.astype(np.float32),
                       meta=meta)
 
 

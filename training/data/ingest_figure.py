@@ -38,7 +38,7 @@ def overlay_panel(template, record: ClipRecord, frame: int) -> np.ndarray:
     img = record.frames[frame]
     h, w = img.shape[:2]
     sil = render_silhouette(template, record.joint_rotations[frame], record.root_translation[frame],
-                            record.viewmats[frame], record.intrinsics[frame], w, h)
+                            record.viewmats[frame], record.intrinsics[frame], w, h, shape=record.shape)
     over = img.astype(np.float32)
     over[sil] = 0.45 * over[sil] + 0.55 * np.array([255, 140, 30])
     over = over.astype(np.uint8)
