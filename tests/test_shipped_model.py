@@ -18,13 +18,13 @@ from training.fidelity import (ATTRIBUTES, KEPT_REGIONS, backend_client, check_p
 # Prompt fidelity through the wire: the first FIDELITY_PROMPTS prompts of training/fidelity.py `fidelity_people` (the
 # last of them a held-out combination), FIDELITY_STEPS Euler steps, guidance 4, seed 0, 128 px renders. The
 # fraction of scored attributes (top, bottom, shoes and hair colour; hair not on bald people) that match the
-# prompt, measured for genlca-small (one torch thread): 12 of the 15 scored (the first prompt is bald), against
+# prompt, measured for genlca-small (stage 4, aa5d19e78b51; one torch thread): 11 of the 15 scored (stage 2: 12), against
 # chance of about 0.13 (1/14 for a garment colour, 1/6 for shoes and hair); the assert allows two hits fewer,
 # since another CPU's float rounding may turn a borderline colour the other way. Set for each newly shipped
 # model with `python -m benchmarks.prompt_fidelity --model NAME --prompts 4 --heldout 1 --steps 10` (its "all" mean).
 FIDELITY_PROMPTS = 4
 FIDELITY_STEPS = 10
-MEASURED_FIDELITY = 12 / 15
+MEASURED_FIDELITY = 11 / 15
 MIN_FIDELITY = MEASURED_FIDELITY - 2 / 15
 
 
@@ -110,7 +110,8 @@ def test_prompt_fidelity_on_the_renders_is_at_least_the_shipped_models(through_t
 # texel bit-identical; docs/BENCHMARKS.md "Text edit through the wire"), EDIT_STEPS steps, guidance 4, seed 0.
 # Over 12 people (top and bottom) the shipped model read the new colour in 11 of 12 such edits with every kept
 # region, arms and hands included, within 3.0 dE00, where a whole-body noise edit moves them by 8-17 dE00.
-# Measured for genlca-small (one torch thread), CIEDE2000 between the source's and the edit's region-median Lab:
+# Measured for genlca-small (stage 4, aa5d19e78b51; one torch thread), CIEDE2000 between the source's and the
+# edit's region-median Lab (the 11-of-12 and 3.0 dE00 figures above are stage 2's, docs/BENCHMARKS.md):
 # MEASURED_KEPT_DE00 for the regions the edit should keep, MEASURED_EDITED_DE00 on the torso. A request is
 # bit-identical on one CPU, so only another CPU's float rounding can move these numbers, by far less than one
 # dE00; the margin of 2 dE00 (about twice a just-noticeable difference) absorbs that (and a texel at the mask's
@@ -122,7 +123,7 @@ EDIT_REGION = "auto"
 EDIT_STRENGTH = 1.0
 EDIT_STEPS = 10
 MEASURED_KEPT_DE00 = {"legs": 0.0, "head": 0.0, "feet": 0.0, "hands": 0.0}
-MEASURED_EDITED_DE00 = 89.36
+MEASURED_EDITED_DE00 = 95.46
 KEPT_DE00_MARGIN = 2.0
 
 
