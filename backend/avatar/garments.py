@@ -51,6 +51,8 @@ SLOT_CORE: dict[str, str] = {"upper": "torso", "lower": "legs", "dress": "torso"
 # a garment that leaves its core region only a little (a boot's shaft up the shin): within this many metres of
 # the core region's garment texels on the rest-pose body it needs no support from the difference map
 SLOT_NEAR_CORE_M: dict[str, float] = {"shoes": 0.25}
+# garments followed out of their core region along their own colour, unbroken (a sleeve down the arm)
+SLOT_CONTINUES: frozenset[str] = frozenset({"upper", "dress"})
 _WORD_SLOT = {w: slot for slot, words in SLOT_WORDS.items() for w in words}
 _PHRASE_END = {"and", "with", "in", "wearing", "on", ",", ";", "."}
 

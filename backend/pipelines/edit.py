@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from backend.avatar.body_parts import REGION_NAMES
-from backend.avatar.garments import SLOT_CORE, SLOT_NEAR_CORE_M, SLOT_REGIONS, changed_slots, colour_changes
+from backend.avatar.garments import (SLOT_CONTINUES, SLOT_CORE, SLOT_NEAR_CORE_M, SLOT_REGIONS, changed_slots,
+                                     colour_changes)
 from backend.avatar.gaussians import SH_C0
 from backend.avatar.tokens import COLOUR_CHANNELS
 from backend.perception.regions import delta_e2000, lab_to_srgb, srgb_to_lab
@@ -99,6 +100,7 @@ MASK_DILATE = 1             # texels of 3x3 dilation after thresholding
 MASK_SNAP = None            # snap=f: a body region at least f masked is masked whole; off (measured no better)
 MASK_GROW_SHARE = 0.1       # grow: a body region at least this share masked is searched for the garment's colour
 MASK_REACH_HEAT = 0.2      # grow by the words: outside the garment's core region the map must be at least this
+CONNECT_STEP_M = 0.05       # grow: a sleeve is followed from the torso in hops of at most this (texels 2.3 cm apart, median)
 MASK_GROW_TOLERANCE = 12.0  # grow: CIEDE2000 from the masked texels' colour(s) within which a texel joins the mask
 
 
@@ -259,8 +261,30 @@ def garment_mask(slots: tuple[str, ...], heat: torch.Tensor, tokens: torch.Tenso
             close = np.zeros_like(found)
             close[found & ~core] = near <= SLOT_NEAR_CORE_M[slot]
             beyond |= close
+        if slot in SLOT_CONTINUES and (found & core).any():  # a sleeve: the garment's colour, unbroken from the core
+            beyond |= _connected(found & ~core, found & core, layout.anchors.cpu().numpy())
         out |= _fill_specks((found & (core | beyond)) | (m & core), reach, layout.atlas_mask.cpu().numpy())
     return torch.from_numpy(out).to(mask.device)
+
+
+def _connected(candidates: np.ndarray, seeds: np.ndarray, anchors: np.ndarray, step: float = CONNECT_STEP_M,
+               rounds: int = 64) -> np.ndarray:
+    """(R, R) bool: the `candidates` reached from `seeds` through candidates, each hop at most `step` metres
+    between rest-pose anchors (a flood fill over the body surface: a red sleeve joined to a red torso is
+    reached, a red shoe below bare red-free shins is not)."""
+    cand = torch.from_numpy(anchors[candidates]).double()
+    if not len(cand):
+        return np.zeros_like(candidates)
+    reached = torch.cdist(cand, torch.from_numpy(anchors[seeds]).double()).amin(1) <= step
+    hops = torch.cdist(cand, cand) <= step
+    for _ in range(rounds):
+        more = reached | hops[:, reached].any(1)
+        if bool((more == reached).all()):
+            break
+        reached = more
+    out = np.zeros_like(candidates)
+    out[candidates] = reached.numpy()
+    return out
 
 
 def _fill_specks(mask: np.ndarray, region: np.ndarray, atlas: np.ndarray, share: float = 0.6,
