@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from backend.avatar.garments import GARMENT_COLOURS, HAIR_COLOURS, SLOT_REGIONS, changed_slots, colour_changes, slot_of
-from backend.pipelines.edit import edit_mask, garment_colours, garment_mask, recolour_garment, texel_lab
+from backend.pipelines.edit import (edit_mask, garment_colours, garment_mask, recolour_garment, slot_garment,
+                                    texel_lab)
 from backend.pipelines.model_bundle import CHECKPOINTS, DEFAULT_MODEL, load_bundle
 from backend.perception.regions import delta_e2000, srgb_to_lab
 from training.data import appearance, synthetic, vocabulary as vocab
@@ -142,9 +143,10 @@ def test_recolour_garment_moves_the_garment_to_the_named_colour_and_nothing_else
     plain = [p for p in persons if p.attributes["upper_pattern"] == "plain"] or persons[:1]
     for person in plain:
         garment = (person.labels == appearance.LABELS.index("upper")) & atlas
-        heat = torch.from_numpy(garment.astype(np.float32))
+        heat = garment.astype(np.float64)
         colour = "green" if person.attributes["upper_colour"] != "green" else "red"
-        out = recolour_garment(person.tokens, torch.from_numpy(garment), "upper", heat, layout, GARMENT_COLOURS[colour])
+        _, centres = slot_garment("upper", texel_lab(person.tokens), heat, garment, layout)
+        out = recolour_garment(person.tokens, torch.from_numpy(garment), centres, GARMENT_COLOURS[colour])
         assert torch.equal(out[:, ~torch.from_numpy(garment)], person.tokens[:, ~torch.from_numpy(garment)])
         assert torch.equal(out[3:], person.tokens[3:])  # geometry, opacity and scale stay
         lab = texel_lab(out)

@@ -101,6 +101,7 @@ MASK_SNAP = None            # snap=f: a body region at least f masked is masked 
 MASK_GROW_SHARE = 0.1       # grow: a body region at least this share masked is searched for the garment's colour
 MASK_REACH_HEAT = 0.2      # grow by the words: outside the garment's core region the map must be at least this
 CONNECT_STEP_M = 0.05       # grow: a sleeve is followed from the torso in hops of at most this (texels 2.3 cm apart, median)
+MASK_COLOUR_FLOOR = 0.02    # grow by the words: added to the map's weight when a garment's colour is read
 MASK_GROW_TOLERANCE = 12.0  # grow: CIEDE2000 from the masked texels' colour(s) within which a texel joins the mask
 
 
@@ -220,51 +221,62 @@ def grow_garment(mask: torch.Tensor, heat: torch.Tensor, tokens: torch.Tensor, l
     m = mask.cpu().numpy()
     if not m.any():
         return mask.clone()
-    lab = texel_lab(tokens)
-    centres = garment_colours(lab[m], heat.cpu().numpy()[m], tolerance)
+    lab, h = texel_lab(tokens), heat.cpu().numpy()
+    centres = garment_colours(lab[m], h[m], tolerance)
     out = m.copy()
     for name in REGION_NAMES:
         region = layout.region_mask(name).cpu().numpy()
         if not region.any() or (m & region).sum() < share * region.sum():
             continue
-        out |= _nearer_garment(lab, region, centres, 1.0 - heat.cpu().numpy(), tolerance)
+        out |= _nearer_garment(lab, region, centres, 1.0 - h, tolerance)
     return torch.from_numpy(out).to(mask.device)
 
 
 def garment_mask(slots: tuple[str, ...], heat: torch.Tensor, tokens: torch.Tensor, layout, mask: torch.Tensor, *,
-                 tolerance: float = MASK_GROW_TOLERANCE, floor: float = 0.02,
+                 tolerance: float = MASK_GROW_TOLERANCE, floor: float = MASK_COLOUR_FLOOR,
                  reach_heat: float = MASK_REACH_HEAT) -> torch.Tensor:
-    """(R, R) bool: the texels of the garments `slots` (backend/avatar/garments.py) on the source `tokens`.
-
-    Per slot, the garment's colour(s) are read in its core region (SLOT_CORE: torso for a top, feet for shoes),
-    each texel weighted by the difference map `heat` (+ `floor`, so a map that missed the garment still reads
-    the region's dominant colour), and every texel of the regions the garment can cover (SLOT_REGIONS) within
-    `tolerance` CIEDE2000 of them is masked (outside the core region only where the map is >= `reach_heat`),
-    together with the map's own `mask` inside the core region."""
-    lab = texel_lab(tokens)
-    h = heat.cpu().numpy()
-    m = mask.cpu().numpy()
+    """(R, R) bool: the texels of the garments `slots` (backend/avatar/garments.py) on the source `tokens`: the
+    union of `slot_garment` over the slots."""
+    lab, h, m = texel_lab(tokens), heat.cpu().numpy(), mask.cpu().numpy()
     out = np.zeros_like(m)
     for slot in slots:
-        core = layout.region_mask(SLOT_CORE[slot]).cpu().numpy()
-        centres = garment_colours(lab[core], h[core] + floor, tolerance)
-        reach = layout.region_mask(list(SLOT_REGIONS[slot])).cpu().numpy()
-        found = _nearer_garment(lab, reach, centres, 1.0 - h, tolerance)
-        # beyond its core region a garment must also be where the map sees a change (a beige hoodie beside a
-        # white skirt's waist band has nearly its colour; the map tells them apart), or, for a garment that
-        # only just leaves its core (a boot's shaft), near its core on the body
-        beyond = h >= reach_heat
-        if SLOT_NEAR_CORE_M.get(slot) and (found & core).any():
-            anchors = layout.anchors.cpu().numpy()
-            near = torch.cdist(torch.from_numpy(anchors[found & ~core]).double(),
-                               torch.from_numpy(anchors[found & core]).double()).amin(1).numpy()
-            close = np.zeros_like(found)
-            close[found & ~core] = near <= SLOT_NEAR_CORE_M[slot]
-            beyond |= close
-        if slot in SLOT_CONTINUES and (found & core).any():  # a sleeve: the garment's colour, unbroken from the core
-            beyond |= _connected(found & ~core, found & core, layout.anchors.cpu().numpy())
-        out |= _fill_specks((found & (core | beyond)) | (m & core), reach, layout.atlas_mask.cpu().numpy())
+        out |= slot_garment(slot, lab, h, m, layout, tolerance=tolerance, floor=floor, reach_heat=reach_heat)[0]
     return torch.from_numpy(out).to(mask.device)
+
+
+def slot_garment(slot: str, lab: np.ndarray, heat: np.ndarray, mask: np.ndarray, layout, *,
+                 tolerance: float = MASK_GROW_TOLERANCE, floor: float = MASK_COLOUR_FLOOR,
+                 reach_heat: float = MASK_REACH_HEAT) -> tuple[np.ndarray, np.ndarray]:
+    """One garment on the source: ((R, R) bool its texels, (K, 3) its colour(s) in Lab, main colour first).
+
+    lab (R, R, 3): the source's texel colours (`texel_lab`); heat (R, R): the difference map; mask (R, R) bool:
+    the map's thresholded texels. The garment's colour(s) are read in its core region (SLOT_CORE: torso for a
+    top, feet for shoes), each texel weighted by the map (+ `floor`, so a map that missed the garment still
+    reads the region's dominant colour), and every texel of the regions the garment can cover (SLOT_REGIONS)
+    within `tolerance` CIEDE2000 of them is taken (outside the core region only where the map is
+    >= `reach_heat`, or, for SLOT_NEAR_CORE_M / SLOT_CONTINUES garments, near or joined to the core),
+    together with the map's own texels inside the core region and the specks they enclose."""
+    core = layout.region_mask(SLOT_CORE[slot]).cpu().numpy()
+    centres = garment_colours(lab[core], heat[core] + floor, tolerance)
+    reach = layout.region_mask(list(SLOT_REGIONS[slot])).cpu().numpy()
+    found = _nearer_garment(lab, reach, centres, 1.0 - heat, tolerance)
+    # beyond its core region a garment must also be where the map sees a change (a beige hoodie beside a
+    # white skirt's waist band has nearly its colour; the map tells them apart), or, for a garment that
+    # only just leaves its core (a boot's shaft), near its core on the body
+    beyond = heat >= reach_heat
+    inside, outside = found & core, found & ~core
+    if inside.any() and (SLOT_NEAR_CORE_M.get(slot) or slot in SLOT_CONTINUES):
+        anchors = layout.anchors.cpu().numpy()
+        if SLOT_NEAR_CORE_M.get(slot):
+            near = torch.cdist(torch.from_numpy(anchors[outside]).double(),
+                               torch.from_numpy(anchors[inside]).double()).amin(1).numpy()
+            close = np.zeros_like(found)
+            close[outside] = near <= SLOT_NEAR_CORE_M[slot]
+            beyond |= close
+        if slot in SLOT_CONTINUES:  # a sleeve: the garment's colour, unbroken from the core
+            beyond |= _connected(outside, inside, anchors)
+    texels = _fill_specks((found & (core | beyond)) | (mask & core), reach, layout.atlas_mask.cpu().numpy())
+    return texels, centres
 
 
 def _connected(candidates: np.ndarray, seeds: np.ndarray, anchors: np.ndarray, step: float = CONNECT_STEP_M,
@@ -373,34 +385,31 @@ def regenerate_auto(bundle, tokens: torch.Tensor, prompt: str, ref_prompt: str =
     if changes:
         src, _ = _source(bundle, tokens)
         out = src.cpu().clone()
+        lab, h, m = texel_lab(src), heat.numpy(), mask.numpy()
         for slot, rgb in changes.items():
-            garment = garment_mask((slot,), heat, src, bundle.layout, mask)
-            out = recolour_garment(out, garment & mask.to(garment.device), slot, heat, bundle.layout, rgb)
+            garment, centres = slot_garment(slot, lab, h, m, bundle.layout)
+            out = recolour_garment(out, torch.from_numpy(garment & m), centres, rgb)
         return out, info
     return _inpaint_mask(bundle, tokens, mask, prompt, seed=seed, settings=settings, progress=progress,
                          cancel=cancel), info
 
 
-def recolour_garment(tokens: torch.Tensor, mask: torch.Tensor, slot: str, heat: torch.Tensor, layout,
-                     rgb: tuple[float, float, float], floor: float = 0.02) -> torch.Tensor:
+def recolour_garment(tokens: torch.Tensor, mask: torch.Tensor, centres: np.ndarray,
+                     rgb: tuple[float, float, float]) -> torch.Tensor:
     """(C, R, R): `tokens` with the garment under `mask` (R, R) in the colour `rgb` (sRGB in [0, 1]).
 
-    The garment's main colour (the largest cluster of `garment_colours` in its core region, weighted by `heat`)
-    is moved to the new colour in CIELAB and every masked texel nearer to it than to a second pattern colour
-    moves by the same offset, so shading and the garment's own variation stay (a red shirt's folds are a green
-    shirt's folds); a second colour (stripes, a print) and every channel but colour stay as they are."""
+    `centres` (K, 3): the garment's colours in Lab, main colour first (`slot_garment`). The main colour is moved
+    to the new colour in CIELAB and every masked texel nearer to it than to a second pattern colour moves by the
+    same offset, so shading and the garment's own variation stay (a red shirt's folds are a green shirt's
+    folds); a second colour (stripes, a print) and every channel but colour stay as they are."""
     out = tokens.clone()
     m = mask.cpu().numpy()
     if not m.any():
         return out
-    lab = texel_lab(tokens)
-    core = layout.region_mask(SLOT_CORE[slot]).cpu().numpy()
-    centres = garment_colours(lab[core], heat.cpu().numpy()[core] + floor, MASK_GROW_TOLERANCE)
-    d = np.stack([delta_e2000(lab[m], c) for c in centres])
-    main = d.argmin(0) == 0
+    lab = texel_lab(tokens)[m]
+    main = np.stack([delta_e2000(lab, c) for c in centres]).argmin(0) == 0
     target = srgb_to_lab(np.asarray(rgb, np.float64))
-    new_lab = lab[m][main] + (target - centres[0])
-    new_rgb = lab_to_srgb(new_lab)  # (N, 3)
+    new_rgb = lab_to_srgb(lab[main] + (target - centres[0]))  # (N, 3)
     idx = np.argwhere(m)[main]
     dc = torch.from_numpy((new_rgb - 0.5) / SH_C0).to(out.dtype)
     for k, ch in enumerate(COLOUR_CHANNELS):
