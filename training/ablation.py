@@ -40,17 +40,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from bridge.files.atomic import write_atomic
+from training import runtime
 from training.scaling import checkpoint_state, read_losses
 
 MODES = ("aware", "loss_mask", "naive")
@@ -64,24 +64,12 @@ class AblationError(RuntimeError):
     """Bad modes or seeds, a fill that puts the naive input at extreme values, or a folder of another recipe."""
 
 
-class Busy(Exception):
-    """Another process holds this run's lock."""
+Busy = runtime.Busy  # another process holds a run's lock
 
 
-# ------------------------------------------------------------------------------ locks
-@contextlib.contextmanager
-def run_lock(folder: Path, wait: bool = False) -> Iterator[None]:
+def run_lock(folder: Path, wait: bool = False) -> contextlib.AbstractContextManager[None]:
     """Exclusive lock on one run's folder; Busy when another live process holds it (unless `wait`)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise Busy(str(folder)) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return runtime.folder_lock(folder, wait=wait)
 
 
 def run_name(mode: str, seed: int) -> str:

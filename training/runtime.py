@@ -1,6 +1,7 @@
 """What every training script here shares: torchrun/DDP set-up, data order by step, EMA, mixed precision,
-gradient clipping and all-reduce, logging (stdout + tensorboard when installed), a progress bar, and
-checkpoints that resume exactly (through backend/models/checkpoint.py).
+gradient clipping and all-reduce, logging (stdout + tensorboard when installed), a progress bar,
+checkpoints that resume exactly (through backend/models/checkpoint.py), and a lock per run folder so that
+processes can share a set of runs (`genlca-train scaling`, `genlca-train ablation`).
 
 Exactness by construction: the data order and every random draw of a step are functions of
 (seed, step), not of how many steps a process has run, so a resumed run, an uninterrupted run and a
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -289,3 +291,24 @@ def cosine_warmup_lr(step: int, base_lr: float, warmup: int, total: int, min_rat
     p = min(1.0, (step - warmup) / max(1, total - warmup))
     return base_lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
+
+# ------------------------------------------------------------------------------------------- run folders
+class Busy(Exception):
+    """Another live process holds this run folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, wait: bool = False,
+                busy: Callable[[Path], Exception] = lambda folder: Busy(str(folder))) -> Iterator[None]:
+    """Exclusive flock on folder/lock (made if missing) for the duration; when another live process holds it,
+    raises busy(folder) (default Busy), or waits for it with `wait`. The lock dies with its process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise busy(folder) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

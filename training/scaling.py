@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from bridge.files.atomic import write_atomic
+from training import runtime
 
 
 class ScalingError(RuntimeError):
@@ -38,19 +38,9 @@ class ScalingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ locks
-@contextlib.contextmanager
-def size_lock(folder: Path) -> Iterator[None]:
+def size_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
     """Exclusive lock on one size's folder; ScalingError when another live process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ScalingError(f"{folder}: another process is working on this size") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return runtime.folder_lock(folder, busy=lambda f: ScalingError(f"{f}: another process is working on this size"))
 
 
 def checkpoint_state(path: Path) -> dict[str, Any] | None:
@@ -180,13 +170,11 @@ def eval_size(held: HeldOut, out: Path, log=print) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ the table and the curve
 def size_row(n: int, out: Path, steps: int, batch: int, metrics: dict[str, Any], tail: int = 50) -> dict[str, Any]:
     """One row of the curve: training facts of size n and its held-out metrics."""
-    from training.runtime import steps_per_epoch
-
     losses = read_losses(out / "metrics.jsonl")
     last = [losses[s] for s in range(max(1, steps - tail + 1), steps + 1) if s in losses]
     acc = metrics.get("attribute_accuracy", {})
     return {"people": n, "steps": steps, "global_batch": batch, "samples": steps * batch,
-            "epochs": steps / steps_per_epoch(n, batch),
+            "epochs": steps / runtime.steps_per_epoch(n, batch),
             "final_loss": float(np.mean(last)) if last else float("nan"), "loss_tail_steps": len(last),
             "psnr_db": metrics.get("psnr_db", {}), "hole_fraction": metrics.get("hole_fraction", {}),
             "attr_seen": float(np.mean(list(acc["seen"].values()))) if acc.get("seen") else float("nan"),
