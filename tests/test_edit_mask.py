@@ -153,3 +153,29 @@ def test_recolour_garment_moves_the_garment_to_the_named_colour_and_nothing_else
         target = srgb_to_lab(np.asarray(GARMENT_COLOURS[colour]))
         # the garment's median colour lands on the named one (its own shading spread around it)
         assert float(delta_e2000(np.median(lab[garment], axis=0), target)) < 3.0, person.person_id
+
+
+def test_a_tops_sleeves_are_followed_down_the_arms_where_the_map_is_dark():
+    """A map that lights only the torso (the stage-4 model's map of `make demo`'s shirt left the forearms dark):
+    the sleeves are reached from the torso through texels of the garment's colour (`_connected`)."""
+    ctx = synthetic.Context(synthetic.SynthConfig(seed=0))
+    layout = ctx.layout
+    atlas = layout.atlas_mask.numpy()
+    arms = layout.region_mask("arms").numpy()
+    torso = layout.region_mask("torso").numpy()
+    checked = 0
+    for index in range(40):
+        person = synthetic.make_person(ctx, index, synthetic.person_rng(0, index))
+        attrs = person.attributes
+        if attrs["upper"] not in ("long-sleeve shirt", "hoodie", "jacket") or attrs["upper_pattern"] != "plain":
+            continue
+        garment = (person.labels == appearance.LABELS.index("upper")) & atlas
+        heat = (garment & torso).astype(np.float32)  # 0 on every sleeve texel: below MASK_REACH_HEAT
+        mask = garment_mask(("upper",), torch.from_numpy(heat), person.tokens, layout,
+                            torch.from_numpy(heat > 0.5)).numpy()
+        sleeves = garment & arms
+        assert (mask & sleeves).sum() >= 0.9 * sleeves.sum(), person.person_id
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2
